@@ -1,0 +1,157 @@
+//! A CA certificate together with its key in the device: it signs intermediates (a root) or
+//! workload leaves (an intermediate).
+
+use std::time::Duration;
+
+use rcgen::{CertificateParams, Issuer};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{certificate_pem, from_rcgen, profile, CaError};
+use crate::keystore::DeviceSigningKey;
+
+/// A certificate just issued.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    pub der: Vec<u8>,
+    pub pem: String,
+    /// Serial number as lowercase hex.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedCert {
+    fn from_rcgen(cert: rcgen::Certificate, params: &CertificateParams) -> Self {
+        let der = cert.der().to_vec();
+        IssuedCert {
+            pem: certificate_pem(&der),
+            der,
+            serial: params
+                .serial_number
+                .as_ref()
+                .map(|s| hex::encode(s.to_bytes()))
+                .unwrap_or_default(),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        }
+    }
+}
+
+/// A CA certificate and the device key that belongs to it.
+pub struct IssuingCa {
+    issuer: Issuer<'static, DeviceSigningKey>,
+    key: DeviceSigningKey,
+    cert_der: Vec<u8>,
+    subject: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuingCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuingCa")
+            .field("subject", &self.subject)
+            .field("key", &self.key.id())
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+impl IssuingCa {
+    /// Pairs a CA certificate with its key; refuses a certificate that is not a CA or whose
+    /// public key is not the key's.
+    pub fn new(key: DeviceSigningKey, cert_der: Vec<u8>) -> Result<Self, CaError> {
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
+        if cert.public_key().raw != key.spki() {
+            return Err(CaError::Chain(format!(
+                "certificate {} does not belong to key {}",
+                cert.subject(),
+                key.id()
+            )));
+        }
+        if !cert.is_ca() {
+            return Err(CaError::Chain(format!(
+                "certificate {} is not a CA certificate",
+                cert.subject()
+            )));
+        }
+        let subject = cert.subject().to_string();
+        let not_before = cert.validity().not_before.to_datetime();
+        let not_after = cert.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key.clone())
+            .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
+        Ok(IssuingCa {
+            issuer,
+            key,
+            cert_der,
+            subject,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Creates a self-signed root with the key.
+    pub fn self_signed(
+        key: &DeviceSigningKey,
+        params: &CertificateParams,
+    ) -> Result<IssuedCert, CaError> {
+        let cert = params.self_signed(key).map_err(from_rcgen)?;
+        Ok(IssuedCert::from_rcgen(cert, params))
+    }
+
+    pub fn key(&self) -> &DeviceSigningKey {
+        &self.key
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo, e.g. from a CSR).
+    pub fn sign(
+        &self,
+        params: &CertificateParams,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, CaError> {
+        if now >= self.not_after {
+            return Err(CaError::IssuerExpired(self.not_after.to_string()));
+        }
+        // The subject's key comes from its SubjectPublicKeyInfo, never from the CSR's signature
+        // algorithm (which names a hash, not a curve).
+        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CaError::Policy(format!("unsupported public key: {e}")))?;
+        let cert = params
+            .signed_by(&subject_key, &self.issuer)
+            .map_err(from_rcgen)?;
+        Ok(IssuedCert::from_rcgen(cert, params))
+    }
+
+    /// Issues a workload leaf for `spiffe_id` valid for `ttl` (capped at this CA's NotAfter).
+    pub fn issue_leaf(
+        &self,
+        spki_der: &[u8],
+        spiffe_id: &str,
+        ttl: Duration,
+        clock_skew: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, CaError> {
+        let (not_before, not_after) = profile::leaf_validity(now, ttl, clock_skew, self.not_after);
+        let params = profile::leaf(spiffe_id, not_before, not_after)?;
+        self.sign(&params, spki_der, now)
+    }
+}

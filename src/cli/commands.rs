@@ -1,0 +1,237 @@
+//! The officer and operator commands.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use super::CliError;
+use crate::authority::{self, read_certificates, write_file};
+use crate::ca::{self, inspect};
+use crate::config::Config;
+use crate::keystore::{self, KeyInfo, KeyStore};
+use crate::state::CaState;
+
+fn open(config_path: &Path) -> Result<(Config, KeyStore), CliError> {
+    let config = Config::load(config_path)?;
+    let store = keystore::open(&config.keystore)?;
+    Ok((config, store))
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// One row per key, with the attributes an auditor checks.
+pub fn format_keys(keys: &[KeyInfo]) -> String {
+    let mut out = format!(
+        "{:<32}  {:<34}  {:<10}  {:<9}  {:<11}  {:<16}  {:<17}  {:<5}\n",
+        "ID",
+        "LABEL",
+        "ALGORITHM",
+        "SENSITIVE",
+        "EXTRACTABLE",
+        "ALWAYS_SENSITIVE",
+        "NEVER_EXTRACTABLE",
+        "LOCAL"
+    );
+    for k in keys {
+        out.push_str(&format!(
+            "{:<32}  {:<34}  {:<10}  {:<9}  {:<11}  {:<16}  {:<17}  {:<5}\n",
+            k.id.to_string(),
+            k.label,
+            k.algorithm.map(|a| a.name()).unwrap_or("unknown"),
+            yes_no(k.sensitive),
+            yes_no(k.extractable),
+            yes_no(k.always_sensitive),
+            yes_no(k.never_extractable),
+            yes_no(k.local),
+        ));
+    }
+    out
+}
+
+pub fn keys_list(config_path: &Path) -> Result<(), CliError> {
+    let (_, store) = open(config_path)?;
+    let keys = store.list_blocking()?;
+    print!("{}", format_keys(&keys));
+    if keys.is_empty() {
+        println!("(no keys in {})", store.describe());
+    }
+    Ok(())
+}
+
+pub fn inspect(file: &Path) -> Result<(), CliError> {
+    let certs = read_certificates(file)?;
+    let now = OffsetDateTime::now_utc();
+    for (i, der) in certs.iter().enumerate() {
+        if certs.len() > 1 {
+            println!("Certificate {} of {}", i + 1, certs.len());
+        }
+        print!("{}", inspect::describe(der, now)?);
+        if i + 1 < certs.len() {
+            println!();
+        }
+    }
+    Ok(())
+}
+
+pub fn init_root(config_path: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let out = out.unwrap_or_else(|| config.root.certificates[0].clone());
+    if out.exists() {
+        return Err(CliError::Message(format!(
+            "{} already exists; refusing to create a second root over it",
+            out.display()
+        )));
+    }
+    let store = keystore::open(&config.keystore)?;
+    let now = OffsetDateTime::now_utc();
+    let (info, cert) = authority::create_root(&store, &config, now)?;
+    write_file(&out, cert.pem.as_bytes(), false)?;
+    println!(
+        "Root key {} ({}) created in {}",
+        info.id,
+        info.label,
+        store.describe()
+    );
+    println!("Root certificate written to {}", out.display());
+    print!("{}", inspect::describe(&cert.der, now)?);
+    Ok(())
+}
+
+pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> {
+    let (config, store) = open(config_path)?;
+    if out.exists() {
+        return Err(CliError::Message(format!(
+            "{} already exists; refusing to overwrite it",
+            out.display()
+        )));
+    }
+    let (info, csr_pem) =
+        authority::new_intermediate_csr(&store, &config, OffsetDateTime::now_utc())?;
+    write_file(out, csr_pem.as_bytes(), false)?;
+    println!(
+        "Intermediate key {} ({}) created in {}",
+        info.id,
+        info.label,
+        store.describe()
+    );
+    println!("CSR written to {}", out.display());
+    println!("Public key SHA-256: {}", ca::fingerprint(&info.public_key));
+    Ok(())
+}
+
+fn confirm(question: &str) -> Result<bool, CliError> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CliError::Message(
+            "refusing to sign without confirmation: run on a terminal or pass --yes".into(),
+        ));
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush().ok();
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Message(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub fn sign_intermediate(
+    config_path: &Path,
+    csr_path: &Path,
+    out: &Path,
+    root: Option<PathBuf>,
+    yes: bool,
+) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let csr_bytes = std::fs::read(csr_path)
+        .map_err(|e| CliError::Message(format!("{}: {e}", csr_path.display())))?;
+    let csr = ca::parse_csr(&csr_bytes)?;
+    println!("CSR subject:            {}", csr.subject);
+    println!("CSR public key:         {}", csr.key);
+    println!("CSR public key SHA-256: {}", csr.public_key_fingerprint());
+    if out.exists() {
+        return Err(CliError::Message(format!(
+            "{} already exists; refusing to overwrite it",
+            out.display()
+        )));
+    }
+    let root_path = root.unwrap_or_else(|| config.root.certificates[0].clone());
+    let root_der = read_certificates(&root_path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::Message(format!("{}: no certificate", root_path.display())))?;
+    let store = keystore::open(&config.keystore)?;
+    let root_ca = authority::issuing_ca_for(&store, &root_der)?;
+    println!("Signing root:           {}", root_ca.subject());
+    println!(
+        "Intermediate for trust domain {} valid {} days (capped at the root's expiry)",
+        config.trust_domain,
+        config.intermediate.validity.as_secs() / 86400
+    );
+    if !yes && !confirm("Sign this intermediate?")? {
+        return Err(CliError::Message("not signed".into()));
+    }
+    let now = OffsetDateTime::now_utc();
+    let cert = authority::sign_intermediate(&root_ca, &csr, &config, now)?;
+    write_file(out, cert.pem.as_bytes(), false)?;
+    println!("Intermediate certificate written to {}", out.display());
+    print!("{}", inspect::describe(&cert.der, now)?);
+    Ok(())
+}
+
+fn load_roots(config: &Config) -> Result<Vec<Vec<u8>>, CliError> {
+    let mut roots = Vec::new();
+    for path in &config.root.certificates {
+        roots.extend(read_certificates(path)?);
+    }
+    Ok(roots)
+}
+
+pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), CliError> {
+    let (config, store) = open(config_path)?;
+    let cert_der = read_certificates(cert_path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::Message(format!("{}: no certificate", cert_path.display())))?;
+    let roots = load_roots(&config)?;
+    let state = CaState::open(&config.data_dir)?;
+    let record = authority::install_intermediate(
+        &store,
+        &state,
+        &roots,
+        &cert_der,
+        OffsetDateTime::now_utc(),
+    )?;
+    println!(
+        "Installed intermediate {} (key {}) as {:?}, valid until {}",
+        record.subject, record.key_id, record.status, record.not_after
+    );
+    Ok(())
+}
+
+pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let state = CaState::open(&config.data_dir)?;
+    let records = state.intermediates()?;
+    if records.is_empty() {
+        println!("(no intermediates installed)");
+    }
+    for r in records {
+        println!(
+            "{:<9} {}  key {}  until {}",
+            format!("{:?}", r.status).to_lowercase(),
+            r.subject,
+            r.key_id,
+            r.not_after
+        );
+    }
+    Ok(())
+}

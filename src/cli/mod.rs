@@ -1,0 +1,151 @@
+//! The command line: thin wrappers that load the config, call [`crate::authority`] and print
+//! what happened. Every failure is one line on stderr and a non-zero exit code.
+
+mod commands;
+mod dev;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// hsm-ca: a certificate authority whose keys never leave the HSM.
+#[derive(Parser, Debug)]
+#[command(name = "hsm-ca", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HSM_CA_CONFIG",
+        default_value = "hsm-ca.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Root ceremony commands (run on the air-gapped host).
+    #[command(subcommand)]
+    Ceremony(CeremonyCommand),
+    /// Intermediate CA lifecycle on the online appliance.
+    #[command(subcommand)]
+    Intermediate(IntermediateCommand),
+    /// Keys in the device.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Describe every certificate in a PEM file.
+    Inspect {
+        /// PEM file with one or more certificates.
+        file: PathBuf,
+    },
+    /// Run the whole appliance locally on an embedded SoftHSM token.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CeremonyCommand {
+    /// Generate the root key in the token and write the self-signed root certificate.
+    InitRoot {
+        /// Where to write the root certificate (default: the first of root.certificates).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign an intermediate CSR with the root key.
+    SignIntermediate {
+        /// The intermediate's CSR (PEM or DER).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the intermediate certificate.
+        #[arg(long, default_value = "intermediate-cert.pem")]
+        out: PathBuf,
+        /// The root certificate whose key signs (default: the first of root.certificates).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Sign without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IntermediateCommand {
+    /// Generate the next intermediate key in the token and write its CSR.
+    New {
+        /// Where to write the CSR.
+        #[arg(long, default_value = "intermediate.csr")]
+        out: PathBuf,
+    },
+    /// Check a signed intermediate certificate and record it.
+    Install {
+        /// The signed intermediate certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// List installed intermediates and their state.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List the keys in the device with the attributes that prove they cannot leave it.
+    List,
+}
+
+/// A command failure: printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<crate::keystore::KeystoreError> for CliError {
+    fn from(e: crate::keystore::KeystoreError) -> Self {
+        CliError::Authority(e.into())
+    }
+}
+
+impl From<crate::ca::CaError> for CliError {
+    fn from(e: crate::ca::CaError) -> Self {
+        CliError::Authority(e.into())
+    }
+}
+
+impl From<crate::state::StateError> for CliError {
+    fn from(e: crate::state::StateError) -> Self {
+        CliError::Authority(e.into())
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Inspect { file } => commands::inspect(&file),
+        Command::Dev(args) => dev::run(args),
+        Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
+        Command::Ceremony(CeremonyCommand::InitRoot { out }) => {
+            commands::init_root(&cli.config, out)
+        }
+        Command::Ceremony(CeremonyCommand::SignIntermediate {
+            csr,
+            out,
+            root,
+            yes,
+        }) => commands::sign_intermediate(&cli.config, &csr, &out, root, yes),
+        Command::Intermediate(IntermediateCommand::New { out }) => {
+            commands::intermediate_new(&cli.config, &out)
+        }
+        Command::Intermediate(IntermediateCommand::Install { cert }) => {
+            commands::intermediate_install(&cli.config, &cert)
+        }
+        Command::Intermediate(IntermediateCommand::List) => {
+            commands::intermediate_list(&cli.config)
+        }
+    }
+}

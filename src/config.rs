@@ -1,0 +1,512 @@
+//! The one TOML file that configures hsm-ca, read and validated once at start.
+//!
+//! Unknown keys are refused (a typo must not silently fall back to a default), and every
+//! validation error names the key and the problem. Secrets are never inline: the config names a
+//! file or environment variable. Relative paths are resolved against the config file's folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keystore::pkcs11::{Pkcs11Settings, TokenSelector};
+use crate::keystore::{KeyAlgorithm, PoolOptions};
+use crate::secret::SecretSource;
+
+/// A configuration error: which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    keystore: RawKeystore,
+    #[serde(default)]
+    root: RawRoot,
+    #[serde(default)]
+    intermediate: RawIntermediate,
+    #[serde(default)]
+    workload: RawWorkload,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeystore {
+    #[serde(default = "default_backend")]
+    backend: String,
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    token_serial: Option<String>,
+    pin_file: Option<PathBuf>,
+    pin_env: Option<String>,
+    #[serde(default)]
+    module_env: BTreeMap<String, String>,
+    #[serde(default = "default_sessions")]
+    signing_sessions: usize,
+    #[serde(default = "default_queue_depth")]
+    queue_depth: usize,
+    #[serde(default = "default_call_timeout_ms")]
+    call_timeout_ms: u64,
+}
+
+fn default_backend() -> String {
+    "pkcs11".into()
+}
+fn default_sessions() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_call_timeout_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    #[serde(default = "default_root_certs")]
+    certificates: Vec<PathBuf>,
+    #[serde(default = "default_root_cn")]
+    common_name: String,
+    organization: Option<String>,
+    #[serde(default = "default_algorithm")]
+    key_algorithm: KeyAlgorithm,
+    #[serde(default = "default_root_days")]
+    validity_days: u32,
+}
+
+impl Default for RawRoot {
+    fn default() -> Self {
+        RawRoot {
+            certificates: default_root_certs(),
+            common_name: default_root_cn(),
+            organization: None,
+            key_algorithm: default_algorithm(),
+            validity_days: default_root_days(),
+        }
+    }
+}
+
+fn default_root_certs() -> Vec<PathBuf> {
+    vec![PathBuf::from("root-cert.pem")]
+}
+fn default_root_cn() -> String {
+    "hsm-ca root".into()
+}
+fn default_algorithm() -> KeyAlgorithm {
+    KeyAlgorithm::EcdsaP256
+}
+fn default_root_days() -> u32 {
+    3650
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntermediate {
+    #[serde(default = "default_intermediate_cn")]
+    common_name: String,
+    organization: Option<String>,
+    #[serde(default = "default_algorithm")]
+    key_algorithm: KeyAlgorithm,
+    #[serde(default = "default_intermediate_days")]
+    validity_days: u32,
+    #[serde(default)]
+    name_constraint: bool,
+}
+
+impl Default for RawIntermediate {
+    fn default() -> Self {
+        RawIntermediate {
+            common_name: default_intermediate_cn(),
+            organization: None,
+            key_algorithm: default_algorithm(),
+            validity_days: default_intermediate_days(),
+            name_constraint: false,
+        }
+    }
+}
+
+fn default_intermediate_cn() -> String {
+    "hsm-ca intermediate".into()
+}
+fn default_intermediate_days() -> u32 {
+    365
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    #[serde(default = "default_skew")]
+    clock_skew_secs: u64,
+    #[serde(default = "default_ttl")]
+    default_ttl_secs: u64,
+    #[serde(default = "default_max_ttl")]
+    max_ttl_secs: u64,
+}
+
+impl Default for RawWorkload {
+    fn default() -> Self {
+        RawWorkload {
+            clock_skew_secs: default_skew(),
+            default_ttl_secs: default_ttl(),
+            max_ttl_secs: default_max_ttl(),
+        }
+    }
+}
+
+fn default_skew() -> u64 {
+    120
+}
+fn default_ttl() -> u64 {
+    24 * 3600
+}
+fn default_max_ttl() -> u64 {
+    7 * 24 * 3600
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this config was read from.
+    pub path: PathBuf,
+    pub trust_domain: String,
+    pub data_dir: PathBuf,
+    pub keystore: KeystoreConfig,
+    pub root: RootConfig,
+    pub intermediate: IntermediateConfig,
+    pub workload: WorkloadConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeystoreConfig {
+    pub pkcs11: Pkcs11Settings,
+    /// Environment variables the PKCS#11 module reads (e.g. `SOFTHSM2_CONF`), set before loading.
+    pub module_env: BTreeMap<String, String>,
+    pub pool: PoolOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct RootConfig {
+    /// The trust bundle: every root certificate currently trusted. The first one signs.
+    pub certificates: Vec<PathBuf>,
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntermediateConfig {
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    /// Add a critical URI name constraint limiting leaves to the trust domain.
+    pub name_constraint: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub clock_skew: Duration,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        };
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        validate_trust_domain(&raw.trust_domain).map_err(|p| invalid("trust_domain", p))?;
+
+        let ks = raw.keystore;
+        if ks.backend != "pkcs11" {
+            return Err(invalid(
+                "keystore.backend",
+                format!("unknown backend {:?} (expected \"pkcs11\")", ks.backend),
+            ));
+        }
+        let module = ks
+            .module
+            .ok_or_else(|| invalid("keystore.module", "is required".into()))?;
+        let token = match (ks.token_label, ks.token_serial) {
+            (Some(l), None) if !l.is_empty() => TokenSelector::Label(l),
+            (None, Some(s)) if !s.is_empty() => TokenSelector::Serial(s),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "keystore.token_label",
+                    "give token_label or token_serial, not both".into(),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "keystore.token_label",
+                    "a token_label (or token_serial) is required".into(),
+                ))
+            }
+        };
+        let pin = match (ks.pin_file, ks.pin_env) {
+            (Some(f), None) => SecretSource::File(f).resolved(&base),
+            (None, Some(e)) if !e.is_empty() => SecretSource::Env(e),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "keystore.pin_file",
+                    "give pin_file or pin_env, not both".into(),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "keystore.pin_file",
+                    "the PIN must come from pin_file or pin_env".into(),
+                ))
+            }
+        };
+        if !(1..=64).contains(&ks.signing_sessions) {
+            return Err(invalid(
+                "keystore.signing_sessions",
+                format!("{} is outside 1..=64", ks.signing_sessions),
+            ));
+        }
+        if ks.queue_depth == 0 {
+            return Err(invalid("keystore.queue_depth", "must be at least 1".into()));
+        }
+        if ks.call_timeout_ms == 0 {
+            return Err(invalid(
+                "keystore.call_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+
+        let root = raw.root;
+        if root.certificates.is_empty() {
+            return Err(invalid(
+                "root.certificates",
+                "list at least one root certificate file".into(),
+            ));
+        }
+        check_days("root.validity_days", root.validity_days, 36500)
+            .map_err(|p| invalid("root.validity_days", p))?;
+        let inter = raw.intermediate;
+        check_days("intermediate.validity_days", inter.validity_days, 3650)
+            .map_err(|p| invalid("intermediate.validity_days", p))?;
+        if root.common_name.trim().is_empty() {
+            return Err(invalid("root.common_name", "must not be empty".into()));
+        }
+        if inter.common_name.trim().is_empty() {
+            return Err(invalid(
+                "intermediate.common_name",
+                "must not be empty".into(),
+            ));
+        }
+
+        let wl = raw.workload;
+        if wl.max_ttl_secs < 60 {
+            return Err(invalid(
+                "workload.max_ttl_secs",
+                "must be at least 60".into(),
+            ));
+        }
+        if wl.default_ttl_secs == 0 || wl.default_ttl_secs > wl.max_ttl_secs {
+            return Err(invalid(
+                "workload.default_ttl_secs",
+                format!("must be between 1 and max_ttl_secs ({})", wl.max_ttl_secs),
+            ));
+        }
+        if wl.clock_skew_secs > 3600 {
+            return Err(invalid(
+                "workload.clock_skew_secs",
+                "must be at most 3600".into(),
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            trust_domain: raw.trust_domain,
+            data_dir: resolve(raw.data_dir),
+            keystore: KeystoreConfig {
+                pkcs11: Pkcs11Settings { module, token, pin },
+                module_env: ks.module_env,
+                pool: PoolOptions {
+                    workers: ks.signing_sessions,
+                    queue_depth: ks.queue_depth,
+                    call_timeout: Duration::from_millis(ks.call_timeout_ms),
+                },
+            },
+            root: RootConfig {
+                certificates: root.certificates.into_iter().map(resolve).collect(),
+                common_name: root.common_name,
+                organization: root.organization,
+                key_algorithm: root.key_algorithm,
+                validity: Duration::from_secs(u64::from(root.validity_days) * DAY),
+            },
+            intermediate: IntermediateConfig {
+                common_name: inter.common_name,
+                organization: inter.organization,
+                key_algorithm: inter.key_algorithm,
+                validity: Duration::from_secs(u64::from(inter.validity_days) * DAY),
+                name_constraint: inter.name_constraint,
+            },
+            workload: WorkloadConfig {
+                clock_skew: Duration::from_secs(wl.clock_skew_secs),
+                default_ttl: Duration::from_secs(wl.default_ttl_secs),
+                max_ttl: Duration::from_secs(wl.max_ttl_secs),
+            },
+        })
+    }
+}
+
+fn check_days(_key: &str, days: u32, max: u32) -> Result<(), String> {
+    if days == 0 || days > max {
+        return Err(format!("{days} is outside 1..={max}"));
+    }
+    Ok(())
+}
+
+/// SPIFFE trust domain rules: lowercase letters, digits, `.`, `-`, `_`; at most 255 bytes.
+pub fn validate_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if td.len() > 255 {
+        return Err("is longer than 255 bytes".into());
+    }
+    if let Some(c) = td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{td:?} has {c:?}; a SPIFFE trust domain has only a-z, 0-9, '.', '-', '_'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+trust_domain = "cluster.local"
+[keystore]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "hsm-ca"
+pin_file = "pin"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/hsm-ca/hsm-ca.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults_and_resolved_paths() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.keystore.pool.workers, 2);
+        assert_eq!(
+            c.root.certificates,
+            vec![PathBuf::from("/etc/hsm-ca/root-cert.pem")]
+        );
+        assert_eq!(
+            c.keystore.pkcs11.pin,
+            SecretSource::File(PathBuf::from("/etc/hsm-ca/pin"))
+        );
+        assert_eq!(c.workload.clock_skew, Duration::from_secs(120));
+        assert!(!c.intermediate.name_constraint);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\n[workload]\nmax_tll_secs = 5\n")).expect_err("typo");
+        assert!(err.to_string().contains("max_tll_secs"), "{err}");
+    }
+
+    #[test]
+    fn pin_from_both_sources_is_refused() {
+        let text = MINIMAL.replace("pin_file = \"pin\"", "pin_file = \"pin\"\npin_env = \"P\"");
+        let err = parse(&text).expect_err("both");
+        assert!(
+            err.to_string()
+                .contains("keystore.pin_file: give pin_file or pin_env"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_pin_source_is_refused() {
+        let text = MINIMAL.replace("pin_file = \"pin\"", "");
+        let err = parse(&text).expect_err("none");
+        assert!(err.to_string().contains("keystore.pin_file"), "{err}");
+    }
+
+    #[test]
+    fn bad_trust_domain_is_named() {
+        let err = parse(&MINIMAL.replace("cluster.local", "Cluster.Local")).expect_err("caps");
+        assert!(err.to_string().contains("trust_domain"), "{err}");
+    }
+
+    #[test]
+    fn bad_algorithm_is_named() {
+        let text = format!("{MINIMAL}\n[root]\nkey_algorithm = \"dsa-1024\"\n");
+        let err = parse(&text).expect_err("dsa");
+        assert!(err.to_string().contains("dsa-1024"), "{err}");
+    }
+
+    #[test]
+    fn default_ttl_above_max_is_refused() {
+        let text = format!("{MINIMAL}\n[workload]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 7200\n");
+        let err = parse(&text).expect_err("ttl");
+        assert!(
+            err.to_string().contains("workload.default_ttl_secs"),
+            "{err}"
+        );
+    }
+}

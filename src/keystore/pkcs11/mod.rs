@@ -1,0 +1,303 @@
+//! PKCS#11 backend: SoftHSM in tests, network and USB HSMs in production.
+//!
+//! [`Pkcs11Token`] loads the module, finds the token by label or serial (never by slot number,
+//! which tokens reassign), logs in once and keeps that login session open for the life of the
+//! process. Worker sessions ([`session::Pkcs11Session`]) share the login. When a call fails
+//! because the session, the login or the library itself went away, the token is recovered once
+//! (re-initialise the library if it was finalised, find the slot again, log in again) and the
+//! call is retried once; a second failure reaches the caller as a retryable error.
+
+pub mod provision;
+mod session;
+mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use super::{DeviceSession, KeyDevice, KeystoreError};
+use crate::secret::{Secret, SecretSource};
+
+/// How the token is chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSelector {
+    Label(String),
+    Serial(String),
+}
+
+impl std::fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "label {l:?}"),
+            TokenSelector::Serial(s) => write!(f, "serial {s:?}"),
+        }
+    }
+}
+
+/// Everything needed to reach a PKCS#11 token.
+#[derive(Clone, Debug)]
+pub struct Pkcs11Settings {
+    pub module: PathBuf,
+    pub token: TokenSelector,
+    pub pin: SecretSource,
+}
+
+/// A logged-in PKCS#11 token shared by the keystore workers.
+pub struct Pkcs11Token {
+    settings: Pkcs11Settings,
+    pin: Secret,
+    ctx: Pkcs11,
+    state: Mutex<TokenState>,
+    /// Declared last so sessions close before the library may be finalised.
+    _library: LibraryUse,
+}
+
+/// Live users of each loaded module in this process. The last one out finalises the library:
+/// SoftHSM crashes at process exit when it was never finalised, and finalising while another
+/// user still has sessions would break them.
+static LIBRARY_USERS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+/// One user's claim on an initialised module; finalises it when the last claim is dropped.
+pub(crate) struct LibraryUse {
+    ctx: Pkcs11,
+    module: PathBuf,
+}
+
+impl LibraryUse {
+    /// Loads and initialises `module` and registers a user of it.
+    pub(crate) fn acquire(module: &Path) -> Result<Self, KeystoreError> {
+        let ctx = Pkcs11::new(module).map_err(|e| KeystoreError::Module {
+            module: module.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut users = LIBRARY_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        initialize(&ctx)?;
+        *users.entry(module.to_path_buf()).or_insert(0) += 1;
+        Ok(LibraryUse {
+            ctx,
+            module: module.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn ctx(&self) -> &Pkcs11 {
+        &self.ctx
+    }
+}
+
+impl Drop for LibraryUse {
+    fn drop(&mut self) {
+        let mut users = LIBRARY_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let count = users.entry(self.module.clone()).or_insert(1);
+        *count -= 1;
+        if *count == 0 {
+            users.remove(&self.module);
+            // Errors here (e.g. already finalised by someone else) leave nothing to undo.
+            let _ = self.ctx.clone().finalize();
+        }
+    }
+}
+
+struct TokenState {
+    slot: Slot,
+    /// Bumped on every recovery; sessions opened under an older generation are stale.
+    generation: u64,
+    /// Keeps the login alive: PKCS#11 logs out when the last session of the token closes.
+    login_session: Option<Session>,
+}
+
+impl std::fmt::Debug for Pkcs11Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The initialisation every PKCS#11 context needs: SoftHSM corrupts memory under threads
+/// unless it may use OS locking.
+pub fn init_args() -> CInitializeArgs {
+    CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
+}
+
+impl Pkcs11Token {
+    /// Loads the module, finds the token and logs in. Errors are one clear line each.
+    pub fn open(settings: Pkcs11Settings) -> Result<Arc<Self>, KeystoreError> {
+        let pin = settings.pin.load()?;
+        let library = LibraryUse::acquire(&settings.module)?;
+        let ctx = library.ctx().clone();
+        let slot = find_slot(&ctx, &settings.token)?;
+        let login_session = login(&ctx, slot, &pin)?;
+        Ok(Arc::new(Pkcs11Token {
+            settings,
+            pin,
+            ctx,
+            state: Mutex::new(TokenState {
+                slot,
+                generation: 0,
+                login_session: Some(login_session),
+            }),
+            _library: library,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TokenState> {
+        // A poisoned lock only means a thread panicked while holding it; the state inside is
+        // still a slot number and a session, both of which recovery replaces anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot and generation new sessions should use.
+    fn current(&self) -> (Slot, u64) {
+        let state = self.lock();
+        (state.slot, state.generation)
+    }
+
+    /// Brings the token back after a session, login or library failure seen under `seen`.
+    /// If another worker already recovered since, this returns at once.
+    fn recover(&self, seen: u64) -> Result<(Slot, u64), KeystoreError> {
+        let mut state = self.lock();
+        if state.generation != seen {
+            return Ok((state.slot, state.generation));
+        }
+        tracing::warn!(token = %self.settings.token, "recovering PKCS#11 token");
+        // Closing may fail when the library was finalised; the handle is gone either way.
+        state.login_session = None;
+        initialize(&self.ctx)?;
+        let slot = find_slot(&self.ctx, &self.settings.token)?;
+        let session = login(&self.ctx, slot, &self.pin)?;
+        state.slot = slot;
+        state.login_session = Some(session);
+        state.generation += 1;
+        Ok((state.slot, state.generation))
+    }
+
+    fn open_worker_session(&self, slot: Slot) -> Result<Session, KeystoreError> {
+        self.ctx
+            .open_rw_session(slot)
+            .map_err(|e| classify("open session", e))
+    }
+}
+
+impl Drop for Pkcs11Token {
+    fn drop(&mut self) {
+        // Close the login session before the library claim (the last field) is released.
+        self.lock().login_session = None;
+    }
+}
+
+impl Pkcs11Token {
+    pub fn describe(&self) -> String {
+        format!(
+            "PKCS#11 token with {} via {}",
+            self.settings.token,
+            self.settings.module.display()
+        )
+    }
+}
+
+/// The [`KeyDevice`] the keystore pool uses: a shared handle to the token.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Device(pub Arc<Pkcs11Token>);
+
+impl Pkcs11Device {
+    pub fn open(settings: Pkcs11Settings) -> Result<Self, KeystoreError> {
+        Pkcs11Token::open(settings).map(Pkcs11Device)
+    }
+}
+
+impl KeyDevice for Pkcs11Device {
+    fn open_session(&self) -> Result<Box<dyn DeviceSession>, KeystoreError> {
+        Ok(Box::new(session::Pkcs11Session::new(self.0.clone())))
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+fn initialize(ctx: &Pkcs11) -> Result<(), KeystoreError> {
+    match ctx.initialize(init_args()) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(KeystoreError::Unavailable(format!(
+            "cannot initialise the PKCS#11 library: {}",
+            rv_name(&e)
+        ))),
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, selector: &TokenSelector) -> Result<Slot, KeystoreError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| classify("list slots", e))?;
+    for slot in slots {
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
+        let matches = match selector {
+            TokenSelector::Label(l) => info.label().trim_end() == l,
+            TokenSelector::Serial(s) => info.serial_number().trim_end() == s,
+        };
+        if matches {
+            return Ok(slot);
+        }
+    }
+    Err(KeystoreError::TokenNotFound(selector.to_string()))
+}
+
+fn login(ctx: &Pkcs11, slot: Slot, pin: &Secret) -> Result<Session, KeystoreError> {
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| classify("open login session", e))?;
+    let auth = AuthPin::from(pin.expose().to_string());
+    match session.login(UserType::User, Some(&auth)) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => Err(KeystoreError::PinIncorrect),
+        Err(P11Error::Pkcs11(RvError::PinLocked, _)) => Err(KeystoreError::PinLocked),
+        Err(e) => Err(classify("login", e)),
+    }
+}
+
+/// The short name of a PKCS#11 error (`CKR_…`-like), without the library's long prose.
+fn rv_name(e: &P11Error) -> String {
+    match e {
+        P11Error::Pkcs11(rv, function) => format!("{rv:?} in {function:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// Maps a PKCS#11 error to a keystore error. Errors after which re-opening the session,
+/// logging in again or re-initialising the library can help become [`KeystoreError::Unavailable`].
+fn classify(operation: &str, e: P11Error) -> KeystoreError {
+    match &e {
+        P11Error::Pkcs11(rv, _) if is_recoverable(*rv) => {
+            KeystoreError::Unavailable(format!("{operation}: {}", rv_name(&e)))
+        }
+        P11Error::Pkcs11(RvError::MechanismInvalid, _) => {
+            KeystoreError::Unsupported(format!("{operation}: mechanism"))
+        }
+        _ => KeystoreError::Device {
+            operation: operation.into(),
+            reason: rv_name(&e),
+        },
+    }
+}
+
+fn is_recoverable(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::ObjectHandleInvalid
+            | RvError::KeyHandleInvalid
+            | RvError::UserNotLoggedIn
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::DeviceError
+            | RvError::CryptokiNotInitialized
+            | RvError::GeneralError
+    )
+}

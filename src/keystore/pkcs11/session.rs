@@ -1,0 +1,208 @@
+//! One worker's PKCS#11 session, with cached key handles and the retry-once rule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState};
+
+use super::template::{key_pair_templates, read_key_info, single};
+use super::{classify, Pkcs11Token};
+use crate::keystore::{
+    der, DeviceSession, KeyAlgorithm, KeyId, KeyInfo, KeyRequest, KeystoreError, SignatureScheme,
+};
+
+pub struct Pkcs11Session {
+    token: Arc<Pkcs11Token>,
+    /// The open session and the token generation it was opened under.
+    session: Option<(Session, u64)>,
+    /// Private key handles by id, with the key's algorithm. Cleared on any recovery, since a
+    /// logout or re-initialisation invalidates handles.
+    handles: HashMap<KeyId, (ObjectHandle, KeyAlgorithm)>,
+}
+
+impl Pkcs11Session {
+    pub fn new(token: Arc<Pkcs11Token>) -> Self {
+        Pkcs11Session {
+            token,
+            session: None,
+            handles: HashMap::new(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match &self.session {
+            Some((_, g)) => *g,
+            None => self.token.current().1,
+        }
+    }
+
+    fn ensure_session(&mut self) -> Result<(), KeystoreError> {
+        if self.session.is_none() {
+            let (slot, generation) = self.token.current();
+            let session = self.token.open_worker_session(slot)?;
+            self.session = Some((session, generation));
+        }
+        Ok(())
+    }
+
+    /// Runs `op`; on a recoverable failure recovers the token, reopens the session and runs it
+    /// once more. A second failure is returned as is (retryable for the caller).
+    fn with_recovery<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Self) -> Result<T, KeystoreError>,
+    ) -> Result<T, KeystoreError> {
+        let mut attempt = 0;
+        loop {
+            let seen = self.generation();
+            let result = self.ensure_session().and_then(|()| op(self));
+            match result {
+                Err(KeystoreError::Unavailable(reason)) => {
+                    self.session = None;
+                    self.handles.clear();
+                    if attempt > 0 {
+                        return Err(KeystoreError::Unavailable(reason));
+                    }
+                    attempt += 1;
+                    tracing::warn!(%reason, "PKCS#11 call failed; recovering and retrying once");
+                    self.token.recover(seen)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn session(&self) -> Result<&Session, KeystoreError> {
+        self.session
+            .as_ref()
+            .map(|(s, _)| s)
+            .ok_or_else(|| KeystoreError::Unavailable("no session".into()))
+    }
+
+    /// The private key handle for `id`, from the cache or the token.
+    fn private_key(&mut self, id: &KeyId) -> Result<(ObjectHandle, KeyAlgorithm), KeystoreError> {
+        if let Some(found) = self.handles.get(id) {
+            return Ok(*found);
+        }
+        let session = self.session()?;
+        let handles = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.0.clone()),
+            ])
+            .map_err(|e| classify("find key", e))?;
+        let Some(handle) = single(handles, id)? else {
+            // Private objects are invisible without a login: tell that apart from a missing key.
+            let state = session
+                .get_session_info()
+                .map_err(|e| classify("session info", e))?
+                .session_state();
+            if matches!(state, SessionState::RoPublic | SessionState::RwPublic) {
+                return Err(KeystoreError::Unavailable("find key: not logged in".into()));
+            }
+            return Err(KeystoreError::KeyNotFound(id.clone()));
+        };
+        let info = read_key_info(session, handle).map_err(|e| classify("read key", e))?;
+        let algorithm = info.algorithm.ok_or_else(|| {
+            KeystoreError::Unsupported(format!("key {id}: algorithm not recognised"))
+        })?;
+        self.handles.insert(id.clone(), (handle, algorithm));
+        Ok((handle, algorithm))
+    }
+
+    fn sign_once(
+        &mut self,
+        id: &KeyId,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>, KeystoreError> {
+        let (handle, algorithm) = self.private_key(id)?;
+        if !scheme.fits(algorithm) {
+            return Err(KeystoreError::WrongScheme {
+                id: id.clone(),
+                actual: algorithm.to_string(),
+                scheme,
+            });
+        }
+        let session = self.session()?;
+        let sign = |mechanism: &Mechanism<'_>, data: &[u8]| {
+            session
+                .sign(mechanism, handle, data)
+                .map_err(|e| classify("sign", e))
+        };
+        match scheme {
+            SignatureScheme::EcdsaSha256 | SignatureScheme::EcdsaSha384 => {
+                let (digest_alg, field) = if scheme == SignatureScheme::EcdsaSha256 {
+                    (&ring::digest::SHA256, 32)
+                } else {
+                    (&ring::digest::SHA384, 48)
+                };
+                let digest = ring::digest::digest(digest_alg, message);
+                let raw = sign(&Mechanism::Ecdsa, digest.as_ref())?;
+                der::ecdsa_signature(&raw, field).ok_or_else(|| {
+                    KeystoreError::Unavailable(format!(
+                        "sign: device returned a malformed {}-byte ECDSA signature",
+                        raw.len()
+                    ))
+                })
+            }
+            SignatureScheme::RsaPkcs1Sha256 => sign(&Mechanism::Sha256RsaPkcs, message),
+            SignatureScheme::RsaPssSha256 => {
+                let params = PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 32.into(),
+                };
+                sign(&Mechanism::Sha256RsaPkcsPss(params), message)
+            }
+        }
+    }
+}
+
+impl DeviceSession for Pkcs11Session {
+    fn generate(&mut self, request: &KeyRequest) -> Result<KeyInfo, KeystoreError> {
+        let id = KeyId::random();
+        let (mechanism, public, private) =
+            key_pair_templates(request.algorithm, &id, &request.label);
+        self.with_recovery(|this| {
+            let session = this.session()?;
+            let (_public, private) = session
+                .generate_key_pair(&mechanism, &public, &private)
+                .map_err(|e| classify("generate key pair", e))?;
+            read_key_info(session, private).map_err(|e| classify("read key", e))
+        })
+    }
+
+    fn key_info(&mut self, id: &KeyId) -> Result<KeyInfo, KeystoreError> {
+        self.with_recovery(|this| {
+            let (handle, _) = this.private_key(id)?;
+            read_key_info(this.session()?, handle).map_err(|e| classify("read key", e))
+        })
+    }
+
+    fn sign(
+        &mut self,
+        id: &KeyId,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>, KeystoreError> {
+        self.with_recovery(|this| this.sign_once(id, scheme, message))
+    }
+
+    fn list(&mut self) -> Result<Vec<KeyInfo>, KeystoreError> {
+        self.with_recovery(|this| {
+            let session = this.session()?;
+            let handles = session
+                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                .map_err(|e| classify("list keys", e))?;
+            let mut keys = handles
+                .into_iter()
+                .map(|h| read_key_info(session, h).map_err(|e| classify("read key", e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.sort_by(|a, b| a.label.cmp(&b.label).then(a.id.0.cmp(&b.id.0)));
+            Ok(keys)
+        })
+    }
+}
