@@ -69,6 +69,12 @@ struct RawKeystore {
     queue_depth: usize,
     #[serde(default = "default_call_timeout_ms")]
     call_timeout_ms: u64,
+    #[serde(default = "default_true")]
+    verify_signatures: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_backend() -> String {
@@ -374,7 +380,12 @@ impl Config {
             trust_domain: raw.trust_domain,
             data_dir: resolve(raw.data_dir),
             keystore: KeystoreConfig {
-                pkcs11: Pkcs11Settings { module, token, pin },
+                pkcs11: Pkcs11Settings {
+                    module,
+                    token,
+                    pin,
+                    verify_signatures: ks.verify_signatures,
+                },
                 module_env: ks.module_env,
                 pool: PoolOptions {
                     workers: ks.signing_sessions,

@@ -4,6 +4,8 @@
 mod commands;
 mod dev;
 
+pub use dev::SOFTHSM_MODULES;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -223,6 +223,8 @@ pub enum KeystoreError {
     DeadlineExceeded,
     #[error("the device is unavailable ({0}); try again")]
     Unavailable(String),
+    #[error("the device session was lost ({0}); try again")]
+    SessionLost(String),
     #[error("the keystore has shut down")]
     Closed,
     #[error("device error in {operation}: {reason}")]
@@ -237,6 +239,7 @@ impl KeystoreError {
             KeystoreError::Overloaded
                 | KeystoreError::DeadlineExceeded
                 | KeystoreError::Unavailable(_)
+                | KeystoreError::SessionLost(_)
         )
     }
 }

@@ -13,7 +13,7 @@ mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
@@ -46,6 +46,9 @@ pub struct Pkcs11Settings {
     pub module: PathBuf,
     pub token: TokenSelector,
     pub pin: SecretSource,
+    /// Verify every signature with the public key before it leaves the keystore, so that a
+    /// device fault or a stale handle can never hand out a wrong signature.
+    pub verify_signatures: bool,
 }
 
 /// A logged-in PKCS#11 token shared by the keystore workers.
@@ -54,6 +57,9 @@ pub struct Pkcs11Token {
     pin: Secret,
     ctx: Pkcs11,
     state: Mutex<TokenState>,
+    /// Held shared by every call into the library and exclusively while recovery
+    /// re-initialises it: PKCS#11 leaves a call that races C_Initialize undefined.
+    calls: RwLock<()>,
     /// Declared last so sessions close before the library may be finalised.
     _library: LibraryUse,
 }
@@ -140,6 +146,7 @@ impl Pkcs11Token {
                 generation: 0,
                 login_session: Some(login_session),
             }),
+            calls: RwLock::new(()),
             _library: library,
         }))
     }
@@ -156,16 +163,42 @@ impl Pkcs11Token {
         (state.slot, state.generation)
     }
 
-    /// Brings the token back after a session, login or library failure seen under `seen`.
-    /// If another worker already recovered since, this returns at once.
-    fn recover(&self, seen: u64) -> Result<(Slot, u64), KeystoreError> {
+    /// Shared permission to call into the library (see `calls`).
+    fn call_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.calls.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the token back after a failure seen under generation `seen`. `lost` says the
+    /// failure showed that sessions are gone (library finalised, session handle invalid,
+    /// device removed); otherwise only the login is renewed. If another worker already
+    /// recovered since `seen`, this returns at once.
+    fn recover(&self, seen: u64, lost: bool) -> Result<(Slot, u64), KeystoreError> {
+        let _exclusive = self.calls.write().unwrap_or_else(|p| p.into_inner());
         let mut state = self.lock();
         if state.generation != seen {
             return Ok((state.slot, state.generation));
         }
-        tracing::warn!(token = %self.settings.token, "recovering PKCS#11 token");
-        // Closing may fail when the library was finalised; the handle is gone either way.
-        state.login_session = None;
+        tracing::warn!(token = %self.settings.token, lost, "recovering PKCS#11 token");
+        if !lost {
+            if let Some(session) = &state.login_session {
+                let auth = AuthPin::from(self.pin.expose().to_string());
+                match session.login(UserType::User, Some(&auth)) {
+                    Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                        state.generation += 1;
+                        return Ok((state.slot, state.generation));
+                    }
+                    Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => {
+                        return Err(KeystoreError::PinIncorrect)
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        // The old login session is dead or unusable: forget it without closing, since after
+        // a re-initialisation its handle number may belong to a new session.
+        if let Some(old) = state.login_session.take() {
+            std::mem::forget(old);
+        }
         initialize(&self.ctx)?;
         let slot = find_slot(&self.ctx, &self.settings.token)?;
         let session = login(&self.ctx, slot, &self.pin)?;
@@ -185,6 +218,7 @@ impl Pkcs11Token {
 impl Drop for Pkcs11Token {
     fn drop(&mut self) {
         // Close the login session before the library claim (the last field) is released.
+        let _exclusive = self.calls.write().unwrap_or_else(|p| p.into_inner());
         self.lock().login_session = None;
     }
 }
@@ -273,6 +307,9 @@ fn rv_name(e: &P11Error) -> String {
 /// logging in again or re-initialising the library can help become [`KeystoreError::Unavailable`].
 fn classify(operation: &str, e: P11Error) -> KeystoreError {
     match &e {
+        P11Error::Pkcs11(rv, _) if session_lost(*rv) => {
+            KeystoreError::SessionLost(format!("{operation}: {}", rv_name(&e)))
+        }
         P11Error::Pkcs11(rv, _) if is_recoverable(*rv) => {
             KeystoreError::Unavailable(format!("{operation}: {}", rv_name(&e)))
         }
@@ -286,18 +323,26 @@ fn classify(operation: &str, e: P11Error) -> KeystoreError {
     }
 }
 
-fn is_recoverable(rv: RvError) -> bool {
+/// Errors after which the session handle is dead: it is forgotten, not closed.
+fn session_lost(rv: RvError) -> bool {
     matches!(
         rv,
         RvError::SessionHandleInvalid
             | RvError::SessionClosed
-            | RvError::ObjectHandleInvalid
-            | RvError::KeyHandleInvalid
-            | RvError::UserNotLoggedIn
             | RvError::DeviceRemoved
             | RvError::TokenNotPresent
-            | RvError::DeviceError
             | RvError::CryptokiNotInitialized
+    )
+}
+
+/// Errors after which a new login and fresh key handles can help.
+fn is_recoverable(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::ObjectHandleInvalid
+            | RvError::KeyHandleInvalid
+            | RvError::UserNotLoggedIn
+            | RvError::DeviceError
             | RvError::GeneralError
     )
 }

@@ -18,9 +18,17 @@ pub struct Pkcs11Session {
     token: Arc<Pkcs11Token>,
     /// The open session and the token generation it was opened under.
     session: Option<(Session, u64)>,
-    /// Private key handles by id, with the key's algorithm. Cleared on any recovery, since a
-    /// logout or re-initialisation invalidates handles.
-    handles: HashMap<KeyId, (ObjectHandle, KeyAlgorithm)>,
+    /// Private key handles by id. Cleared on any recovery, since a logout or
+    /// re-initialisation invalidates handles.
+    handles: HashMap<KeyId, CachedKey>,
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    handle: ObjectHandle,
+    algorithm: KeyAlgorithm,
+    /// The subjectPublicKey bits, to verify signatures before they leave.
+    public_key: Arc<[u8]>,
 }
 
 impl Pkcs11Session {
@@ -48,8 +56,8 @@ impl Pkcs11Session {
         Ok(())
     }
 
-    /// Runs `op`; on a recoverable failure recovers the token, reopens the session and runs it
-    /// once more. A second failure is returned as is (retryable for the caller).
+    /// Runs `op`; on a recoverable failure recovers the token and runs it once more. A second
+    /// failure is returned as is (retryable for the caller).
     fn with_recovery<T>(
         &mut self,
         mut op: impl FnMut(&mut Self) -> Result<T, KeystoreError>,
@@ -57,20 +65,35 @@ impl Pkcs11Session {
         let mut attempt = 0;
         loop {
             let seen = self.generation();
-            let result = self.ensure_session().and_then(|()| op(self));
-            match result {
-                Err(KeystoreError::Unavailable(reason)) => {
-                    self.session = None;
-                    self.handles.clear();
-                    if attempt > 0 {
-                        return Err(KeystoreError::Unavailable(reason));
-                    }
-                    attempt += 1;
-                    tracing::warn!(%reason, "PKCS#11 call failed; recovering and retrying once");
-                    self.token.recover(seen)?;
+            let result = {
+                let token = self.token.clone();
+                let _gate = token.call_gate();
+                self.ensure_session().and_then(|()| op(self))
+            };
+            let lost = match &result {
+                Err(KeystoreError::SessionLost(_)) => true,
+                Err(KeystoreError::Unavailable(_)) => false,
+                _ => return result,
+            };
+            self.handles.clear();
+            if lost {
+                // The handle is dead; closing it could hit a new session that reuses its number.
+                if let Some((session, _)) = self.session.take() {
+                    std::mem::forget(session);
                 }
-                other => return other,
+            } else if attempt > 0 {
+                let token = self.token.clone();
+                let _gate = token.call_gate();
+                self.session = None;
             }
+            if attempt > 0 {
+                return result;
+            }
+            attempt += 1;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "PKCS#11 call failed; recovering and retrying once");
+            }
+            self.token.recover(seen, lost)?;
         }
     }
 
@@ -82,9 +105,9 @@ impl Pkcs11Session {
     }
 
     /// The private key handle for `id`, from the cache or the token.
-    fn private_key(&mut self, id: &KeyId) -> Result<(ObjectHandle, KeyAlgorithm), KeystoreError> {
+    fn private_key(&mut self, id: &KeyId) -> Result<CachedKey, KeystoreError> {
         if let Some(found) = self.handles.get(id) {
-            return Ok(*found);
+            return Ok(found.clone());
         }
         let session = self.session()?;
         let handles = session
@@ -108,8 +131,16 @@ impl Pkcs11Session {
         let algorithm = info.algorithm.ok_or_else(|| {
             KeystoreError::Unsupported(format!("key {id}: algorithm not recognised"))
         })?;
-        self.handles.insert(id.clone(), (handle, algorithm));
-        Ok((handle, algorithm))
+        let public_key = subject_public_key_bits(&info.public_key).ok_or_else(|| {
+            KeystoreError::Unavailable(format!("key {id}: public key unreadable"))
+        })?;
+        let cached = CachedKey {
+            handle,
+            algorithm,
+            public_key,
+        };
+        self.handles.insert(id.clone(), cached.clone());
+        Ok(cached)
     }
 
     fn sign_once(
@@ -118,7 +149,8 @@ impl Pkcs11Session {
         scheme: SignatureScheme,
         message: &[u8],
     ) -> Result<Vec<u8>, KeystoreError> {
-        let (handle, algorithm) = self.private_key(id)?;
+        let key = self.private_key(id)?;
+        let (handle, algorithm) = (key.handle, key.algorithm);
         if !scheme.fits(algorithm) {
             return Err(KeystoreError::WrongScheme {
                 id: id.clone(),
@@ -132,7 +164,7 @@ impl Pkcs11Session {
                 .sign(mechanism, handle, data)
                 .map_err(|e| classify("sign", e))
         };
-        match scheme {
+        let signature = match scheme {
             SignatureScheme::EcdsaSha256 | SignatureScheme::EcdsaSha384 => {
                 let (digest_alg, field) = if scheme == SignatureScheme::EcdsaSha256 {
                     (&ring::digest::SHA256, 32)
@@ -157,7 +189,15 @@ impl Pkcs11Session {
                 };
                 sign(&Mechanism::Sha256RsaPkcsPss(params), message)
             }
+        }?;
+        if self.token.settings.verify_signatures
+            && !verifies(scheme, &key.public_key, message, &signature)
+        {
+            return Err(KeystoreError::Unavailable(format!(
+                "sign: the device returned a signature that does not verify with key {id}"
+            )));
         }
+        Ok(signature)
     }
 }
 
@@ -177,8 +217,8 @@ impl DeviceSession for Pkcs11Session {
 
     fn key_info(&mut self, id: &KeyId) -> Result<KeyInfo, KeystoreError> {
         self.with_recovery(|this| {
-            let (handle, _) = this.private_key(id)?;
-            read_key_info(this.session()?, handle).map_err(|e| classify("read key", e))
+            let key = this.private_key(id)?;
+            read_key_info(this.session()?, key.handle).map_err(|e| classify("read key", e))
         })
     }
 
@@ -205,4 +245,24 @@ impl DeviceSession for Pkcs11Session {
             Ok(keys)
         })
     }
+}
+
+fn subject_public_key_bits(spki: &[u8]) -> Option<Arc<[u8]>> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).ok()?;
+    Some(Arc::from(parsed.subject_public_key.data.as_ref()))
+}
+
+/// Software check of a device signature.
+fn verifies(scheme: SignatureScheme, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    use ring::signature as sig;
+    let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
+        SignatureScheme::EcdsaSha256 => &sig::ECDSA_P256_SHA256_ASN1,
+        SignatureScheme::EcdsaSha384 => &sig::ECDSA_P384_SHA384_ASN1,
+        SignatureScheme::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        SignatureScheme::RsaPssSha256 => &sig::RSA_PSS_2048_8192_SHA256,
+    };
+    sig::UnparsedPublicKey::new(algorithm, public_key)
+        .verify(message, signature)
+        .is_ok()
 }

@@ -1,0 +1,211 @@
+//! Shared test fixtures: fresh SoftHSM tokens, chosen by label, in temporary folders.
+//!
+//! In-process tests share one SoftHSM token folder per test process (SoftHSM reads its config
+//! once per process) and create a fresh token with a unique label for every test. Tests that
+//! run the `hsm-ca` binary get a folder, config and token of their own.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
+use hsm_ca::keystore::{KeyStore, PoolOptions};
+use hsm_ca::secret::{Secret, SecretSource};
+
+/// The SoftHSM module on this machine.
+pub fn module() -> PathBuf {
+    hsm_ca::cli::SOFTHSM_MODULES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("SoftHSM is not installed: run ops/test.sh, which installs it")
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// The process's SoftHSM token folder; sets SOFTHSM2_CONF before any test loads the module.
+fn process_token_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).expect("tokens dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, provision::softhsm_config(&tokens)).expect("conf");
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        dir
+    })
+    .path()
+}
+
+/// A fresh token in this process, with its PIN in a file of its own.
+pub struct TestToken {
+    pub label: String,
+    pub pin: Secret,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestToken {
+    pub fn new() -> Self {
+        process_token_dir();
+        let label = format!("t-{}", random_hex(6));
+        let pin = Secret::new(random_hex(8));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pin"), pin.expose()).expect("pin file");
+        provision::create_token(&module(), &label, &Secret::new(random_hex(8)), &pin)
+            .expect("create token");
+        TestToken { label, pin, dir }
+    }
+
+    pub fn settings(&self) -> Pkcs11Settings {
+        Pkcs11Settings {
+            module: module(),
+            token: TokenSelector::Label(self.label.clone()),
+            pin: SecretSource::File(self.dir.path().join("pin")),
+            verify_signatures: true,
+        }
+    }
+
+    pub fn keystore(&self, workers: usize) -> KeyStore {
+        self.keystore_with(PoolOptions {
+            workers,
+            queue_depth: 1024,
+            call_timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub fn keystore_with(&self, options: PoolOptions) -> KeyStore {
+        let device = Pkcs11Device::open(self.settings()).expect("open token");
+        KeyStore::start(Arc::new(device), options).expect("start keystore")
+    }
+}
+
+/// A folder for one CLI test: its own SoftHSM config, token, PIN file and hsm-ca.toml.
+pub struct CliEnv {
+    pub dir: tempfile::TempDir,
+    pub pin: String,
+    pub label: String,
+}
+
+impl CliEnv {
+    pub fn new(extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).expect("tokens");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, provision::softhsm_config(&tokens)).expect("conf");
+        let label = format!("cli-{}", random_hex(4));
+        let pin = random_hex(8);
+        let status = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &label,
+                "--so-pin",
+                "so-secret-1",
+                "--pin",
+                &pin,
+            ])
+            .output()
+            .expect("softhsm2-util runs");
+        assert!(status.status.success(), "softhsm2-util: {:?}", status);
+        std::fs::write(dir.path().join("pin"), &pin).expect("pin");
+        let config = format!(
+            r#"trust_domain = "example.org"
+data_dir = "data"
+[keystore]
+module = "{module}"
+token_label = "{label}"
+pin_file = "pin"
+[keystore.module_env]
+SOFTHSM2_CONF = "{conf}"
+{extra_config}
+"#,
+            module = module().display(),
+            conf = conf.display()
+        );
+        std::fs::write(dir.path().join("hsm-ca.toml"), config).expect("config");
+        CliEnv { dir, pin, label }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `hsm-ca --config <dir>/hsm-ca.toml ARGS` in the folder.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_in(self.dir.path(), &self.path("hsm-ca.toml"), args)
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(cwd)
+        .env("HSM_CA_LOG", "trace")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("hsm-ca runs");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `openssl verify -x509_strict` of `leaf` against `root`, with `untrusted` intermediates.
+pub fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(root);
+    if let Some(u) = untrusted {
+        cmd.arg("-untrusted").arg(u);
+    }
+    cmd.arg(leaf);
+    let out = cmd.output().expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Verifies a signature over `message` with the DER SubjectPublicKeyInfo `spki`, in software.
+pub fn verify_signature(
+    spki: &[u8],
+    scheme: hsm_ca::keystore::SignatureScheme,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use hsm_ca::keystore::SignatureScheme::*;
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).expect("spki");
+    let key = parsed.subject_public_key.data.as_ref();
+    let alg: &dyn ring::signature::VerificationAlgorithm = match scheme {
+        EcdsaSha256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+        EcdsaSha384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
+        RsaPkcs1Sha256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        RsaPssSha256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
+    };
+    ring::signature::UnparsedPublicKey::new(alg, key)
+        .verify(message, signature)
+        .is_ok()
+}
