@@ -1,1 +1,188 @@
-fn main() {}
+//! Raw HSM sign rate vs in-process leaf issuance rate, side by side in one run.
+//!
+//! `cargo bench --bench issuance` (seconds per measurement: `BENCH_SECS`, default 3).
+//! Everything runs against a fresh SoftHSM token in a temporary folder. Issuance is the whole
+//! in-process path: parse the CSR PEM and verify its signature, build the leaf, sign it in the
+//! HSM (through the keystore queue), encode PEM. Ratios are what to compare across machines.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hsm_ca::authority;
+use hsm_ca::ca::{self, IssuingCa};
+use hsm_ca::config::Config;
+use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
+use hsm_ca::keystore::{KeyAlgorithm, KeyRequest, KeyStore, PoolOptions, SignatureScheme};
+use hsm_ca::secret::{Secret, SecretSource};
+use time::OffsetDateTime;
+
+fn module() -> std::path::PathBuf {
+    hsm_ca::cli::SOFTHSM_MODULES
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .expect("SoftHSM is not installed: run ops/install-deps.sh")
+}
+
+/// Runs `op` on `threads` threads for `secs`; returns operations per second.
+fn rate(threads: usize, secs: f64, op: impl Fn(u64) + Sync) -> f64 {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, count, op) = (&stop, &count, &op);
+            s.spawn(move || {
+                let mut i = t as u64 * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    op(i);
+                    i += 1;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).expect("tokens");
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(&conf, provision::softhsm_config(&tokens)).expect("conf");
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let pin = Secret::new("bench-pin-1234".into());
+    std::fs::write(dir.path().join("pin"), pin.expose()).expect("pin");
+    provision::create_token(
+        &module(),
+        "bench",
+        &Secret::new("bench-so-1234".into()),
+        &pin,
+    )
+    .expect("token");
+
+    let open = |workers: usize, verify: bool| -> KeyStore {
+        let settings = Pkcs11Settings {
+            module: module(),
+            token: TokenSelector::Label("bench".into()),
+            pin: SecretSource::File(dir.path().join("pin")),
+            verify_signatures: verify,
+        };
+        let device = Pkcs11Device::open(settings).expect("open");
+        KeyStore::start(
+            Arc::new(device),
+            PoolOptions {
+                workers,
+                queue_depth: 4096,
+                call_timeout: Duration::from_secs(10),
+            },
+        )
+        .expect("keystore")
+    };
+
+    let cfg = Config::parse(
+        Path::new("/tmp/bench.toml"),
+        "trust_domain = \"cluster.local\"\n[keystore]\nmodule = \"x\"\ntoken_label = \"bench\"\npin_env = \"X\"\n",
+    )
+    .expect("config");
+    let now = OffsetDateTime::now_utc();
+    let setup = open(1, true);
+    let (_, root) = authority::create_root(&setup, &cfg, now).expect("root");
+    let root_ca = authority::issuing_ca_for(&setup, &root.der).expect("root ca");
+    let (_, csr_pem) = authority::new_intermediate_csr(&setup, &cfg, now).expect("csr");
+    let inter = authority::sign_intermediate(
+        &root_ca,
+        &ca::parse_csr(csr_pem.as_bytes()).expect("csr"),
+        &cfg,
+        now,
+    )
+    .expect("intermediate");
+    let raw_key = setup
+        .generate_blocking(KeyRequest {
+            algorithm: KeyAlgorithm::EcdsaP256,
+            label: "bench raw".into(),
+        })
+        .expect("key");
+    drop((root_ca, setup));
+
+    // ztunnel-style CSRs (P-256, empty subject, one URI SAN), made once.
+    let csrs: Vec<String> = (0..64)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let mut p = rcgen::CertificateParams::default();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            let id = format!("spiffe://cluster.local/ns/bench/sa/w{i}");
+            p.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().expect("uri"))];
+            p.serialize_request(&key).expect("csr").pem().expect("pem")
+        })
+        .collect();
+
+    println!(
+        "hsm-ca issuance bench: SoftHSM, ECDSA P-256 CA key, {secs}s per figure, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:<8} {:<7} {:>14} {:>16} {:>8}",
+        "workers", "verify", "raw sign/s", "issuance/s", "ratio"
+    );
+    let mut lines = Vec::new();
+    for verify in [true, false] {
+        for workers in [1usize, 2] {
+            let store = open(workers, verify);
+            let callers = workers * 2;
+            let sign = rate(callers, secs, |i| {
+                store
+                    .sign_blocking(&raw_key.id, SignatureScheme::EcdsaSha256, &i.to_be_bytes())
+                    .expect("sign");
+            });
+            let issuing = authority::issuing_ca_for(&store, &inter.der).expect("issuing");
+            let issue = rate(callers, secs, |i| {
+                issue_one(&issuing, &csrs[(i % 64) as usize])
+            });
+            println!(
+                "{:<8} {:<7} {:>14.0} {:>16.0} {:>8.2}",
+                workers,
+                if verify { "on" } else { "off" },
+                sign,
+                issue,
+                issue / sign
+            );
+            lines.push((workers, verify, sign, issue));
+        }
+    }
+    if let (Some(on), Some(off)) = (
+        lines.iter().find(|l| l.0 == 2 && l.1),
+        lines.iter().find(|l| l.0 == 2 && !l.1),
+    ) {
+        println!(
+            "signature self-check cost at 2 workers: issuance with it / without it = {:.2}",
+            on.3 / off.3
+        );
+    }
+}
+
+fn issue_one(issuing: &IssuingCa, csr_pem: &str) {
+    let csr = ca::parse_csr(csr_pem.as_bytes()).expect("parse");
+    let id = csr.uri_sans[0].clone();
+    let leaf = issuing
+        .issue_leaf(
+            &csr.spki,
+            &id,
+            Duration::from_secs(86400),
+            Duration::from_secs(120),
+            OffsetDateTime::now_utc(),
+        )
+        .expect("issue");
+    std::hint::black_box(leaf.pem);
+}

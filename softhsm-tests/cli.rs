@@ -1,1 +1,363 @@
-fn main() {}
+//! The `hsm-ca` binary as an officer uses it, each test with its own SoftHSM token folder.
+
+mod support;
+
+use support::{openssl_verify, run_in, CliEnv};
+
+/// The error line (logs at trace level may come before it).
+fn last_line(stderr: &str) -> &str {
+    stderr.trim().lines().last().unwrap_or("")
+}
+
+#[test]
+fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
+    let env = CliEnv::new("");
+    let out = env.run(&["ceremony", "init-root"]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("Root certificate written to"),
+        "{}",
+        out.stdout
+    );
+    assert!(env.path("root-cert.pem").exists());
+
+    let out = env.run(&["intermediate", "new", "--out", "inter.csr"]);
+    assert!(out.ok, "{out:?}");
+    let fp_line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Public key SHA-256:"))
+        .expect("fingerprint")
+        .to_string();
+
+    let out = env.run(&[
+        "ceremony",
+        "sign-intermediate",
+        "--csr",
+        "inter.csr",
+        "--out",
+        "inter.pem",
+        "--yes",
+    ]);
+    assert!(out.ok, "{out:?}");
+    // The officer sees the same public-key fingerprint the operator saw.
+    let fp = fp_line.trim_start_matches("Public key SHA-256:").trim();
+    assert!(
+        out.stdout.contains(fp),
+        "fingerprint {fp} not shown:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("CSR subject:            CN=hsm-ca intermediate"),
+        "{}",
+        out.stdout
+    );
+    let (ok, text) = openssl_verify(&env.path("root-cert.pem"), None, &env.path("inter.pem"));
+    assert!(ok, "{text}");
+
+    let out = env.run(&["intermediate", "install", "--cert", "inter.pem"]);
+    assert!(out.ok, "{out:?}");
+    assert!(out.stdout.contains("as Active"), "{}", out.stdout);
+    let out = env.run(&["intermediate", "list"]);
+    assert!(out.stdout.starts_with("active"), "{}", out.stdout);
+
+    let out = env.run(&["keys", "list"]);
+    assert!(out.ok, "{out:?}");
+    let rows: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // SENSITIVE EXTRACTABLE ALWAYS_SENSITIVE NEVER_EXTRACTABLE LOCAL
+        assert_eq!(
+            &cols[cols.len() - 5..],
+            &["yes", "no", "yes", "yes", "yes"],
+            "{row}"
+        );
+    }
+
+    let out = env.run(&["inspect", "inter.pem"]);
+    assert!(out.ok, "{out:?}");
+    for want in [
+        "SPIFFE ID:    spiffe://example.org",
+        "CA:true, pathlen 0 (critical)",
+        "Key Cert Sign, CRL Sign (critical)",
+        "left)",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "missing {want:?}:\n{}",
+            out.stdout
+        );
+    }
+    // Nothing the tool printed, at any log level, contains the PIN.
+    assert!(!out.stderr.contains(&env.pin));
+}
+
+#[test]
+fn a_wrong_pin_is_one_clear_line_and_never_printed() {
+    let env = CliEnv::new("");
+    let wrong = "wrong-pin-31337";
+    std::fs::write(env.path("pin"), wrong).expect("pin");
+    let out = env.run(&["keys", "list"]);
+    assert!(!out.ok);
+    assert_eq!(
+        last_line(&out.stderr),
+        "error: the PIN was refused by the token",
+        "{out:?}"
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains(wrong) && !text.contains(&env.pin), "{text}");
+    }
+}
+
+#[test]
+fn a_pin_from_the_environment_works_and_stays_out_of_logs() {
+    let env = CliEnv::new("");
+    let config = std::fs::read_to_string(env.path("hsm-ca.toml")).expect("config");
+    std::fs::write(
+        env.path("hsm-ca.toml"),
+        config.replace("pin_file = \"pin\"", "pin_env = \"TEST_HSM_PIN\""),
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(env.dir.path())
+        .env("HSM_CA_LOG", "trace")
+        .env("TEST_HSM_PIN", &env.pin)
+        .args(["--config", "hsm-ca.toml", "ceremony", "init-root"])
+        .output()
+        .expect("run");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains(&env.pin) && !stderr.contains(&env.pin));
+    let out = env.run(&["keys", "list"]);
+    assert_eq!(
+        last_line(&out.stderr),
+        "error: cannot read the PIN: environment variable TEST_HSM_PIN is not set"
+    );
+}
+
+#[test]
+fn a_token_that_is_not_there_is_named() {
+    let env = CliEnv::new("");
+    let config = std::fs::read_to_string(env.path("hsm-ca.toml")).expect("config");
+    std::fs::write(env.path("hsm-ca.toml"), config.replace(&env.label, "nope")).expect("config");
+    let out = env.run(&["keys", "list"]);
+    assert!(!out.ok);
+    assert_eq!(
+        last_line(&out.stderr),
+        "error: no token with label \"nope\" is present"
+    );
+}
+
+#[test]
+fn a_tampered_csr_is_refused_and_nothing_is_written() {
+    let env = CliEnv::new("");
+    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    let pem = std::fs::read_to_string(env.path("inter.csr")).expect("csr");
+    let mut der = pem::parse(&pem).expect("pem").into_contents();
+    let at = der
+        .windows(12)
+        .position(|w| w == b"intermediate")
+        .expect("subject");
+    der[at] = b'J';
+    std::fs::write(
+        env.path("bad.csr"),
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der)),
+    )
+    .expect("write");
+    let out = env.run(&[
+        "ceremony",
+        "sign-intermediate",
+        "--csr",
+        "bad.csr",
+        "--out",
+        "bad.pem",
+        "--yes",
+    ]);
+    assert!(!out.ok);
+    assert_eq!(
+        last_line(&out.stderr),
+        "error: CSR signature invalid: the requester does not hold the private key"
+    );
+    assert!(!env.path("bad.pem").exists());
+}
+
+#[test]
+fn signing_needs_a_confirmation_when_not_scripted() {
+    let env = CliEnv::new("");
+    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    let out = env.run(&[
+        "ceremony",
+        "sign-intermediate",
+        "--csr",
+        "inter.csr",
+        "--out",
+        "inter.pem",
+    ]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("pass --yes"), "{out:?}");
+    assert!(!env.path("inter.pem").exists());
+}
+
+#[test]
+fn install_refuses_certificates_without_a_key_or_chain() {
+    let a = CliEnv::new("");
+    let b = CliEnv::new("");
+    for env in [&a, &b] {
+        assert!(env.run(&["ceremony", "init-root"]).ok);
+        assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+        assert!(
+            env.run(&[
+                "ceremony",
+                "sign-intermediate",
+                "--csr",
+                "inter.csr",
+                "--out",
+                "inter.pem",
+                "--yes"
+            ])
+            .ok
+        );
+    }
+    // b's intermediate chains to b's root, and its key is in b's token, not a's.
+    std::fs::copy(b.path("inter.pem"), a.path("foreign.pem")).expect("copy");
+    let out = a.run(&["intermediate", "install", "--cert", "foreign.pem"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("does not chain to the configured root"),
+        "{out:?}"
+    );
+    // Trust b's root too: now the chain is fine but the key is not in a's token.
+    let config = std::fs::read_to_string(a.path("hsm-ca.toml")).expect("config");
+    std::fs::copy(b.path("root-cert.pem"), a.path("root-b.pem")).expect("copy");
+    std::fs::write(
+        a.path("hsm-ca.toml"),
+        format!("{config}\n[root]\ncertificates = [\"root-cert.pem\", \"root-b.pem\"]\n"),
+    )
+    .expect("config");
+    let out = a.run(&["intermediate", "install", "--cert", "foreign.pem"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("does not match any key in the token"),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn init_root_never_overwrites_an_existing_root() {
+    let env = CliEnv::new("");
+    assert!(env.run(&["ceremony", "init-root"]).ok);
+    let before = std::fs::read(env.path("root-cert.pem")).expect("root");
+    let out = env.run(&["ceremony", "init-root"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("already exists"), "{out:?}");
+    assert_eq!(
+        std::fs::read(env.path("root-cert.pem")).expect("root"),
+        before
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let env = CliEnv::new("[keystore2]\n");
+    let out = env.run(&["keys", "list"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("keystore2"), "{out:?}");
+    let env = CliEnv::new("[intermediate]\nvalidity_days = 0\n");
+    let out = env.run(&["keys", "list"]);
+    assert!(
+        out.stderr
+            .contains("intermediate.validity_days: 0 is outside"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn inspect_describes_each_certificate_of_a_bundle_and_rejects_garbage() {
+    let env = CliEnv::new("");
+    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    assert!(
+        env.run(&[
+            "ceremony",
+            "sign-intermediate",
+            "--csr",
+            "inter.csr",
+            "--out",
+            "inter.pem",
+            "--yes"
+        ])
+        .ok
+    );
+    let bundle = std::fs::read_to_string(env.path("inter.pem")).expect("inter")
+        + &std::fs::read_to_string(env.path("root-cert.pem")).expect("root");
+    std::fs::write(env.path("bundle.pem"), bundle).expect("bundle");
+    let out = env.run(&["inspect", "bundle.pem"]);
+    assert!(out.ok, "{out:?}");
+    assert!(out.stdout.contains("Certificate 1 of 2") && out.stdout.contains("Certificate 2 of 2"));
+    assert_eq!(out.stdout.matches("SHA-256:").count(), 2);
+    std::fs::write(env.path("junk.pem"), "not a certificate").expect("junk");
+    let out = env.run(&["inspect", "junk.pem"]);
+    assert!(!out.ok);
+    assert!(
+        last_line(&out.stderr).starts_with("error: malformed certificate"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_dev_appliance_is_created_once_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev_dir = dir.path().join("dev");
+    let dev = dev_dir.to_str().expect("utf8");
+    let unused = dir.path().join("unused.toml");
+    let first = run_in(dir.path(), &unused, &["dev", "--dir", dev]);
+    assert!(first.ok, "{first:?}");
+    assert!(first.stdout.contains("(new)"));
+    for f in [
+        "hsm-ca.toml",
+        "root-cert.pem",
+        "intermediate-cert.pem",
+        "pin",
+    ] {
+        assert!(dev_dir.join(f).exists(), "{f} missing");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dev_dir.join("pin"))
+            .expect("pin")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the PIN file is readable by others");
+    let root_before = std::fs::read(dev_dir.join("root-cert.pem")).expect("root");
+    let second = run_in(dir.path(), &unused, &["dev", "--dir", dev]);
+    assert!(second.ok, "{second:?}");
+    assert!(second.stdout.contains("(reused)"));
+    assert_eq!(
+        std::fs::read(dev_dir.join("root-cert.pem")).expect("root"),
+        root_before
+    );
+    let (ok, text) = openssl_verify(
+        &dev_dir.join("root-cert.pem"),
+        None,
+        &dev_dir.join("intermediate-cert.pem"),
+    );
+    assert!(ok, "{text}");
+    // The generated config works for the other commands.
+    let keys = run_in(dir.path(), &dev_dir.join("hsm-ca.toml"), &["keys", "list"]);
+    assert!(keys.ok, "{keys:?}");
+    assert_eq!(keys.stdout.lines().count(), 3, "{}", keys.stdout);
+}

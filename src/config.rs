@@ -521,3 +521,26 @@ pin_file = "pin"
         );
     }
 }
+
+#[cfg(test)]
+mod example_configs {
+    use super::*;
+
+    /// The annotated examples in hsm-config/ must be configs this build accepts.
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("hsm-config/") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 5,
+            "expected the SoftHSM and vendor examples, found {seen}"
+        );
+    }
+}

@@ -64,7 +64,7 @@ pub fn create_token(
     ctx.init_token(slot, &so, label)
         .map_err(|e| fail("init token", e))?;
     // The slot id may change once the token exists: find it again by label.
-    let slot = super::find_slot(&ctx, &super::TokenSelector::Label(label.to_string()))?;
+    let slot = super::find_slot(ctx, &super::TokenSelector::Label(label.to_string()))?;
     let session = ctx
         .open_rw_session(slot)
         .map_err(|e| fail("open session", e))?;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system packages hsm-ca's development appliance and tests need, when missing:
+# SoftHSM (the PKCS#11 token), its command-line tool, and openssl (the independent verifier).
+set -euo pipefail
+
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+for extra in "$@"; do
+  dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+if [ "${#need[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing: ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
