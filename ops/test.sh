@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole hsm-ca test suite: unit tests and the integration tests against real SoftHSM
 # tokens (each test makes its own), with openssl as the independent certificate verifier.
+# Ends with one summary line: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/install-deps.sh
-cargo build --locked --benches --quiet
-exec cargo test --locked "$@"
+cargo build --locked --all-targets --quiet
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
