@@ -325,7 +325,7 @@ fn the_dev_appliance_is_created_once_and_reused() {
     let dev_dir = dir.path().join("dev");
     let dev = dev_dir.to_str().expect("utf8");
     let unused = dir.path().join("unused.toml");
-    let first = run_in(dir.path(), &unused, &["dev", "--dir", dev]);
+    let first = run_in(dir.path(), &unused, &["dev", "--dir", dev, "--setup-only"]);
     assert!(first.ok, "{first:?}");
     assert!(first.stdout.contains("(new)"));
     for f in [
@@ -343,7 +343,7 @@ fn the_dev_appliance_is_created_once_and_reused() {
     );
     assert_eq!(mode & 0o077, 0, "the PIN file is readable by others");
     let root_before = std::fs::read(dev_dir.join("root-cert.pem")).expect("root");
-    let second = run_in(dir.path(), &unused, &["dev", "--dir", dev]);
+    let second = run_in(dir.path(), &unused, &["dev", "--dir", dev, "--setup-only"]);
     assert!(second.ok, "{second:?}");
     assert!(second.stdout.contains("(reused)"));
     assert_eq!(

@@ -45,6 +45,83 @@ struct RawConfig {
     intermediate: RawIntermediate,
     #[serde(default)]
     workload: RawWorkload,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+    #[serde(default)]
+    authorization: RawAuthorization,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_dns_names")]
+    dns_names: Vec<String>,
+    #[serde(default)]
+    ip_addresses: Vec<String>,
+    #[serde(default)]
+    client_auth: crate::tls::ClientAuth,
+    #[serde(default = "default_serving_ttl")]
+    serving_cert_ttl_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            dns_names: default_dns_names(),
+            ip_addresses: Vec::new(),
+            client_auth: crate::tls::ClientAuth::Optional,
+            serving_cert_ttl_secs: default_serving_ttl(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:15012".into()
+}
+fn default_dns_names() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_serving_ttl() -> u64 {
+    86400
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default = "default_cluster_id")]
+    id: String,
+    issuer: String,
+    #[serde(default = "default_audiences")]
+    audiences: Vec<String>,
+    jwks_file: PathBuf,
+}
+
+fn default_cluster_id() -> String {
+    crate::auth::DEFAULT_CLUSTER.into()
+}
+fn default_audiences() -> Vec<String> {
+    vec!["istio-ca".into()]
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorization {
+    #[serde(default)]
+    trusted_node_accounts: Vec<String>,
+    #[serde(default)]
+    registration_authorities: Vec<RawRegistrationAuthority>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrationAuthority {
+    identity: String,
+    namespaces: Vec<String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -204,6 +281,36 @@ pub struct Config {
     pub root: RootConfig,
     pub intermediate: IntermediateConfig,
     pub workload: WorkloadConfig,
+    pub server: ServerConfig,
+    pub clusters: Vec<ClusterConfig>,
+    pub authorization: AuthorizationConfig,
+}
+
+/// The issuance service's listener and serving certificate.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    pub client_auth: crate::tls::ClientAuth,
+    pub serving_cert_ttl: Duration,
+}
+
+/// A Kubernetes cluster whose service-account tokens are accepted.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub id: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_file: PathBuf,
+}
+
+/// Who may ask for identities other than their own.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizationConfig {
+    /// `(namespace, service account)` of node agents allowed to impersonate (ztunnel).
+    pub trusted_node_accounts: Vec<(String, String)>,
+    pub registration_authorities: Vec<crate::auth::RegistrationAuthority>,
 }
 
 #[derive(Debug, Clone)]
@@ -375,7 +482,122 @@ impl Config {
             ));
         }
 
+        let srv = raw.server;
+        let listen = srv.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address:port", srv.listen),
+            )
+        })?;
+        if srv.dns_names.is_empty() && srv.ip_addresses.is_empty() {
+            return Err(invalid(
+                "server.dns_names",
+                "the serving certificate needs at least one DNS name or IP address".into(),
+            ));
+        }
+        for name in &srv.dns_names {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*'))
+            {
+                return Err(invalid(
+                    "server.dns_names",
+                    format!("{name:?} is not a DNS name"),
+                ));
+            }
+        }
+        let ip_addresses = srv
+            .ip_addresses
+            .iter()
+            .map(|ip| {
+                ip.parse().map_err(|_| {
+                    invalid(
+                        "server.ip_addresses",
+                        format!("{ip:?} is not an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if srv.serving_cert_ttl_secs < 2 {
+            return Err(invalid(
+                "server.serving_cert_ttl_secs",
+                "must be at least 2".into(),
+            ));
+        }
+        let mut clusters = Vec::new();
+        for c in raw.clusters {
+            if c.issuer.is_empty() {
+                return Err(invalid(
+                    "clusters.issuer",
+                    format!("cluster {:?} needs an issuer", c.id),
+                ));
+            }
+            if c.audiences.is_empty() {
+                return Err(invalid(
+                    "clusters.audiences",
+                    format!("cluster {:?} needs an audience", c.id),
+                ));
+            }
+            if clusters.iter().any(|k: &ClusterConfig| k.id == c.id) {
+                return Err(invalid(
+                    "clusters.id",
+                    format!("cluster {:?} is listed twice", c.id),
+                ));
+            }
+            clusters.push(ClusterConfig {
+                id: c.id,
+                issuer: c.issuer,
+                audiences: c.audiences,
+                jwks_file: resolve(c.jwks_file),
+            });
+        }
+        let mut authorization = AuthorizationConfig::default();
+        for account in raw.authorization.trusted_node_accounts {
+            let (ns, sa) = account
+                .split_once('/')
+                .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "authorization.trusted_node_accounts",
+                        format!("{account:?} is not <namespace>/<service account>"),
+                    )
+                })?;
+            authorization
+                .trusted_node_accounts
+                .push((ns.to_string(), sa.to_string()));
+        }
+        for ra in raw.authorization.registration_authorities {
+            let identity = crate::auth::SpiffeId::parse(&ra.identity).map_err(|e| {
+                invalid(
+                    "authorization.registration_authorities.identity",
+                    e.to_string(),
+                )
+            })?;
+            if ra.namespaces.is_empty() {
+                return Err(invalid(
+                    "authorization.registration_authorities.namespaces",
+                    format!("{identity} needs at least one namespace (or \"*\")"),
+                ));
+            }
+            authorization
+                .registration_authorities
+                .push(crate::auth::RegistrationAuthority {
+                    identity,
+                    namespaces: ra.namespaces,
+                });
+        }
+
         Ok(Config {
+            server: ServerConfig {
+                listen,
+                dns_names: srv.dns_names,
+                ip_addresses,
+                client_auth: srv.client_auth,
+                serving_cert_ttl: Duration::from_secs(srv.serving_cert_ttl_secs),
+            },
+            clusters,
+            authorization,
             path: path.to_path_buf(),
             trust_domain: raw.trust_domain,
             data_dir: resolve(raw.data_dir),

@@ -4,10 +4,15 @@
 //! [`keystore`] owns every conversation with the HSM, [`ca`] builds and checks certificates,
 //! [`state`] records which CA certificates are installed, and [`cli`] is the officer's front door.
 
+pub mod auth;
 pub mod authority;
 pub mod ca;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod issuance;
 pub mod keystore;
 pub mod secret;
+pub mod server;
 pub mod state;
+pub mod tls;

@@ -153,6 +153,38 @@ pub fn leaf(
     Ok(p)
 }
 
+/// The CA's own TLS serving certificate: DNS and IP SANs, serverAuth, CA:false.
+pub fn server(
+    dns_names: &[String],
+    ip_addresses: &[std::net::IpAddr],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    if let Some(first) = dns_names.first() {
+        p.distinguished_name
+            .push(DnType::CommonName, first.as_str());
+    }
+    p.serial_number = Some(random_serial());
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    for name in dns_names {
+        p.subject_alt_names.push(SanType::DnsName(
+            name.as_str()
+                .try_into()
+                .map_err(|_| CaError::Policy(format!("{name:?} is not a DNS name")))?,
+        ));
+    }
+    p.subject_alt_names
+        .extend(ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+    Ok(p)
+}
+
 /// The leaf's validity: from `now - skew` to `now + ttl`, never past the issuer's NotAfter.
 pub fn leaf_validity(
     now: OffsetDateTime,

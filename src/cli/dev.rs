@@ -9,12 +9,14 @@ use time::OffsetDateTime;
 
 use super::commands::format_keys;
 use super::CliError;
+use crate::auth::devtoken;
 use crate::authority::{self, write_file};
 use crate::ca::{self, inspect};
 use crate::config::Config;
 use crate::keystore::{self, pkcs11::provision};
 use crate::secret::Secret;
 use crate::state::CaState;
+use zeroize::Zeroizing;
 
 /// Where SoftHSM's module is found on Debian/Ubuntu and from source builds.
 pub const SOFTHSM_MODULES: &[&str] = &[
@@ -26,6 +28,13 @@ pub const SOFTHSM_MODULES: &[&str] = &[
 
 const TOKEN_LABEL: &str = "hsm-ca-dev";
 
+/// The issuer of the dev appliance's test service-account tokens.
+pub const DEV_TOKEN_ISSUER: &str = "https://hsm-ca-dev.invalid/token-issuer";
+/// Key id of the dev token signer.
+pub const DEV_TOKEN_KID: &str = "dev-1";
+/// The admin client identity the dev appliance issues for the admin API.
+pub const DEV_ADMIN_ID: &str = "spiffe://cluster.local/ns/hsm-ca/sa/admin";
+
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// Folder holding the token, config, certificates and state.
@@ -34,6 +43,12 @@ pub struct DevArgs {
     /// SoftHSM PKCS#11 module (default: the first found of the usual locations).
     #[arg(long)]
     pub module: Option<PathBuf>,
+    /// Serve gRPC on this address instead of the config's (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Create or check the appliance, show it, and exit without serving.
+    #[arg(long)]
+    pub setup_only: bool,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -90,6 +105,22 @@ signing_sessions = 2
 [keystore.module_env]
 SOFTHSM2_CONF = "{conf}"
 
+[server]
+listen = "127.0.0.1:15012"
+dns_names = ["localhost"]
+ip_addresses = ["127.0.0.1"]
+client_auth = "optional"
+
+# Test service-account tokens are signed by token-signer-key.pem (see `hsm-ca request --dev`).
+[[clusters]]
+id = "Kubernetes"
+issuer = "{DEV_TOKEN_ISSUER}"
+audiences = ["istio-ca"]
+jwks_file = "jwks.json"
+
+[authorization]
+trusted_node_accounts = ["istio-system/ztunnel"]
+
 [root]
 certificates = ["root-cert.pem"]
 common_name = "hsm-ca dev root"
@@ -103,6 +134,7 @@ key_algorithm = "ecdsa-p256"
 "#,
         module = module.display(),
         conf = dir.join("softhsm2.conf").display(),
+        DEV_TOKEN_ISSUER = DEV_TOKEN_ISSUER,
     )
 }
 
@@ -159,6 +191,31 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
     let state = CaState::open(&config.data_dir)?;
     authority::install_intermediate(&store, &state, &[root.der], &inter.der, now)?;
     drop(state);
+
+    let signer = devtoken::new_signer(DEV_TOKEN_KID).map_err(CliError::Message)?;
+    write_private(&dir.join("token-signer-key.pem"), &signer.key_pkcs8_pem)?;
+    write_file(&dir.join("jwks.json"), signer.jwks.as_bytes(), false)?;
+
+    // An admin client identity for the admin API, issued by the intermediate.
+    let inter_ca = authority::issuing_ca_for(&store, &inter.der)?;
+    let admin_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CliError::Message(e.to_string()))?;
+    let admin = inter_ca.issue_leaf(
+        &rcgen::PublicKeyData::subject_public_key_info(&admin_key),
+        DEV_ADMIN_ID,
+        std::time::Duration::from_secs(90 * 86400),
+        config.workload.clock_skew,
+        now,
+    )?;
+    write_private(
+        &dir.join("admin-key.pem"),
+        &Zeroizing::new(admin_key.serialize_pem()),
+    )?;
+    write_file(
+        &dir.join("admin-cert.pem"),
+        format!("{}{}", admin.pem, inter.pem).as_bytes(),
+        false,
+    )?;
     std::fs::rename(&staged, dir.join("hsm-ca.toml"))
         .map_err(|e| CliError::Message(format!("{}: {e}", staged.display())))?;
     Ok(())
@@ -186,6 +243,12 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let state = CaState::open(&config.data_dir)?;
     let issuer = authority::active_issuer(&store, &state)?;
     let now = OffsetDateTime::now_utc();
+    if !dir.join("token-signer-key.pem").exists() {
+        return Err(CliError::Message(format!(
+            "{} was made by an older hsm-ca; remove it to start afresh",
+            dir.display()
+        )));
+    }
 
     println!(
         "hsm-ca dev appliance in {} ({})",
@@ -208,6 +271,57 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     print!("{}", inspect::describe(issuer.cert_der(), now)?);
     println!();
     println!("Config: {}", config_path.display());
-    println!("Try: hsm-ca --config {} keys list", config_path.display());
-    Ok(())
+    if args.setup_only {
+        return Ok(());
+    }
+    drop(issuer);
+    serve(config, store, state, args.listen, &dir)
+}
+
+fn serve(
+    mut config: Config,
+    store: keystore::KeyStore,
+    state: CaState,
+    listen: Option<std::net::SocketAddr>,
+    dir: &Path,
+) -> Result<(), CliError> {
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let mut server = crate::server::start(config, store, &state)
+            .await
+            .map_err(|e| CliError::Message(e.to_string()))?;
+        println!();
+        println!(
+            "Serving istio.v1.auth.IstioCertificateService on {} (TLS; server name localhost)",
+            server.local_addr
+        );
+        println!("Admin API: reserved for 127.0.0.1:9443 (not served yet)");
+        println!("Request a workload certificate from another shell:");
+        println!(
+            "  cargo run --quiet -- request --dev {} --addr {} --ns default --sa web --out web-certs",
+            dir.display(),
+            server.local_addr
+        );
+        println!("Stop with Ctrl-C.");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::Message(e.to_string()))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+            r = server.wait() => {
+                return r.map_err(|e| CliError::Message(format!("server stopped: {e}")));
+            }
+        }
+        println!("Stopping.");
+        server.shutdown().await;
+        Ok(())
+    })
 }

@@ -3,8 +3,9 @@
 
 mod commands;
 mod dev;
+mod request;
 
-pub use dev::SOFTHSM_MODULES;
+pub use dev::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID, SOFTHSM_MODULES};
 
 use std::path::PathBuf;
 
@@ -45,6 +46,8 @@ pub enum Command {
     },
     /// Run the whole appliance locally on an embedded SoftHSM token.
     Dev(dev::DevArgs),
+    /// Request a workload certificate from a running CA, as istio-agent does.
+    Request(Box<request::RequestArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect { file } => commands::inspect(&file),
         Command::Dev(args) => dev::run(args),
+        Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
         Command::Ceremony(CeremonyCommand::InitRoot { out }) => {
             commands::init_root(&cli.config, out)

@@ -1,0 +1,259 @@
+//! The Istio certificate service (`istio.v1.auth.IstioCertificateService/CreateCertificate`).
+//!
+//! A request flows: decode and size limits → authenticate the caller → decide the identity to
+//! issue (own, registration authority, or impersonated by a trusted node agent) → parse the CSR
+//! and check it against that identity → clamp the TTL → sign on a blocking thread through the
+//! keystore → answer `[leaf, intermediate(s)…, trust bundle]`. Every refusal has one gRPC code,
+//! chosen in [`IssuanceError::status`].
+
+pub mod policy;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{AuthError, Authenticator, Caller, SpiffeId};
+use crate::ca::{self, CaError};
+use crate::keystore::KeystoreError;
+pub use view::{IssuerSnapshot, IssuerView};
+
+/// Generated from proto/ca.proto.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("istio.v1.auth");
+}
+
+use pb::istio_certificate_service_server::IstioCertificateService;
+use pb::{IstioCertificateRequest, IstioCertificateResponse};
+
+/// Largest request message accepted (a CSR and a little metadata).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Why a request was not answered with a certificate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuanceError {
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    #[error("request impersonation authentication failure: {0}")]
+    Impersonation(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IssuanceError {
+    /// The one mapping from issuance errors to gRPC status. Policy refusals use codes
+    /// istio-agent does not retry; overload and device trouble use codes it does.
+    pub fn status(&self) -> Status {
+        use tonic::Code;
+        let code = match self {
+            IssuanceError::Unauthenticated(_) | IssuanceError::Impersonation(_) => {
+                Code::Unauthenticated
+            }
+            IssuanceError::InvalidRequest(_) => Code::InvalidArgument,
+            IssuanceError::PermissionDenied(_) => Code::PermissionDenied,
+            IssuanceError::Ca(e) => match e {
+                CaError::MalformedCsr(_) | CaError::CsrSignatureInvalid => Code::InvalidArgument,
+                CaError::Policy(_) => Code::PermissionDenied,
+                CaError::Keystore(k) => match k {
+                    KeystoreError::Overloaded | KeystoreError::DeadlineExceeded => {
+                        Code::ResourceExhausted
+                    }
+                    KeystoreError::Unavailable(_)
+                    | KeystoreError::SessionLost(_)
+                    | KeystoreError::Closed => Code::Unavailable,
+                    _ => Code::Internal,
+                },
+                CaError::IssuerExpired(_) => Code::Unavailable,
+                _ => Code::Internal,
+            },
+            IssuanceError::Internal(_) => Code::Internal,
+        };
+        // Device details stay in the server log; the caller learns the class of failure.
+        let message = match code {
+            Code::Unavailable => "the CA's key device is unavailable; retry later".to_string(),
+            Code::ResourceExhausted => "the CA is overloaded; retry later".to_string(),
+            Code::Internal => "internal error in the CA".to_string(),
+            _ => self.to_string(),
+        };
+        Status::new(code, message)
+    }
+}
+
+/// Limits and defaults for workload certificates.
+#[derive(Clone, Debug)]
+pub struct IssuanceRules {
+    pub trust_domain: String,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub clock_skew: Duration,
+}
+
+/// The gRPC service.
+pub struct CertificateService {
+    view: Arc<IssuerView>,
+    auth: Arc<Authenticator>,
+    rules: IssuanceRules,
+}
+
+impl CertificateService {
+    pub fn new(view: Arc<IssuerView>, auth: Arc<Authenticator>, rules: IssuanceRules) -> Self {
+        CertificateService { view, auth, rules }
+    }
+
+    /// The tonic server for this service, with message size limits.
+    pub fn into_server(
+        self,
+    ) -> pb::istio_certificate_service_server::IstioCertificateServiceServer<Self> {
+        pb::istio_certificate_service_server::IstioCertificateServiceServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    /// Decides which identity `caller` gets for this request.
+    fn identity_to_issue(
+        &self,
+        caller: &Caller,
+        impersonated: Option<&str>,
+        csr: &ca::ParsedCsr,
+    ) -> Result<SpiffeId, IssuanceError> {
+        if let Some(target) = impersonated {
+            if !self.auth.may_impersonate(caller) {
+                return Err(IssuanceError::Impersonation(format!(
+                    "{} is not a trusted node account",
+                    caller.id
+                )));
+            }
+            let id = SpiffeId::parse(target)
+                .map_err(|e| IssuanceError::InvalidRequest(format!("ImpersonatedIdentity: {e}")))?;
+            if id.trust_domain() != self.rules.trust_domain || id.namespace_and_account().is_none()
+            {
+                return Err(IssuanceError::Impersonation(format!(
+                    "{id} is not a workload of trust domain {}",
+                    self.rules.trust_domain
+                )));
+            }
+            return Ok(id);
+        }
+        if let Some(ra) = self.auth.registration_authority(caller) {
+            let [uri] = csr.uri_sans.as_slice() else {
+                return Err(IssuanceError::PermissionDenied(
+                    "a registration authority's CSR must carry exactly one URI SAN".into(),
+                ));
+            };
+            let id = SpiffeId::parse(uri)
+                .map_err(|e| IssuanceError::PermissionDenied(format!("requested identity: {e}")))?;
+            if id.trust_domain() != self.rules.trust_domain || !ra.may_request(&id) {
+                return Err(IssuanceError::PermissionDenied(format!(
+                    "registration authority {} may not request {id}",
+                    caller.id
+                )));
+            }
+            return Ok(id);
+        }
+        Ok(caller.id.clone())
+    }
+
+    async fn handle(
+        &self,
+        peer_leaf: Option<Vec<u8>>,
+        bearer: Option<String>,
+        cluster: Option<String>,
+        request: IstioCertificateRequest,
+    ) -> Result<(Vec<String>, Caller, SpiffeId, String), IssuanceError> {
+        let caller =
+            self.auth
+                .authenticate(peer_leaf.as_deref(), bearer.as_deref(), cluster.as_deref())?;
+        if request.csr.len() > policy::MAX_CSR_PEM {
+            return Err(IssuanceError::InvalidRequest(format!(
+                "CSR is larger than {} bytes",
+                policy::MAX_CSR_PEM
+            )));
+        }
+        let csr = ca::parse_csr(request.csr.as_bytes())?;
+        let impersonated = request
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            });
+        let identity = self.identity_to_issue(&caller, impersonated.as_deref(), &csr)?;
+        policy::check_csr(&csr, &identity).map_err(IssuanceError::PermissionDenied)?;
+        let ttl = policy::ttl(
+            request.validity_duration,
+            self.rules.default_ttl,
+            self.rules.max_ttl,
+        );
+
+        // Hold this snapshot for the whole request: a rotation meanwhile does not affect it.
+        let issuer = self.view.load();
+        let skew = self.rules.clock_skew;
+        let id_text = identity.to_string();
+        let spki = csr.spki.clone();
+        let signer = issuer.clone();
+        let leaf = tokio::task::spawn_blocking(move || {
+            signer
+                .ca
+                .issue_leaf(&spki, &id_text, ttl, skew, OffsetDateTime::now_utc())
+        })
+        .await
+        .map_err(|e| IssuanceError::Internal(format!("signing task: {e}")))??;
+
+        let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
+        chain.push(leaf.pem);
+        chain.extend(issuer.intermediates_pem.iter().cloned());
+        chain.push(issuer.bundle_pem.clone());
+        Ok((chain, caller, identity, leaf.serial))
+    }
+}
+
+fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CertificateService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let peer_leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.to_vec()));
+        let bearer = bearer_token(request.metadata());
+        let cluster = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match self
+            .handle(peer_leaf, bearer, cluster, request.into_inner())
+            .await
+        {
+            Ok((cert_chain, caller, identity, serial)) => {
+                tracing::info!(%serial, %identity, caller = %caller.id, method = %caller.method, "issued");
+                Ok(Response::new(IstioCertificateResponse { cert_chain }))
+            }
+            Err(e) => {
+                let status = e.status();
+                tracing::info!(code = ?status.code(), reason = %e, "refused");
+                Err(status)
+            }
+        }
+    }
+}

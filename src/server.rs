@@ -1,0 +1,262 @@
+//! The running appliance: the issuance service on its TLS listener, the serving certificate
+//! it renews itself, and the issuer view that rotation swaps.
+//!
+//! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
+//! each accepted connection finishes its handshake on its own task, so a slow client cannot hold
+//! up others, and is then handed to tonic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
+
+use crate::auth::{Authenticator, ClusterVerifier};
+use crate::authority::{self, read_certificates, AuthorityError};
+use crate::ca::{profile, CaError};
+use crate::config::Config;
+use crate::issuance::{CertificateService, IssuanceRules, IssuerSnapshot, IssuerView};
+use crate::keystore::KeyStore;
+use crate::state::CaState;
+use crate::tls::{self, ServingCert};
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cluster {cluster}: {reason}")]
+    Cluster { cluster: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving certificate: {0}")]
+    Serving(String),
+}
+
+/// A started appliance.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub view: Arc<IssuerView>,
+    pub serving: Arc<ServingCert>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.renewal.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops on its own (an error).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Builds the authenticator from the config (reads every cluster's JWKS file).
+pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
+    let clusters = config
+        .clusters
+        .iter()
+        .map(|c| {
+            ClusterVerifier::from_file(&c.id, &c.issuer, &c.audiences, &c.jwks_file).map_err(
+                |reason| ServerError::Cluster {
+                    cluster: c.id.clone(),
+                    reason,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Authenticator {
+        trust_domain: config.trust_domain.clone(),
+        clusters,
+        registration_authorities: config.authorization.registration_authorities.clone(),
+        trusted_node_accounts: config.authorization.trusted_node_accounts.clone(),
+    })
+}
+
+/// Issues a serving certificate from the current issuer, with a fresh in-memory key.
+/// Returns the rustls key and the moment it should be renewed (half its life).
+fn issue_serving(
+    issuer: &IssuerSnapshot,
+    config: &Config,
+) -> Result<(rustls::sign::CertifiedKey, OffsetDateTime), ServerError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ServerError::Serving(e.to_string()))?;
+    let key_der = Zeroizing::new(key.serialize_der());
+    let now = OffsetDateTime::now_utc();
+    let (not_before, not_after) = profile::leaf_validity(
+        now,
+        config.server.serving_cert_ttl,
+        config.workload.clock_skew,
+        issuer.ca.not_after(),
+    );
+    let params = profile::server(
+        &config.server.dns_names,
+        &config.server.ip_addresses,
+        not_before,
+        not_after,
+    )
+    .map_err(AuthorityError::from)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let cert = issuer
+        .ca
+        .sign(&params, &spki, now)
+        .map_err(AuthorityError::from)?;
+    let chain = vec![cert.der, issuer.ca.cert_der().to_vec()];
+    let certified = tls::certified_key(&chain, &key_der)?;
+    let renew_at = now + (not_after - now) / 2;
+    Ok((certified, renew_at))
+}
+
+async fn issue_serving_blocking(
+    view: &Arc<IssuerView>,
+    config: &Arc<Config>,
+) -> Result<(rustls::sign::CertifiedKey, OffsetDateTime), ServerError> {
+    let (view, config) = (view.clone(), config.clone());
+    tokio::task::spawn_blocking(move || issue_serving(&view.load(), &config))
+        .await
+        .map_err(|e| ServerError::Serving(e.to_string()))?
+}
+
+/// Loads the CA state and starts serving. Call inside a tokio runtime.
+pub async fn start(
+    config: Config,
+    store: KeyStore,
+    state: &CaState,
+) -> Result<RunningServer, ServerError> {
+    let config = Arc::new(config);
+    let mut roots = Vec::new();
+    for path in &config.root.certificates {
+        roots.extend(read_certificates(path)?);
+    }
+    let issuer = {
+        let (store, state_ref) = (store.clone(), state);
+        tokio::task::block_in_place(|| authority::active_issuer(&store, state_ref))?
+    };
+    if issuer.not_after() <= OffsetDateTime::now_utc() {
+        return Err(
+            AuthorityError::from(CaError::IssuerExpired(issuer.not_after().to_string())).into(),
+        );
+    }
+    let view = Arc::new(IssuerView::new(IssuerSnapshot::new(issuer, roots.clone())));
+    let auth = Arc::new(authenticator(&config)?);
+
+    let (first, mut renew_at) = issue_serving_blocking(&view, &config).await?;
+    let serving = Arc::new(ServingCert::new(first));
+    let tls_config = tls::server_config(&roots, config.server.client_auth, serving.clone())?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+            if conn_tx.is_closed() {
+                break;
+            }
+        }
+    });
+
+    let rules = IssuanceRules {
+        trust_domain: config.trust_domain.clone(),
+        default_ttl: config.workload.default_ttl,
+        max_ttl: config.workload.max_ttl,
+        clock_skew: config.workload.clock_skew,
+    };
+    let service = CertificateService::new(view.clone(), auth, rules).into_server();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            ),
+    );
+
+    let renewal = {
+        let (view, config, serving) = (view.clone(), config.clone(), serving.clone());
+        tokio::spawn(async move {
+            loop {
+                let wait = (renew_at - OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+                    .max(Duration::from_millis(500));
+                tokio::time::sleep(wait).await;
+                match issue_serving_blocking(&view, &config).await {
+                    Ok((next, at)) => {
+                        serving.replace(next);
+                        renew_at = at;
+                        tracing::info!("serving certificate renewed");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "serving certificate renewal failed; retrying");
+                        renew_at = OffsetDateTime::now_utc() + time::Duration::seconds(5);
+                    }
+                }
+            }
+        })
+    };
+
+    Ok(RunningServer {
+        local_addr,
+        view,
+        serving,
+        shutdown: Some(shutdown_tx),
+        task,
+        renewal,
+    })
+}

@@ -1,0 +1,155 @@
+//! All TLS policy in one place: protocol versions (1.2 and 1.3), the crypto provider (ring),
+//! ALPN `h2` (grpc-go refuses a CA without it), client-certificate verification against the
+//! trust bundle, and a serving certificate that can be replaced while the server runs.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use serde::Deserialize;
+
+/// The protocol versions hsm-ca speaks (istio-agent uses 1.2+, ztunnel 1.3 only).
+pub const VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The one crypto provider: ring, so the build needs no cmake.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Whether callers must present a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Requested, not required: in-cluster pods authenticate with a token instead.
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Setup(e.to_string())
+}
+
+/// A serving certificate chain and its (software, in-memory) key, replaceable at run time.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ServingCert {
+    pub fn new(first: CertifiedKey) -> Self {
+        ServingCert {
+            current: ArcSwap::from_pointee(first),
+        }
+    }
+
+    /// Publishes a new certificate; handshakes from now on use it.
+    pub fn replace(&self, next: CertifiedKey) {
+        self.current.store(Arc::new(next));
+    }
+
+    /// The leaf of the certificate currently served.
+    pub fn leaf(&self) -> Vec<u8> {
+        self.current
+            .load()
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A chain (leaf first, DER) and its PKCS#8 key as rustls wants them.
+pub fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key_pkcs8.to_vec(),
+        )))
+        .map_err(setup)?;
+    let certs = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    Ok(CertifiedKey::new(certs, key))
+}
+
+fn root_store(roots: &[Vec<u8>]) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(CertificateDer::from(root.clone()))
+            .map_err(setup)?;
+    }
+    Ok(store)
+}
+
+/// The server side: TLS 1.2/1.3, ALPN h2, client certificates checked against `roots`.
+pub fn server_config(
+    roots: &[Vec<u8>],
+    client_auth: ClientAuth,
+    certs: Arc<ServingCert>,
+) -> Result<ServerConfig, TlsError> {
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider());
+    let verifier = match client_auth {
+        ClientAuth::Optional => builder.allow_unauthenticated().build(),
+        ClientAuth::Required => builder.build(),
+    }
+    .map_err(setup)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(setup)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The client side (the `request` command and tests): trusts `roots`, offers ALPN h2, and
+/// optionally presents a client certificate chain with its PKCS#8 key.
+pub fn client_config(
+    roots: &[Vec<u8>],
+    identity: Option<(&[Vec<u8>], &[u8])>,
+    tls13_only: bool,
+) -> Result<ClientConfig, TlsError> {
+    let versions: &[&SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        VERSIONS
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(setup)?
+        .with_root_certificates(root_store(roots)?);
+    let mut config = match identity {
+        Some((chain, key)) => {
+            let certs = chain
+                .iter()
+                .map(|c| CertificateDer::from(c.clone()))
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
+            builder.with_client_auth_cert(certs, key).map_err(setup)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
