@@ -23,6 +23,9 @@ use crate::keystore::KeyStore;
 use crate::state::CaState;
 use crate::tls::{self, ServingCert};
 
+/// How long requests in flight may take to finish when the server stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,13 +57,19 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops accepting, lets requests in flight finish, and waits.
+    /// Stops accepting, lets requests in flight finish (up to [`SHUTDOWN_GRACE`]), and waits.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.renewal.abort();
-        let _ = (&mut self.task).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period; closing them");
+            self.task.abort();
+        }
     }
 
     /// Waits until the server stops on its own (an error).

@@ -10,6 +10,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod appliance;
+
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
 use hsm_ca::keystore::{KeyStore, PoolOptions};
 use hsm_ca::secret::{Secret, SecretSource};

@@ -8,6 +8,11 @@ use x509_parser::public_key::PublicKey;
 
 use super::CaError;
 
+/// Smallest RSA key accepted.
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA key accepted (bigger keys only cost the CA CPU time).
+pub const MAX_RSA_BITS: usize = 8192;
+
 /// Largest CSR accepted, in bytes of DER (an RSA-4096 CSR with a few names is ~1.7 KB).
 pub const MAX_CSR_DER: usize = 16 * 1024;
 
@@ -94,9 +99,31 @@ pub fn parse_csr(input: &[u8]) -> Result<ParsedCsr, CaError> {
                 None => CsrKey::Other("EC key without a named curve".into()),
             }
         }
-        Ok(_) => CsrKey::Other(info.subject_pki.algorithm.algorithm.to_id_string()),
+        Ok(PublicKey::Unknown(_)) | Ok(_) => {
+            let oid = info.subject_pki.algorithm.algorithm.to_id_string();
+            CsrKey::Other(match oid.as_str() {
+                "1.3.101.112" => "Ed25519".to_string(),
+                "1.3.101.113" => "Ed448".to_string(),
+                _ => format!("algorithm {oid}"),
+            })
+        }
         Err(e) => return Err(CaError::MalformedCsr(format!("public key: {e}"))),
     };
+    // Keys outside the accepted set are refused before the signature check, so the caller learns
+    // the real reason (ring cannot verify, say, RSA-1024).
+    match &key {
+        CsrKey::Rsa { bits } if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(bits) => {
+            return Err(CaError::Policy(format!(
+                "RSA-{bits} keys are not accepted ({MIN_RSA_BITS} to {MAX_RSA_BITS} bits)"
+            )))
+        }
+        CsrKey::Other(k) => {
+            return Err(CaError::Policy(format!(
+                "{k} keys are not accepted (RSA, ECDSA P-256, ECDSA P-384)"
+            )))
+        }
+        _ => {}
+    }
     csr.verify_signature()
         .map_err(|_| CaError::CsrSignatureInvalid)?;
 

@@ -257,3 +257,69 @@ impl IstioCertificateService for CertificateService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn code(e: IssuanceError) -> Code {
+        e.status().code()
+    }
+
+    #[test]
+    fn each_failure_class_has_its_grpc_code() {
+        assert_eq!(code(AuthError::NoCredentials.into()), Code::Unauthenticated);
+        assert_eq!(
+            code(IssuanceError::Impersonation("x".into())),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(CaError::MalformedCsr("x".into()).into()),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(CaError::CsrSignatureInvalid.into()),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(CaError::Policy("x".into()).into()),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(IssuanceError::PermissionDenied("x".into())),
+            Code::PermissionDenied
+        );
+        for k in [KeystoreError::Overloaded, KeystoreError::DeadlineExceeded] {
+            assert_eq!(code(CaError::Keystore(k).into()), Code::ResourceExhausted);
+        }
+        for k in [
+            KeystoreError::Unavailable("x".into()),
+            KeystoreError::SessionLost("x".into()),
+            KeystoreError::Closed,
+        ] {
+            assert_eq!(code(CaError::Keystore(k).into()), Code::Unavailable);
+        }
+        assert_eq!(
+            code(CaError::IssuerExpired("t".into()).into()),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(CaError::Keystore(KeystoreError::PinIncorrect).into()),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn device_details_stay_out_of_the_callers_message() {
+        let s = IssuanceError::from(CaError::Keystore(KeystoreError::Unavailable(
+            "sign: DeviceError in Sign on token hsm-ca".into(),
+        )))
+        .status();
+        assert!(
+            !s.message().contains("DeviceError") && !s.message().contains("hsm-ca"),
+            "{}",
+            s.message()
+        );
+    }
+}

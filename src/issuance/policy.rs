@@ -9,13 +9,12 @@ use crate::ca::{CsrKey, ParsedCsr};
 /// Largest CSR PEM accepted in a request.
 pub const MAX_CSR_PEM: usize = 32 * 1024;
 
-/// Largest RSA key accepted (bigger keys only cost the CA CPU time).
-pub const MAX_RSA_BITS: usize = 8192;
+pub use crate::ca::csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 
 /// Checks the CSR against the identity that will be issued. `Err` says what is wrong.
 pub fn check_csr(csr: &ParsedCsr, identity: &SpiffeId) -> Result<(), String> {
     match csr.key {
-        CsrKey::Rsa { bits } if (2048..=MAX_RSA_BITS).contains(&bits) => {}
+        CsrKey::Rsa { bits } if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) => {}
         CsrKey::Rsa { bits } => {
             return Err(format!(
                 "RSA-{bits} keys are not accepted (2048 to {MAX_RSA_BITS} bits)"

@@ -1,0 +1,160 @@
+//! An appliance started in this process on a fresh SoftHSM token, listening on 127.0.0.1:0,
+//! and clients that talk to it over real TLS and gRPC.
+
+use std::path::PathBuf;
+
+use hsm_ca::auth::devtoken::{self, TokenClaims, TokenSigner};
+use hsm_ca::client;
+use hsm_ca::config::Config;
+use hsm_ca::issuance::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use hsm_ca::keystore::KeyStore;
+use hsm_ca::server::RunningServer;
+use hsm_ca::state::CaState;
+use time::OffsetDateTime;
+use tonic::transport::Channel;
+
+use super::TestToken;
+
+pub const TOKEN_ISSUER: &str = "https://kubernetes.test/issuer";
+pub const EAST_ISSUER: &str = "https://east.test/issuer";
+
+pub struct Appliance {
+    pub token: TestToken,
+    pub dir: tempfile::TempDir,
+    pub server: RunningServer,
+    pub store: KeyStore,
+    pub config: Config,
+    pub roots: Vec<Vec<u8>>,
+    pub signer: TokenSigner,
+    pub east_signer: TokenSigner,
+}
+
+impl Appliance {
+    /// Starts an appliance; `extra` is appended to the config (TOML).
+    pub async fn start(extra: &str) -> Appliance {
+        Self::start_with(extra, None).await
+    }
+
+    pub async fn start_with(extra: &str, pool: Option<hsm_ca::keystore::PoolOptions>) -> Appliance {
+        let token = TestToken::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signer = devtoken::new_signer("k1").expect("signer");
+        let east_signer = devtoken::new_signer("east-1").expect("signer");
+        std::fs::write(dir.path().join("jwks.json"), &signer.jwks).expect("jwks");
+        std::fs::write(dir.path().join("east-jwks.json"), &east_signer.jwks).expect("jwks");
+        let server = if extra.contains("[server]") {
+            ""
+        } else {
+            "[server]\nlisten = \"127.0.0.1:0\"\ndns_names = [\"localhost\"]\nip_addresses = [\"127.0.0.1\"]\n"
+        };
+        let text = format!(
+            r#"trust_domain = "cluster.local"
+[keystore]
+module = "{module}"
+token_label = "{label}"
+pin_file = "{pin}"
+{server}
+[[clusters]]
+issuer = "{TOKEN_ISSUER}"
+jwks_file = "jwks.json"
+[[clusters]]
+id = "east"
+issuer = "{EAST_ISSUER}"
+audiences = ["istio-ca", "other"]
+jwks_file = "east-jwks.json"
+{extra}
+"#,
+            module = super::module().display(),
+            label = token.label,
+            pin = token.dir.path().join("pin").display(),
+        );
+        let path = dir.path().join("hsm-ca.toml");
+        std::fs::write(&path, text).expect("config");
+        let config = Config::load(&path).expect("config");
+        let store = match pool {
+            Some(p) => token.keystore_with(p),
+            None => token.keystore(2),
+        };
+        let (roots, state) = tokio::task::block_in_place(|| {
+            let now = OffsetDateTime::now_utc();
+            let (_, root) = hsm_ca::authority::create_root(&store, &config, now).expect("root");
+            std::fs::write(&config.root.certificates[0], &root.pem).expect("root file");
+            let root_ca = hsm_ca::authority::issuing_ca_for(&store, &root.der).expect("root ca");
+            let (_, csr) =
+                hsm_ca::authority::new_intermediate_csr(&store, &config, now).expect("csr");
+            let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
+            let inter =
+                hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
+            let state = CaState::open(&config.data_dir).expect("state");
+            hsm_ca::authority::install_intermediate(
+                &store,
+                &state,
+                std::slice::from_ref(&root.der),
+                &inter.der,
+                now,
+            )
+            .expect("install");
+            (vec![root.der], state)
+        });
+        let server = hsm_ca::server::start(config.clone(), store.clone(), &state)
+            .await
+            .expect("server");
+        Appliance {
+            token,
+            dir,
+            server,
+            store,
+            config,
+            roots,
+            signer,
+            east_signer,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A token for `ns`/`sa` from the default cluster's issuer, audience istio-ca.
+    pub fn token_for(&self, ns: &str, sa: &str) -> String {
+        self.mint(&self.signer, TOKEN_ISSUER, "istio-ca", ns, sa, 600, 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint(
+        &self,
+        signer: &TokenSigner,
+        issuer: &str,
+        aud: &str,
+        ns: &str,
+        sa: &str,
+        exp: i64,
+        nbf: i64,
+    ) -> String {
+        devtoken::mint(
+            &signer.key_pkcs8_pem,
+            &signer.kid,
+            &TokenClaims {
+                issuer,
+                audiences: &[aud.to_string()],
+                namespace: ns,
+                service_account: sa,
+                expires_in: exp,
+                not_before_in: nbf,
+            },
+        )
+        .expect("mint")
+    }
+
+    /// A gRPC client over TLS; `identity` is a client certificate chain and PKCS#8 key.
+    pub async fn client(
+        &self,
+        identity: Option<(&[Vec<u8>], &[u8])>,
+        tls13_only: bool,
+    ) -> IstioCertificateServiceClient<Channel> {
+        let tls = hsm_ca::tls::client_config(&self.roots, identity, tls13_only).expect("tls");
+        client::connect(self.server.local_addr, "localhost", tls)
+            .await
+            .expect("connect")
+    }
+}
