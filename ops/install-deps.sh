@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages hsm-ca's development appliance and tests need, when missing:
-# SoftHSM (the PKCS#11 token), its command-line tool, and openssl (the independent verifier).
+# SoftHSM (the PKCS#11 token), openssl (the independent verifier) and protoc (the gRPC code
+# generator the build runs). Extra package names given as arguments are installed too.
 set -euo pipefail
 
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/struct.proto ] || need+=(libprotobuf-dev)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/install-deps.sh
 cargo build --locked --all-targets --quiet
+# The fuzz target must keep compiling (run it with `cargo fuzz run request` in fuzz/).
+CARGO_TARGET_DIR="$PWD/target" cargo build --locked --quiet --manifest-path fuzz/Cargo.toml
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

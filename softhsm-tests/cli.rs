@@ -361,3 +361,85 @@ fn the_dev_appliance_is_created_once_and_reused() {
     assert!(keys.ok, "{keys:?}");
     assert_eq!(keys.stdout.lines().count(), 3, "{}", keys.stdout);
 }
+
+/// The README's flow: start the dev appliance, request a certificate from another process,
+/// verify the chain with openssl against the root that came with it.
+#[test]
+fn the_readme_flow_dev_appliance_then_request() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev_dir = dir.path().join("dev");
+    let dev = dev_dir.to_str().expect("utf8").to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(dir.path())
+        .args(["dev", "--dir", &dev, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dev appliance");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = Kill(child);
+    let mut addr = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        if let Some(rest) = line.strip_prefix("Serving istio.v1.auth.IstioCertificateService on ") {
+            addr = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    let addr = addr.expect("the appliance said where it serves");
+    let out = dir.path().join("web");
+    let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args([
+            "request", "--dev", &dev, "--addr", &addr, "--ns", "default", "--sa", "web", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("request");
+    assert!(
+        request.status.success(),
+        "{}",
+        String::from_utf8_lossy(&request.stderr)
+    );
+    let (ok, text) = openssl_verify(
+        &out.join("root-cert.pem"),
+        Some(&out.join("cert-chain.pem")),
+        &out.join("cert-chain.pem"),
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read(out.join("root-cert.pem")).expect("root"),
+        std::fs::read(dev_dir.join("root-cert.pem")).expect("root")
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join("key.pem"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "key.pem is readable by others");
+
+    // Renewal with the certificate just received, over mTLS, as a VM agent does.
+    let renewed = dir.path().join("web2");
+    let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args(["request", "--dev", &dev, "--addr", &addr, "--renew-with"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&renewed)
+        .output()
+        .expect("renew");
+    assert!(
+        request.status.success(),
+        "{}",
+        String::from_utf8_lossy(&request.stderr)
+    );
+    assert!(String::from_utf8_lossy(&request.stdout)
+        .contains("spiffe://cluster.local/ns/default/sa/web"));
+    drop(guard);
+}
