@@ -101,6 +101,7 @@ pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
         clusters,
         registration_authorities: config.authorization.registration_authorities.clone(),
         trusted_node_accounts: config.authorization.trusted_node_accounts.clone(),
+        verified_tokens: Default::default(),
     })
 }
 

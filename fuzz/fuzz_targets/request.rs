@@ -18,7 +18,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     // As a protobuf request, the way the service receives it.
     if let Ok(request) = IstioCertificateRequest::decode(data) {
-        let _ = policy::ttl(request.validity_duration, std::time::Duration::from_secs(86400), std::time::Duration::from_secs(604800));
+        let _ = policy::ttl(
+            request.validity_duration,
+            std::time::Duration::from_secs(86400),
+            std::time::Duration::from_secs(604800),
+        );
         if let Ok(csr) = hsm_ca::ca::parse_csr(request.csr.as_bytes()) {
             for uri in &csr.uri_sans {
                 let _ = SpiffeId::parse(uri);

@@ -24,6 +24,55 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::ES384,
 ];
 
+/// Tokens that verified recently, so that a workload re-sending the same token (istio-agent
+/// re-reads the same file on every call) costs a hash, not a signature check. Keyed by the
+/// SHA-256 of cluster id and token; an entry lives until the token's `exp` or for
+/// [`CACHE_SECS`], whichever is sooner. Only successes are cached.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (SpiffeId, i64)>>,
+}
+
+/// Longest time a verified token is trusted without checking its signature again.
+pub const CACHE_SECS: i64 = 300;
+/// Most tokens remembered; past this, expired entries are dropped, then all.
+pub const CACHE_ENTRIES: usize = 50_000;
+
+impl VerifiedTokens {
+    fn key(cluster: &str, token: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(cluster.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// The identity a still-valid cached token proved.
+    pub fn get(&self, cluster: &str, token: &str, now: i64) -> Option<SpiffeId> {
+        let entries = self.entries.lock().ok()?;
+        match entries.get(&Self::key(cluster, token)) {
+            Some((id, until)) if now < *until => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers a verified token until `until` (unix seconds).
+    pub fn put(&self, cluster: &str, token: &str, id: SpiffeId, until: i64, now: i64) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= CACHE_ENTRIES {
+            entries.retain(|_, (_, u)| *u > now);
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(Self::key(cluster, token), (id, until.min(now + CACHE_SECS)));
+    }
+}
+
 /// One cluster's token verifier.
 pub struct ClusterVerifier {
     pub id: String,
@@ -44,6 +93,7 @@ impl std::fmt::Debug for ClusterVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
+    exp: i64,
     sub: Option<String>,
     #[serde(rename = "kubernetes.io")]
     kubernetes: Option<KubernetesClaims>,
@@ -111,6 +161,16 @@ impl ClusterVerifier {
 
     /// Verifies `token` and returns the workload identity it proves in `trust_domain`.
     pub fn verify(&self, token: &str, trust_domain: &str) -> Result<SpiffeId, AuthError> {
+        self.verify_with_expiry(token, trust_domain)
+            .map(|(id, _)| id)
+    }
+
+    /// Like [`ClusterVerifier::verify`], also returning the token's `exp` (unix seconds).
+    pub fn verify_with_expiry(
+        &self,
+        token: &str,
+        trust_domain: &str,
+    ) -> Result<(SpiffeId, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::InvalidToken("not a JWT".into()))?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -139,7 +199,9 @@ impl ClusterVerifier {
         ));
         for (_, _, key) in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return identity(&data.claims, trust_domain),
+                Ok(data) => {
+                    return identity(&data.claims, trust_domain).map(|id| (id, data.claims.exp))
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
                     let reason = match e.kind() {

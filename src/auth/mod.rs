@@ -78,6 +78,8 @@ pub struct Authenticator {
     pub registration_authorities: Vec<RegistrationAuthority>,
     /// `(namespace, service account)` pairs allowed to impersonate workloads (node agents).
     pub trusted_node_accounts: Vec<(String, String)>,
+    /// Recently verified tokens.
+    pub verified_tokens: jwt::VerifiedTokens,
 }
 
 /// The default `clusterid` when a caller sends none (what istio-agent assumes).
@@ -110,7 +112,16 @@ impl Authenticator {
                 .iter()
                 .find(|c| c.id == cluster)
                 .ok_or_else(|| AuthError::UnknownCluster(cluster.to_string()))?;
-            let id = verifier.verify(token, &self.trust_domain)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let id = match self.verified_tokens.get(cluster, token, now) {
+                Some(id) => id,
+                None => {
+                    let (id, exp) = verifier.verify_with_expiry(token, &self.trust_domain)?;
+                    self.verified_tokens
+                        .put(cluster, token, id.clone(), exp, now);
+                    id
+                }
+            };
             return Ok(Caller {
                 id,
                 method: AuthMethod::Token {

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{certificate_pem, from_rcgen, profile, CaError};
-use crate::keystore::DeviceSigningKey;
+use crate::keystore::{der, DeviceSigningKey};
 
 /// A certificate just issued.
 #[derive(Clone, Debug)]
@@ -139,6 +139,67 @@ impl IssuingCa {
             .signed_by(&subject_key, &self.issuer)
             .map_err(from_rcgen)?;
         Ok(IssuedCert::from_rcgen(cert, params))
+    }
+
+    /// Like [`IssuingCa::sign`], but the device signature is awaited instead of blocking a
+    /// thread: rcgen builds the to-be-signed bytes, the keystore signs them asynchronously, and
+    /// the certificate is assembled here.
+    pub async fn sign_async(
+        &self,
+        params: &CertificateParams,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, CaError> {
+        if now >= self.not_after {
+            return Err(CaError::IssuerExpired(self.not_after.to_string()));
+        }
+        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CaError::Policy(format!("unsupported public key: {e}")))?;
+        let (unsigned, tbs) = crate::keystore::signer::capture_signed_message(|| {
+            params.signed_by(&subject_key, &self.issuer)
+        });
+        let unsigned = unsigned.map_err(from_rcgen)?;
+        let tbs =
+            tbs.ok_or_else(|| CaError::Build("no to-be-signed bytes were produced".into()))?;
+        // rcgen's output is SEQUENCE { tbs, signatureAlgorithm, BIT STRING (empty) }.
+        let malformed = || CaError::Build("unexpected certificate encoding".into());
+        let (_, content) = der::read_tlv(unsigned.der()).ok_or_else(malformed)?;
+        let (tbs_tlv, rest) = der::split_tlv(content).ok_or_else(malformed)?;
+        let (algorithm, _) = der::split_tlv(rest).ok_or_else(malformed)?;
+        if tbs_tlv != tbs.as_slice() {
+            return Err(malformed());
+        }
+        let signature = self
+            .key
+            .store()
+            .sign(self.key.id(), self.key.algorithm().default_scheme(), &tbs)
+            .await?;
+        let cert_der = der::sequence(&[&tbs, algorithm, &der::bit_string_of(&signature)]);
+        Ok(IssuedCert {
+            pem: certificate_pem(&cert_der),
+            der: cert_der,
+            serial: params
+                .serial_number
+                .as_ref()
+                .map(|s| hex::encode(s.to_bytes()))
+                .unwrap_or_default(),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
+    /// [`IssuingCa::issue_leaf`] without blocking a thread on the device.
+    pub async fn issue_leaf_async(
+        &self,
+        spki_der: &[u8],
+        spiffe_id: &str,
+        ttl: Duration,
+        clock_skew: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, CaError> {
+        let (not_before, not_after) = profile::leaf_validity(now, ttl, clock_skew, self.not_after);
+        let params = profile::leaf(spiffe_id, not_before, not_after)?;
+        self.sign_async(&params, spki_der, now).await
     }
 
     /// Issues a workload leaf for `spiffe_id` valid for `ttl` (capped at this CA's NotAfter).

@@ -197,17 +197,16 @@ impl CertificateService {
 
         // Hold this snapshot for the whole request: a rotation meanwhile does not affect it.
         let issuer = self.view.load();
-        let skew = self.rules.clock_skew;
-        let id_text = identity.to_string();
-        let spki = csr.spki.clone();
-        let signer = issuer.clone();
-        let leaf = tokio::task::spawn_blocking(move || {
-            signer
-                .ca
-                .issue_leaf(&spki, &id_text, ttl, skew, OffsetDateTime::now_utc())
-        })
-        .await
-        .map_err(|e| IssuanceError::Internal(format!("signing task: {e}")))??;
+        let leaf = issuer
+            .ca
+            .issue_leaf_async(
+                &csr.spki,
+                &identity.to_string(),
+                ttl,
+                self.rules.clock_skew,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
 
         let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
         chain.push(leaf.pem);

@@ -110,6 +110,30 @@ pub fn ec_point_from_attribute(value: &[u8], point_len: usize) -> Option<Vec<u8>
     (tag == 0x04 && content.len() == point_len && content[0] == 0x04).then(|| content.to_vec())
 }
 
+/// Splits the first TLV off `input`: `(whole first TLV, rest)`.
+pub fn split_tlv(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let first = *input.get(1)?;
+    let (header, len) = if first < 0x80 {
+        (2, first as usize)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || input.len() < 2 + n {
+            return None;
+        }
+        let len = input[2..2 + n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (2 + n, len)
+    };
+    let end = header.checked_add(len)?;
+    (input.len() >= end).then(|| input.split_at(end))
+}
+
+/// BIT STRING with no unused bits (public for certificate assembly).
+pub fn bit_string_of(bytes: &[u8]) -> Vec<u8> {
+    bit_string(bytes)
+}
+
 /// Reads one TLV that must span the whole input.
 pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8])> {
     let (&tag, rest) = input.split_first()?;
@@ -167,6 +191,16 @@ mod tests {
         let wrapped = tlv(0x04, &point);
         assert_eq!(ec_point_from_attribute(&wrapped, 65), Some(point));
         assert_eq!(ec_point_from_attribute(&[0x04, 0x01, 0x04], 65), None);
+    }
+
+    #[test]
+    fn split_tlv_takes_the_first_element() {
+        let a = tlv(0x30, &[1, 2, 3]);
+        let b = tlv(0x04, &[0u8; 200]);
+        let both = [a.clone(), b.clone()].concat();
+        assert_eq!(split_tlv(&both), Some((&a[..], &b[..])));
+        assert_eq!(split_tlv(&b), Some((&b[..], &[][..])));
+        assert_eq!(split_tlv(&b[..50]), None);
     }
 
     #[test]

@@ -74,6 +74,19 @@ pub fn rcgen_algorithm(algorithm: KeyAlgorithm) -> &'static rcgen::SignatureAlgo
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<KeystoreError>> = const { RefCell::new(None) };
+    /// `Some` while [`capture_signed_message`] runs on this thread: `sign` records the message
+    /// instead of signing it.
+    static CAPTURE: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `build` (which calls `sign` once through rcgen) without signing: the message rcgen
+/// wanted signed is returned instead, and `sign` yields an empty signature. The caller signs
+/// the message asynchronously and assembles the result, so no thread blocks on the device.
+pub fn capture_signed_message<T>(build: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let out = build();
+    let message = CAPTURE.with(|c| c.borrow_mut().take());
+    (out, message.filter(|m| !m.is_empty()))
 }
 
 /// The keystore error behind the last `rcgen::Error::RemoteKeyError` on this thread.
@@ -94,6 +107,16 @@ impl rcgen::PublicKeyData for DeviceSigningKey {
 
 impl rcgen::SigningKey for DeviceSigningKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(slot) => {
+                *slot = msg.to_vec();
+                true
+            }
+            None => false,
+        });
+        if captured {
+            return Ok(Vec::new());
+        }
         self.store
             .sign_blocking(&self.id, self.algorithm.default_scheme(), msg)
             .map_err(|e| {

@@ -335,12 +335,17 @@ fn session_lost(rv: RvError) -> bool {
     )
 }
 
-/// Errors after which a new login and fresh key handles can help.
+/// Errors after which a new login and fresh key handles can help. A key created by hsm-ca
+/// can always sign, so "not permitted" or "inconsistent" on it means the handle is stale (it
+/// names another object since a re-initialisation).
 fn is_recoverable(rv: RvError) -> bool {
     matches!(
         rv,
-        RvError::ObjectHandleInvalid
+        RvError::KeyFunctionNotPermitted
+            | RvError::KeyTypeInconsistent
+            | RvError::ObjectHandleInvalid
             | RvError::KeyHandleInvalid
+            | RvError::OperationActive
             | RvError::UserNotLoggedIn
             | RvError::DeviceError
             | RvError::GeneralError

@@ -81,10 +81,25 @@ impl Pkcs11Session {
                 if let Some((session, _)) = self.session.take() {
                     std::mem::forget(session);
                 }
-            } else if attempt > 0 {
+            } else if let Some((session, _)) = self.session.take() {
+                // Close the session (it may hold a half-finished operation) and retry on a fresh
+                // one, but only if it still looks like ours: worker sessions are read-write.
+                // After a re-initialisation by someone else its number may name their session.
                 let token = self.token.clone();
                 let _gate = token.call_gate();
-                self.session = None;
+                let ours = session.get_session_info().is_ok_and(|info| {
+                    matches!(
+                        info.session_state(),
+                        SessionState::RwPublic
+                            | SessionState::RwUser
+                            | SessionState::RwSecurityOfficer
+                    )
+                });
+                if ours {
+                    drop(session);
+                } else {
+                    std::mem::forget(session);
+                }
             }
             if attempt > 0 {
                 return result;
