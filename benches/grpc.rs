@@ -299,14 +299,14 @@ fn main() {
                     .expect("connect"),
             );
         }
-        let clients = Arc::new(std::sync::Mutex::new(clients));
         let (csr_pem, token) = (Arc::new(csr.csr_pem.clone()), Arc::new(token));
         // Warm up every connection once.
-        for c in clients.lock().expect("clients").iter_mut() {
+        for c in clients.iter_mut() {
             client::create_certificate(c, &csr_pem, 0, Some(&token), None, None)
                 .await
                 .expect("warm-up");
         }
+        let clients = Arc::new(std::sync::Mutex::new(clients));
         drive(connections, secs, || {
             let c = clients.lock().expect("clients").pop().expect("client");
             let (csr_pem, token) = (csr_pem.clone(), token.clone());
