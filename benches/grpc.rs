@@ -84,6 +84,22 @@ where
 
 fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
     use std::io::{BufRead, BufReader};
+    // BENCH_VERIFY=0 turns the keystore's signature self-check off, to measure what it costs.
+    if std::env::var("BENCH_VERIFY").as_deref() == Ok("0") {
+        let setup = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+            .args(["dev", "--setup-only", "--dir"])
+            .arg(dir)
+            .output()
+            .expect("hsm-ca dev --setup-only");
+        assert!(setup.status.success());
+        let path = dir.join("hsm-ca.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replace(
+            "signing_sessions = 2",
+            "signing_sessions = 2\nverify_signatures = false",
+        );
+        std::fs::write(&path, text).expect("config");
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
         .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir)
@@ -339,6 +355,15 @@ fn main() {
 
     println!("hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, {connections} connections, {secs}s per figure, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let verify = std::env::var("BENCH_VERIFY").as_deref() != Ok("0");
+    println!(
+        "keystore signature self-check: {}",
+        if verify {
+            "on (default)"
+        } else {
+            "off in the appliance"
+        }
+    );
     println!("raw HSM sign rate (2 sessions)      {raw:>9.0} /s");
     println!(
         "hsm-ca issued over gRPC+TLS         {:>9.0} /s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",

@@ -633,3 +633,45 @@ async fn a_saturated_keystore_answers_resource_exhausted() {
     assert!(issued > 0, "nothing was issued");
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_issuer_signs_new_requests_and_old_chains_stay_valid() {
+    let app = Appliance::start("").await;
+    let token = app.token_for("default", "web");
+    let csr = client::workload_csr(WorkloadKey::P256, WEB).expect("csr");
+    let before = ask(&app, &csr.csr_pem, Some(&token), 0)
+        .await
+        .expect("before");
+    let next = tokio::task::block_in_place(|| {
+        let now = time::OffsetDateTime::now_utc();
+        let root_ca =
+            hsm_ca::authority::issuing_ca_for(&app.store, &app.roots[0]).expect("root ca");
+        let (_, next_csr) =
+            hsm_ca::authority::new_intermediate_csr(&app.store, &app.config, now).expect("csr");
+        let next_csr = ca::parse_csr(next_csr.as_bytes()).expect("csr");
+        let inter = hsm_ca::authority::sign_intermediate(&root_ca, &next_csr, &app.config, now)
+            .expect("sign");
+        hsm_ca::authority::issuing_ca_for(&app.store, &inter.der).expect("next intermediate")
+    });
+    let next_der = next.cert_der().to_vec();
+    app.server
+        .view
+        .replace(hsm_ca::issuance::IssuerSnapshot::new(
+            next,
+            app.roots.clone(),
+        ));
+    let after = ask(&app, &csr.csr_pem, Some(&token), 0)
+        .await
+        .expect("after");
+    assert_ne!(
+        before[1], after[1],
+        "the response names the new intermediate"
+    );
+    assert_eq!(
+        certificates_from_pem(after[1].as_bytes()).expect("pem")[0],
+        next_der
+    );
+    check_chain(&app, &after, WEB);
+    check_chain(&app, &before, WEB);
+    app.server.shutdown().await;
+}
