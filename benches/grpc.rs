@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::config::Config;
-use hsm_ca::keystore::{KeyAlgorithm, KeyRequest, SignatureScheme};
+use hsm_ca::keystore::SignatureScheme;
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -109,8 +109,8 @@ fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
         .expect("hsm-ca dev");
     let stdout = child.stdout.take().expect("stdout");
     let guard = Kill(child);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("line");
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(Ok(line)) = lines.next() {
         if let Some(rest) = line.strip_prefix("Serving istio.v1.auth.IstioCertificateService on ") {
             let addr = rest
                 .split_whitespace()
@@ -118,6 +118,8 @@ fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
                 .expect("addr")
                 .parse()
                 .expect("addr");
+            // Keep reading so the appliance never writes into a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
             return (guard, addr);
         }
     }
@@ -255,12 +257,14 @@ fn main() {
         let mut ks = config.keystore.clone();
         ks.pool.workers = 2;
         let store = hsm_ca::keystore::open(&ks).expect("keystore");
+        // Sign with the appliance's own intermediate key: creating objects from a second process
+        // while the appliance runs is not something SoftHSM's file store handles well.
         let key = store
-            .generate_blocking(KeyRequest {
-                algorithm: KeyAlgorithm::EcdsaP256,
-                label: "bench raw".into(),
-            })
-            .expect("key");
+            .list_blocking()
+            .expect("keys")
+            .into_iter()
+            .find(|k| k.label.starts_with("hsm-ca intermediate"))
+            .expect("intermediate key");
         let stop = Instant::now() + Duration::from_secs_f64(secs);
         let count = std::sync::atomic::AtomicU64::new(0);
         let start = Instant::now();

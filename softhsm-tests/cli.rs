@@ -387,13 +387,15 @@ fn the_readme_flow_dev_appliance_then_request() {
     let stdout = child.stdout.take().expect("stdout");
     let guard = Kill(child);
     let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("line");
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(Ok(line)) = lines.next() {
         if let Some(rest) = line.strip_prefix("Serving istio.v1.auth.IstioCertificateService on ") {
             addr = rest.split_whitespace().next().map(str::to_string);
             break;
         }
     }
+    // Keep draining so the appliance's later output never meets a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let addr = addr.expect("the appliance said where it serves");
     let out = dir.path().join("web");
     let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
@@ -442,4 +444,53 @@ fn the_readme_flow_dev_appliance_then_request() {
     assert!(String::from_utf8_lossy(&request.stdout)
         .contains("spiffe://cluster.local/ns/default/sa/web"));
     drop(guard);
+}
+
+/// Whoever starts the appliance may stop reading its output; it must keep serving.
+#[test]
+fn the_dev_appliance_survives_a_closed_stdout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev_dir = dir.path().join("dev");
+    let dev = dev_dir.to_str().expect("utf8").to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(dir.path())
+        .args(["dev", "--dir", &dev, "--listen", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dev appliance");
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut served = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the appliance exited ({status}) when its stdout was closed");
+        }
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args([
+            "request", "--dev", &dev, "--addr", &addr, "--ns", "default", "--sa", "web", "--out",
+        ])
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("request");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "the appliance never listened");
+    assert!(
+        request.status.success(),
+        "{}",
+        String::from_utf8_lossy(&request.stderr)
+    );
 }

@@ -5,6 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Prints a line; a closed stdout (the starter stopped reading) must not stop the appliance.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use time::OffsetDateTime;
 
 use super::commands::format_keys;
@@ -232,7 +252,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let created = !config_path.exists();
     if created {
         let module = find_module(args.module)?;
-        println!(
+        say!(
             "Creating a SoftHSM token, root and intermediate in {}",
             dir.display()
         );
@@ -250,27 +270,27 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         )));
     }
 
-    println!(
+    say!(
         "hsm-ca dev appliance in {} ({})",
         dir.display(),
         if created { "new" } else { "reused" }
     );
-    println!("Keystore: {}", store.describe());
-    println!();
-    print!("{}", format_keys(&store.list_blocking()?));
-    println!();
-    println!(
+    say!("Keystore: {}", store.describe());
+    say!();
+    say_raw!("{}", format_keys(&store.list_blocking()?));
+    say!();
+    say!(
         "Root (trust bundle {}):",
         config.root.certificates[0].display()
     );
     for der in authority::read_certificates(&config.root.certificates[0])? {
-        print!("{}", inspect::describe(&der, now)?);
+        say_raw!("{}", inspect::describe(&der, now)?);
     }
-    println!();
-    println!("Active intermediate:");
-    print!("{}", inspect::describe(issuer.cert_der(), now)?);
-    println!();
-    println!("Config: {}", config_path.display());
+    say!();
+    say!("Active intermediate:");
+    say_raw!("{}", inspect::describe(issuer.cert_der(), now)?);
+    say!();
+    say!("Config: {}", config_path.display());
     if args.setup_only {
         return Ok(());
     }
@@ -296,21 +316,21 @@ fn serve(
         let mut server = crate::server::start(config, store, &state)
             .await
             .map_err(|e| CliError::Message(e.to_string()))?;
-        println!();
-        println!(
-            "Serving istio.v1.auth.IstioCertificateService on {} (TLS; server name localhost)",
-            server.local_addr
-        );
-        println!("Admin API: reserved for 127.0.0.1:9443 (not served yet)");
-        println!("Request a workload certificate from another shell:");
-        println!(
-            "  cargo run --quiet -- request --dev {} --addr {} --ns default --sa web --out web-certs",
-            dir.display(),
-            server.local_addr
-        );
-        println!("Stop with Ctrl-C.");
+        // Whoever started us may stop reading stdout once it knows the address: a closed
+        // pipe must not take the appliance down, so write errors are ignored here.
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let banner = format!(
+            "\nServing istio.v1.auth.IstioCertificateService on {addr} (TLS; server name localhost)\n\
+             Admin API: reserved for 127.0.0.1:9443 (not served yet)\n\
+             Request a workload certificate from another shell:\n  \
+             cargo run --quiet -- request --dev {dir} --addr {addr} --ns default --sa web --out web-certs\n\
+             Stop with Ctrl-C.\n",
+            addr = server.local_addr,
+            dir = dir.display(),
+        );
+        let mut out = std::io::stdout();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| CliError::Message(e.to_string()))?;
         tokio::select! {
@@ -320,7 +340,7 @@ fn serve(
                 return r.map_err(|e| CliError::Message(format!("server stopped: {e}")));
             }
         }
-        println!("Stopping.");
+        let _ = writeln!(std::io::stdout(), "Stopping.");
         server.shutdown().await;
         Ok(())
     })
