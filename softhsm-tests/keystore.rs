@@ -47,16 +47,7 @@ fn generated_keys_are_device_bound_and_their_secrets_cannot_be_read() {
         // Ask the token directly, as an attacker with the PIN would: the private value is refused.
         let ctx = cryptoki::context::Pkcs11::new(support::module()).expect("module");
         let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
-        let slot = ctx
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|i| i.label().trim_end() == token.label)
-                    .unwrap_or(false)
-            })
-            .expect("slot by label");
+        let slot = support::slot_by_label(&ctx, &token.label);
         let session = ctx.open_ro_session(slot).expect("session");
         let _ = session.login(
             UserType::User,

@@ -137,16 +137,7 @@ fn signing_survives_a_forced_logout_and_a_library_reinitialisation() {
     // 1. Another session logs the whole application out of the token.
     disturb_and_check(&store, &keys, false, || {
         let ctx = other_context();
-        let slot = ctx
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|i| i.label().trim_end() == token.label)
-                    .unwrap_or(false)
-            })
-            .expect("slot");
+        let slot = support::slot_by_label(&ctx, &token.label);
         let session = ctx.open_ro_session(slot).expect("session");
         session.logout().expect("logout");
     });
@@ -161,16 +152,7 @@ fn signing_survives_a_forced_logout_and_a_library_reinitialisation() {
     disturb_and_check(&store, &keys, true, || {
         other_context().finalize().expect("finalize");
         let ctx = other_context();
-        let slot = ctx
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|i| i.label().trim_end() == token.label)
-                    .unwrap_or(false)
-            })
-            .expect("slot");
+        let slot = support::slot_by_label(&ctx, &token.label);
         // Open sessions so that stale handle numbers are reused by someone else.
         std::mem::forget(ctx.open_ro_session(slot).expect("session"));
         std::mem::forget(ctx.open_ro_session(slot).expect("session"));

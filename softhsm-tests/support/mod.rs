@@ -211,3 +211,16 @@ pub fn verify_signature(
         .verify(message, signature)
         .is_ok()
 }
+
+/// The slot of the token labelled `label`, asked of a context directly (as an outsider would).
+pub fn slot_by_label(ctx: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
+    ctx.get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label().trim_end() == label)
+                .unwrap_or(false)
+        })
+        .expect("slot by label")
+}

@@ -23,7 +23,10 @@ pub struct IssuedCert {
 
 impl IssuedCert {
     fn from_rcgen(cert: rcgen::Certificate, params: &CertificateParams) -> Self {
-        let der = cert.der().to_vec();
+        IssuedCert::new(cert.der().to_vec(), params)
+    }
+
+    fn new(der: Vec<u8>, params: &CertificateParams) -> Self {
         IssuedCert {
             pem: certificate_pem(&der),
             der,
@@ -121,6 +124,20 @@ impl IssuingCa {
         self.not_after
     }
 
+    /// Refuses to sign once expired; reads the subject's key from its SubjectPublicKeyInfo,
+    /// never from a CSR's signature algorithm (which names a hash, not a curve).
+    fn subject_key(
+        &self,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<rcgen::SubjectPublicKeyInfo, CaError> {
+        if now >= self.not_after {
+            return Err(CaError::IssuerExpired(self.not_after.to_string()));
+        }
+        rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CaError::Policy(format!("unsupported public key: {e}")))
+    }
+
     /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo, e.g. from a CSR).
     pub fn sign(
         &self,
@@ -128,13 +145,7 @@ impl IssuingCa {
         spki_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        if now >= self.not_after {
-            return Err(CaError::IssuerExpired(self.not_after.to_string()));
-        }
-        // The subject's key comes from its SubjectPublicKeyInfo, never from the CSR's signature
-        // algorithm (which names a hash, not a curve).
-        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-            .map_err(|e| CaError::Policy(format!("unsupported public key: {e}")))?;
+        let subject_key = self.subject_key(spki_der, now)?;
         let cert = params
             .signed_by(&subject_key, &self.issuer)
             .map_err(from_rcgen)?;
@@ -150,11 +161,7 @@ impl IssuingCa {
         spki_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        if now >= self.not_after {
-            return Err(CaError::IssuerExpired(self.not_after.to_string()));
-        }
-        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-            .map_err(|e| CaError::Policy(format!("unsupported public key: {e}")))?;
+        let subject_key = self.subject_key(spki_der, now)?;
         let (unsigned, tbs) = crate::keystore::signer::capture_signed_message(|| {
             params.signed_by(&subject_key, &self.issuer)
         });
@@ -175,17 +182,7 @@ impl IssuingCa {
             .sign(self.key.id(), self.key.algorithm().default_scheme(), &tbs)
             .await?;
         let cert_der = der::sequence(&[&tbs, algorithm, &der::bit_string_of(&signature)]);
-        Ok(IssuedCert {
-            pem: certificate_pem(&cert_der),
-            der: cert_der,
-            serial: params
-                .serial_number
-                .as_ref()
-                .map(|s| hex::encode(s.to_bytes()))
-                .unwrap_or_default(),
-            not_before: params.not_before,
-            not_after: params.not_after,
-        })
+        Ok(IssuedCert::new(cert_der, params))
     }
 
     /// [`IssuingCa::issue_leaf`] without blocking a thread on the device.
