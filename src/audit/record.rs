@@ -1,0 +1,239 @@
+//! Audit records and the hash chain that links them.
+//!
+//! Each record is stored as the exact JSON bytes that were hashed. Record `n` carries the
+//! SHA-256 of record `n-1`'s bytes in `prev` (all zeros for the first), so changing, removing or
+//! reordering any record breaks the link to the next one. (The last records are protected by
+//! signed checkpoints over the chain head, which build on this.)
+
+use serde::{Deserialize, Serialize};
+
+/// Version of [`AuditRecord`] this build writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// The `prev` of the first record.
+pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// One decision or state change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditEvent {
+    /// A workload certificate was issued.
+    Issued {
+        serial: String,
+        identity: String,
+        caller: String,
+        method: String,
+        ca_key: String,
+        not_before: String,
+        not_after: String,
+        csr_key_sha256: String,
+    },
+    /// A request was refused.
+    Refused {
+        caller: Option<String>,
+        code: String,
+        reason: String,
+    },
+    /// The appliance started.
+    Started { version: String },
+    /// The appliance stopped cleanly.
+    Stopped {},
+}
+
+/// A record as stored: sequence number, UTC time, link to the previous record, the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub v: u32,
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// Hex SHA-256 of the previous record's stored bytes.
+    pub prev: String,
+    pub event: AuditEvent,
+}
+
+/// The hash that the next record links to.
+pub fn link_hash(stored: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, stored);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Why a chain does not verify: the first problem found, with the sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("record {position}: unreadable ({reason})")]
+    Unreadable { position: u64, reason: String },
+    #[error("record {position}: version {version} is not known to this build")]
+    UnknownVersion { position: u64, version: u32 },
+    #[error("record {position}: sequence number {found}, expected {expected} (a record was removed, added or moved)")]
+    Sequence {
+        position: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "record {seq}: does not link to record {previous} (a record was changed, removed or moved)"
+    )]
+    Link { seq: u64, previous: u64 },
+}
+
+/// What a verified chain looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub records: u64,
+    /// Hash of the last record's stored bytes (what the next record will link to).
+    pub head: [u8; 32],
+}
+
+/// Verifies stored records in order, starting at sequence 1 from [`GENESIS`].
+pub fn verify_chain<'a>(
+    stored: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<ChainSummary, ChainError> {
+    let mut head = GENESIS;
+    let mut expected = 1u64;
+    for bytes in stored {
+        let record: AuditRecord =
+            serde_json::from_slice(bytes).map_err(|e| ChainError::Unreadable {
+                position: expected,
+                reason: e.to_string(),
+            })?;
+        if record.v != RECORD_VERSION {
+            return Err(ChainError::UnknownVersion {
+                position: expected,
+                version: record.v,
+            });
+        }
+        if record.seq != expected {
+            return Err(ChainError::Sequence {
+                position: expected,
+                expected,
+                found: record.seq,
+            });
+        }
+        if record.prev != hex::encode(head) {
+            return Err(ChainError::Link {
+                seq: record.seq,
+                previous: record.seq - 1,
+            });
+        }
+        head = link_hash(bytes);
+        expected += 1;
+    }
+    Ok(ChainSummary {
+        records: expected - 1,
+        head,
+    })
+}
+
+/// Serialises the next record after `head`, returning its stored bytes and the new head.
+pub fn seal(seq: u64, time: String, head: &[u8; 32], event: AuditEvent) -> (Vec<u8>, [u8; 32]) {
+    let record = AuditRecord {
+        v: RECORD_VERSION,
+        seq,
+        time,
+        prev: hex::encode(head),
+        event,
+    };
+    // Serialising a struct of strings and integers cannot fail.
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    let next = link_hash(&bytes);
+    (bytes, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let mut head = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let (bytes, next) = seal(
+                    seq,
+                    format!("2026-01-01T00:00:{seq:02}Z"),
+                    &head,
+                    AuditEvent::Refused {
+                        caller: Some(format!("spiffe://td/ns/a/sa/{seq}")),
+                        code: "PermissionDenied".into(),
+                        reason: "test".into(),
+                    },
+                );
+                head = next;
+                bytes
+            })
+            .collect()
+    }
+
+    fn check(records: &[Vec<u8>]) -> Result<ChainSummary, ChainError> {
+        verify_chain(records.iter().map(Vec::as_slice))
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_reports_its_head() {
+        let records = chain(5);
+        let summary = check(&records).expect("intact");
+        assert_eq!(summary.records, 5);
+        assert_eq!(summary.head, link_hash(&records[4]));
+        assert_eq!(check(&[]).expect("empty").records, 0);
+    }
+
+    #[test]
+    fn an_edited_record_breaks_the_next_link() {
+        let mut records = chain(5);
+        let text = String::from_utf8(records[2].clone())
+            .expect("utf8")
+            .replace("PermissionDenied", "Ok");
+        records[2] = text.into_bytes();
+        assert_eq!(
+            check(&records),
+            Err(ChainError::Link {
+                seq: 4,
+                previous: 3
+            })
+        );
+    }
+
+    #[test]
+    fn removed_reordered_and_inserted_records_are_found() {
+        let mut removed = chain(5);
+        removed.remove(1);
+        assert!(matches!(
+            check(&removed),
+            Err(ChainError::Sequence {
+                expected: 2,
+                found: 3,
+                ..
+            })
+        ));
+        let mut swapped = chain(5);
+        swapped.swap(1, 2);
+        assert!(matches!(check(&swapped), Err(ChainError::Sequence { .. })));
+        let mut doubled = chain(3);
+        doubled.insert(1, doubled[0].clone());
+        assert!(matches!(check(&doubled), Err(ChainError::Sequence { .. })));
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_are_named() {
+        let mut records = chain(2);
+        records[1] = b"{not json".to_vec();
+        assert!(matches!(
+            check(&records),
+            Err(ChainError::Unreadable { position: 2, .. })
+        ));
+        let records = vec![String::from_utf8(chain(1)[0].clone())
+            .expect("utf8")
+            .replace("\"v\":1", "\"v\":9")
+            .into_bytes()];
+        assert_eq!(
+            check(&records),
+            Err(ChainError::UnknownVersion {
+                position: 1,
+                version: 9
+            })
+        );
+    }
+}
