@@ -675,3 +675,37 @@ async fn a_swapped_issuer_signs_new_requests_and_old_chains_stay_valid() {
     check_chain(&app, &before, WEB);
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_issued_certificate_is_in_the_verified_audit_log() {
+    let app = Appliance::start("").await;
+    let token = app.token_for("default", "web");
+    let mut serials = Vec::new();
+    for _ in 0..5 {
+        let csr = client::workload_csr(WorkloadKey::P256, WEB).expect("csr");
+        let chain = ask(&app, &csr.csr_pem, Some(&token), 0)
+            .await
+            .expect("issued");
+        let leaf = leaf_of(&chain);
+        let (_, cert) = X509Certificate::from_der(&leaf).expect("leaf");
+        serials.push(hsm_ca::ca::inspect::serial_hex(cert.raw_serial()));
+    }
+    let data_dir = app.config.data_dir.clone();
+    let Appliance { server, .. } = app;
+    server.shutdown().await;
+    let export = tempfile::NamedTempFile::new().expect("file");
+    let mut out = std::fs::File::create(export.path()).expect("create");
+    let count = hsm_ca::audit::export(&data_dir, &mut out).expect("export");
+    assert_eq!(count, 7, "started, five issuances, stopped");
+    let summary = hsm_ca::audit::verify_file(export.path()).expect("verifies");
+    assert_eq!(summary.records, 7);
+    let text = std::fs::read_to_string(export.path()).expect("read");
+    for serial in &serials {
+        assert!(
+            text.contains(&format!("\"serial\":\"{serial}\"")),
+            "serial {serial} not audited"
+        );
+    }
+    assert!(text.contains("\"caller\":\"spiffe://cluster.local/ns/default/sa/web\""));
+    assert!(!text.contains(&token), "a token reached the audit log");
+}

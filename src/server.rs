@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, ClusterVerifier};
 use crate::authority::{self, read_certificates, AuthorityError};
 use crate::ca::{profile, CaError};
@@ -44,6 +45,8 @@ pub enum ServerError {
     },
     #[error("serving certificate: {0}")]
     Serving(String),
+    #[error(transparent)]
+    Audit(crate::audit::AuditError),
 }
 
 /// A started appliance.
@@ -51,6 +54,7 @@ pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
+    audit: Arc<AuditLog>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     renewal: tokio::task::JoinHandle<()>,
@@ -69,6 +73,10 @@ impl RunningServer {
         {
             tracing::warn!("connections still open after the grace period; closing them");
             self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+        if let Err(e) = self.audit.append(AuditEvent::Stopped {}).await {
+            tracing::warn!(error = %e, "could not record the stop in the audit log");
         }
     }
 
@@ -224,7 +232,17 @@ pub async fn start(
         max_ttl: config.workload.max_ttl,
         clock_skew: config.workload.clock_skew,
     };
-    let service = CertificateService::new(view.clone(), auth, rules).into_server();
+    let audit = Arc::new(
+        tokio::task::block_in_place(|| AuditLog::open(&config.data_dir))
+            .map_err(ServerError::Audit)?,
+    );
+    audit
+        .append(AuditEvent::Started {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await
+        .map_err(ServerError::Audit)?;
+    let service = CertificateService::new(view.clone(), auth, rules, audit.clone()).into_server();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -265,6 +283,7 @@ pub async fn start(
         local_addr,
         view,
         serving,
+        audit,
         shutdown: Some(shutdown_tx),
         task,
         renewal,

@@ -79,7 +79,7 @@ pub fn describe(der: &[u8], now: OffsetDateTime) -> Result<String, CaError> {
         }
     );
     let _ = writeln!(out, "Issuer:       {}", cert.issuer());
-    let _ = writeln!(out, "Serial:       {}", hex::encode(cert.raw_serial()));
+    let _ = writeln!(out, "Serial:       {}", serial_hex(cert.raw_serial()));
     let nb = cert.validity().not_before.to_datetime();
     let na = cert.validity().not_after.to_datetime();
     let _ = writeln!(out, "Not before:   {}", fmt_time(nb));
@@ -156,6 +156,15 @@ pub fn describe(der: &[u8], now: OffsetDateTime) -> Result<String, CaError> {
     }
     let _ = writeln!(out, "SHA-256:      {}", fingerprint(der));
     Ok(out)
+}
+
+/// A serial number as lowercase hex without the sign byte DER may add (as issued and audited).
+pub fn serial_hex(raw: &[u8]) -> String {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex::encode(&raw[first..])
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {

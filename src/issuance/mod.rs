@@ -15,6 +15,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::auth::{AuthError, Authenticator, Caller, SpiffeId};
 use crate::ca::{self, CaError};
 use crate::keystore::KeystoreError;
@@ -48,6 +49,8 @@ pub enum IssuanceError {
     Ca(#[from] CaError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the issuance could not be recorded: {0}")]
+    Audit(#[from] AuditError),
 }
 
 impl IssuanceError {
@@ -77,9 +80,13 @@ impl IssuanceError {
                 _ => Code::Internal,
             },
             IssuanceError::Internal(_) => Code::Internal,
+            IssuanceError::Audit(_) => Code::Unavailable,
         };
         // Device details stay in the server log; the caller learns the class of failure.
         let message = match code {
+            Code::Unavailable if matches!(self, IssuanceError::Audit(_)) => {
+                "the CA could not record the issuance; retry later".to_string()
+            }
             Code::Unavailable => "the CA's key device is unavailable; retry later".to_string(),
             Code::ResourceExhausted => "the CA is overloaded; retry later".to_string(),
             Code::Internal => "internal error in the CA".to_string(),
@@ -103,11 +110,22 @@ pub struct CertificateService {
     view: Arc<IssuerView>,
     auth: Arc<Authenticator>,
     rules: IssuanceRules,
+    audit: Arc<AuditLog>,
 }
 
 impl CertificateService {
-    pub fn new(view: Arc<IssuerView>, auth: Arc<Authenticator>, rules: IssuanceRules) -> Self {
-        CertificateService { view, auth, rules }
+    pub fn new(
+        view: Arc<IssuerView>,
+        auth: Arc<Authenticator>,
+        rules: IssuanceRules,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        CertificateService {
+            view,
+            auth,
+            rules,
+            audit,
+        }
     }
 
     /// The tonic server for this service, with message size limits.
@@ -206,6 +224,24 @@ impl CertificateService {
                 self.rules.clock_skew,
                 OffsetDateTime::now_utc(),
             )
+            .await?;
+
+        // The certificate leaves only once its record is on disk.
+        let rfc3339 = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        self.audit
+            .append(AuditEvent::Issued {
+                serial: leaf.serial.clone(),
+                identity: identity.to_string(),
+                caller: caller.id.to_string(),
+                method: caller.method.to_string(),
+                ca_key: issuer.ca.key().id().to_string(),
+                not_before: rfc3339(leaf.not_before),
+                not_after: rfc3339(leaf.not_after),
+                csr_key_sha256: csr.public_key_fingerprint(),
+            })
             .await?;
 
         let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
