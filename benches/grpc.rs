@@ -84,8 +84,11 @@ where
 
 fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
     use std::io::{BufRead, BufReader};
-    // BENCH_VERIFY=0 turns the keystore's signature self-check off, to measure what it costs.
-    if std::env::var("BENCH_VERIFY").as_deref() == Ok("0") {
+    // BENCH_VERIFY=0 turns the keystore's signature self-check off and BENCH_AUDIT=0 the audit
+    // log, to measure what each costs.
+    let no_verify = std::env::var("BENCH_VERIFY").as_deref() == Ok("0");
+    let no_audit = std::env::var("BENCH_AUDIT").as_deref() == Ok("0");
+    if no_verify || no_audit {
         let setup = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
             .args(["dev", "--setup-only", "--dir"])
             .arg(dir)
@@ -94,10 +97,16 @@ fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
         assert!(setup.status.success());
         let path = dir.join("hsm-ca.toml");
         let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replace(
-            "signing_sessions = 2",
-            "signing_sessions = 2\nverify_signatures = false",
-        );
+        let mut text = text;
+        if no_verify {
+            text = text.replace(
+                "signing_sessions = 2",
+                "signing_sessions = 2\nverify_signatures = false",
+            );
+        }
+        if no_audit {
+            text.push_str("\n[audit]\nenabled = false\n");
+        }
         std::fs::write(&path, text).expect("config");
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
@@ -360,6 +369,14 @@ fn main() {
     println!("hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, {connections} connections, {secs}s per figure, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let verify = std::env::var("BENCH_VERIFY").as_deref() != Ok("0");
+    println!(
+        "audit log: {}",
+        if std::env::var("BENCH_AUDIT").as_deref() == Ok("0") {
+            "off in the appliance"
+        } else {
+            "on (default)"
+        }
+    );
     println!(
         "keystore signature self-check: {}",
         if verify {

@@ -51,6 +51,21 @@ struct RawConfig {
     clusters: Vec<RawCluster>,
     #[serde(default)]
     authorization: RawAuthorization,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_true")]
+    enabled: bool,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +299,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub clusters: Vec<ClusterConfig>,
     pub authorization: AuthorizationConfig,
+    /// Record every issuance durably before answering (default). Off only for measurements.
+    pub audit_enabled: bool,
 }
 
 /// The issuance service's listener and serving certificate.
@@ -589,6 +606,7 @@ impl Config {
         }
 
         Ok(Config {
+            audit_enabled: raw.audit.enabled,
             server: ServerConfig {
                 listen,
                 dns_names: srv.dns_names,

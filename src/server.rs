@@ -54,7 +54,7 @@ pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
-    audit: Arc<AuditLog>,
+    audit: Option<Arc<AuditLog>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     renewal: tokio::task::JoinHandle<()>,
@@ -75,8 +75,10 @@ impl RunningServer {
             self.task.abort();
             let _ = (&mut self.task).await;
         }
-        if let Err(e) = self.audit.append(AuditEvent::Stopped {}).await {
-            tracing::warn!(error = %e, "could not record the stop in the audit log");
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.append(AuditEvent::Stopped {}).await {
+                tracing::warn!(error = %e, "could not record the stop in the audit log");
+            }
         }
     }
 
@@ -232,16 +234,21 @@ pub async fn start(
         max_ttl: config.workload.max_ttl,
         clock_skew: config.workload.clock_skew,
     };
-    let audit = Arc::new(
-        tokio::task::block_in_place(|| AuditLog::open(&config.data_dir))
-            .map_err(ServerError::Audit)?,
-    );
-    audit
-        .append(AuditEvent::Started {
+    let audit = if config.audit_enabled {
+        let log = Arc::new(
+            tokio::task::block_in_place(|| AuditLog::open(&config.data_dir))
+                .map_err(ServerError::Audit)?,
+        );
+        log.append(AuditEvent::Started {
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .await
         .map_err(ServerError::Audit)?;
+        Some(log)
+    } else {
+        tracing::warn!("audit.enabled = false: issuances are NOT recorded (measurement mode)");
+        None
+    };
     let service = CertificateService::new(view.clone(), auth, rules, audit.clone()).into_server();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(

@@ -110,7 +110,7 @@ pub struct CertificateService {
     view: Arc<IssuerView>,
     auth: Arc<Authenticator>,
     rules: IssuanceRules,
-    audit: Arc<AuditLog>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl CertificateService {
@@ -118,7 +118,7 @@ impl CertificateService {
         view: Arc<IssuerView>,
         auth: Arc<Authenticator>,
         rules: IssuanceRules,
-        audit: Arc<AuditLog>,
+        audit: Option<Arc<AuditLog>>,
     ) -> Self {
         CertificateService {
             view,
@@ -231,18 +231,20 @@ impl CertificateService {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
-        self.audit
-            .append(AuditEvent::Issued {
-                serial: leaf.serial.clone(),
-                identity: identity.to_string(),
-                caller: caller.id.to_string(),
-                method: caller.method.to_string(),
-                ca_key: issuer.ca.key().id().to_string(),
-                not_before: rfc3339(leaf.not_before),
-                not_after: rfc3339(leaf.not_after),
-                csr_key_sha256: csr.public_key_fingerprint(),
-            })
-            .await?;
+        if let Some(audit) = &self.audit {
+            audit
+                .append(AuditEvent::Issued {
+                    serial: leaf.serial.clone(),
+                    identity: identity.to_string(),
+                    caller: caller.id.to_string(),
+                    method: caller.method.to_string(),
+                    ca_key: issuer.ca.key().id().to_string(),
+                    not_before: rfc3339(leaf.not_before),
+                    not_after: rfc3339(leaf.not_after),
+                    csr_key_sha256: csr.public_key_fingerprint(),
+                })
+                .await?;
+        }
 
         let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
         chain.push(leaf.pem);
