@@ -1,0 +1,262 @@
+//! The config file as written: serde types with their defaults. Validation and the
+//! resolved [`super::Config`] live in the parent module.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::keystore::KeyAlgorithm;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) trust_domain: String,
+    #[serde(default = "default_data_dir")]
+    pub(super) data_dir: PathBuf,
+    pub(super) keystore: RawKeystore,
+    #[serde(default)]
+    pub(super) root: RawRoot,
+    #[serde(default)]
+    pub(super) intermediate: RawIntermediate,
+    #[serde(default)]
+    pub(super) workload: RawWorkload,
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) clusters: Vec<RawCluster>,
+    #[serde(default)]
+    pub(super) authorization: RawAuthorization,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    #[serde(default = "default_listen")]
+    pub(super) listen: String,
+    #[serde(default = "default_dns_names")]
+    pub(super) dns_names: Vec<String>,
+    #[serde(default)]
+    pub(super) ip_addresses: Vec<String>,
+    #[serde(default)]
+    pub(super) client_auth: crate::tls::ClientAuth,
+    #[serde(default = "default_serving_ttl")]
+    pub(super) serving_cert_ttl_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            dns_names: default_dns_names(),
+            ip_addresses: Vec::new(),
+            client_auth: crate::tls::ClientAuth::Optional,
+            serving_cert_ttl_secs: default_serving_ttl(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:15012".into()
+}
+fn default_dns_names() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_serving_ttl() -> u64 {
+    86400
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    #[serde(default = "default_cluster_id")]
+    pub(super) id: String,
+    pub(super) issuer: String,
+    #[serde(default = "default_audiences")]
+    pub(super) audiences: Vec<String>,
+    pub(super) jwks_file: PathBuf,
+}
+
+fn default_cluster_id() -> String {
+    crate::auth::DEFAULT_CLUSTER.into()
+}
+fn default_audiences() -> Vec<String> {
+    vec!["istio-ca".into()]
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthorization {
+    #[serde(default)]
+    pub(super) trusted_node_accounts: Vec<String>,
+    #[serde(default)]
+    pub(super) registration_authorities: Vec<RawRegistrationAuthority>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegistrationAuthority {
+    pub(super) identity: String,
+    pub(super) namespaces: Vec<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeystore {
+    #[serde(default = "default_backend")]
+    pub(super) backend: String,
+    pub(super) module: Option<PathBuf>,
+    pub(super) token_label: Option<String>,
+    pub(super) token_serial: Option<String>,
+    pub(super) pin_file: Option<PathBuf>,
+    pub(super) pin_env: Option<String>,
+    #[serde(default)]
+    pub(super) module_env: BTreeMap<String, String>,
+    #[serde(default = "default_sessions")]
+    pub(super) signing_sessions: usize,
+    #[serde(default = "default_queue_depth")]
+    pub(super) queue_depth: usize,
+    #[serde(default = "default_call_timeout_ms")]
+    pub(super) call_timeout_ms: u64,
+    #[serde(default = "default_true")]
+    pub(super) verify_signatures: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_backend() -> String {
+    "pkcs11".into()
+}
+fn default_sessions() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_call_timeout_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoot {
+    #[serde(default = "default_root_certs")]
+    pub(super) certificates: Vec<PathBuf>,
+    #[serde(default = "default_root_cn")]
+    pub(super) common_name: String,
+    pub(super) organization: Option<String>,
+    #[serde(default = "default_algorithm")]
+    pub(super) key_algorithm: KeyAlgorithm,
+    #[serde(default = "default_root_days")]
+    pub(super) validity_days: u32,
+}
+
+impl Default for RawRoot {
+    fn default() -> Self {
+        RawRoot {
+            certificates: default_root_certs(),
+            common_name: default_root_cn(),
+            organization: None,
+            key_algorithm: default_algorithm(),
+            validity_days: default_root_days(),
+        }
+    }
+}
+
+fn default_root_certs() -> Vec<PathBuf> {
+    vec![PathBuf::from("root-cert.pem")]
+}
+fn default_root_cn() -> String {
+    "hsm-ca root".into()
+}
+fn default_algorithm() -> KeyAlgorithm {
+    KeyAlgorithm::EcdsaP256
+}
+fn default_root_days() -> u32 {
+    3650
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntermediate {
+    #[serde(default = "default_intermediate_cn")]
+    pub(super) common_name: String,
+    pub(super) organization: Option<String>,
+    #[serde(default = "default_algorithm")]
+    pub(super) key_algorithm: KeyAlgorithm,
+    #[serde(default = "default_intermediate_days")]
+    pub(super) validity_days: u32,
+    #[serde(default)]
+    pub(super) name_constraint: bool,
+}
+
+impl Default for RawIntermediate {
+    fn default() -> Self {
+        RawIntermediate {
+            common_name: default_intermediate_cn(),
+            organization: None,
+            key_algorithm: default_algorithm(),
+            validity_days: default_intermediate_days(),
+            name_constraint: false,
+        }
+    }
+}
+
+fn default_intermediate_cn() -> String {
+    "hsm-ca intermediate".into()
+}
+fn default_intermediate_days() -> u32 {
+    365
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWorkload {
+    #[serde(default = "default_skew")]
+    pub(super) clock_skew_secs: u64,
+    #[serde(default = "default_ttl")]
+    pub(super) default_ttl_secs: u64,
+    #[serde(default = "default_max_ttl")]
+    pub(super) max_ttl_secs: u64,
+}
+
+impl Default for RawWorkload {
+    fn default() -> Self {
+        RawWorkload {
+            clock_skew_secs: default_skew(),
+            default_ttl_secs: default_ttl(),
+            max_ttl_secs: default_max_ttl(),
+        }
+    }
+}
+
+fn default_skew() -> u64 {
+    120
+}
+fn default_ttl() -> u64 {
+    24 * 3600
+}
+fn default_max_ttl() -> u64 {
+    7 * 24 * 3600
+}

@@ -1,0 +1,96 @@
+//! Config parsing and validation, and the annotated examples in hsm-config/.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+trust_domain = "cluster.local"
+[keystore]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "hsm-ca"
+pin_file = "pin"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/hsm-ca/hsm-ca.toml"), text)
+}
+
+#[test]
+fn minimal_config_gets_safe_defaults_and_resolved_paths() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.keystore.pool.workers, 2);
+    assert_eq!(
+        c.root.certificates,
+        vec![PathBuf::from("/etc/hsm-ca/root-cert.pem")]
+    );
+    assert_eq!(
+        c.keystore.pkcs11.pin,
+        SecretSource::File(PathBuf::from("/etc/hsm-ca/pin"))
+    );
+    assert_eq!(c.workload.clock_skew, Duration::from_secs(120));
+    assert!(!c.intermediate.name_constraint);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse(&format!("{MINIMAL}\n[workload]\nmax_tll_secs = 5\n")).expect_err("typo");
+    assert!(err.to_string().contains("max_tll_secs"), "{err}");
+}
+
+#[test]
+fn pin_from_both_sources_is_refused() {
+    let text = MINIMAL.replace("pin_file = \"pin\"", "pin_file = \"pin\"\npin_env = \"P\"");
+    let err = parse(&text).expect_err("both");
+    assert!(
+        err.to_string()
+            .contains("keystore.pin_file: give pin_file or pin_env"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_pin_source_is_refused() {
+    let text = MINIMAL.replace("pin_file = \"pin\"", "");
+    let err = parse(&text).expect_err("none");
+    assert!(err.to_string().contains("keystore.pin_file"), "{err}");
+}
+
+#[test]
+fn bad_trust_domain_is_named() {
+    let err = parse(&MINIMAL.replace("cluster.local", "Cluster.Local")).expect_err("caps");
+    assert!(err.to_string().contains("trust_domain"), "{err}");
+}
+
+#[test]
+fn bad_algorithm_is_named() {
+    let text = format!("{MINIMAL}\n[root]\nkey_algorithm = \"dsa-1024\"\n");
+    let err = parse(&text).expect_err("dsa");
+    assert!(err.to_string().contains("dsa-1024"), "{err}");
+}
+
+#[test]
+fn default_ttl_above_max_is_refused() {
+    let text = format!("{MINIMAL}\n[workload]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 7200\n");
+    let err = parse(&text).expect_err("ttl");
+    assert!(
+        err.to_string().contains("workload.default_ttl_secs"),
+        "{err}"
+    );
+}
+
+/// The annotated examples in hsm-config/ must be configs this build accepts.
+#[test]
+fn every_example_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("hsm-config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 5,
+        "expected the SoftHSM and vendor examples, found {seen}"
+    );
+}
