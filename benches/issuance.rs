@@ -19,11 +19,7 @@ use hsm_ca::secret::{Secret, SecretSource};
 use time::OffsetDateTime;
 
 fn module() -> std::path::PathBuf {
-    hsm_ca::cli::SOFTHSM_MODULES
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-        .expect("SoftHSM is not installed: run ops/install-deps.sh")
+    provision::softhsm_module().expect("SoftHSM is not installed: run ops/install-deps.sh")
 }
 
 /// Runs `op` on `threads` threads for `secs`; returns operations per second.

@@ -56,7 +56,27 @@ pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, AuthorityError> {
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename).
 /// Refuses to replace an existing file unless `overwrite`.
 pub fn write_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), AuthorityError> {
+    write_file_with_mode(path, contents, overwrite, 0o644)
+}
+
+/// [`write_file`] for secrets (PINs, software keys): readable by the owner only, from the
+/// moment the file exists.
+pub fn write_secret_file(
+    path: &Path,
+    contents: &[u8],
+    overwrite: bool,
+) -> Result<(), AuthorityError> {
+    write_file_with_mode(path, contents, overwrite, 0o600)
+}
+
+fn write_file_with_mode(
+    path: &Path,
+    contents: &[u8],
+    overwrite: bool,
+    mode: u32,
+) -> Result<(), AuthorityError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if !overwrite && path.exists() {
         return Err(AuthorityError::Refused(format!(
             "{} already exists; refusing to overwrite it",
@@ -67,7 +87,14 @@ pub fn write_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), A
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let tmp = path.with_extension("tmp-hsm-ca");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    // A leftover from an interrupted write could carry other permissions: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(contents).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))

@@ -181,33 +181,19 @@ pub fn write_credentials(
     key_pkcs8: &[u8],
     chain: &[String],
 ) -> Result<(), ClientError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if chain.len() < 2 {
         return Err(ClientError::Local(format!(
             "the CA answered {} element(s); at least 2 are required",
             chain.len()
         )));
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ClientError::Local(format!("{}: {e}", dir.display())))?;
-    let io = |p: &Path, e: std::io::Error| ClientError::Local(format!("{}: {e}", p.display()));
     let key_path = dir.join("key.pem");
     let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new(
         "PRIVATE KEY",
         key_pkcs8.to_vec(),
     )));
-    let tmp = dir.join(".key.pem.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    f.write_all(key_pem.as_bytes()).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &key_path).map_err(|e| io(&key_path, e))?;
+    crate::authority::write_secret_file(&key_path, key_pem.as_bytes(), true)
+        .map_err(|e| ClientError::Local(e.to_string()))?;
     let (bundle, certs) = chain
         .split_last()
         .ok_or_else(|| ClientError::Local("empty chain".into()))?;

@@ -117,13 +117,19 @@ pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
 
 /// Issues a serving certificate from the current issuer, with a fresh in-memory key.
 /// Returns the rustls key and the moment it should be renewed (half its life).
-fn issue_serving(
-    issuer: &IssuerSnapshot,
+async fn issue_serving(
+    view: &IssuerView,
     config: &Config,
 ) -> Result<(rustls::sign::CertifiedKey, OffsetDateTime), ServerError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| ServerError::Serving(e.to_string()))?;
-    let key_der = Zeroizing::new(key.serialize_der());
+    let issuer = view.load();
+    let (key_der, spki) = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ServerError::Serving(e.to_string()))?;
+        (
+            Zeroizing::new(key.serialize_der()),
+            rcgen::PublicKeyData::subject_public_key_info(&key),
+        )
+    };
     let now = OffsetDateTime::now_utc();
     let (not_before, not_after) = profile::leaf_validity(
         now,
@@ -138,25 +144,15 @@ fn issue_serving(
         not_after,
     )
     .map_err(AuthorityError::from)?;
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     let cert = issuer
         .ca
-        .sign(&params, &spki, now)
+        .sign_async(&params, &spki, now)
+        .await
         .map_err(AuthorityError::from)?;
     let chain = vec![cert.der, issuer.ca.cert_der().to_vec()];
     let certified = tls::certified_key(&chain, &key_der)?;
     let renew_at = now + (not_after - now) / 2;
     Ok((certified, renew_at))
-}
-
-async fn issue_serving_blocking(
-    view: &Arc<IssuerView>,
-    config: &Arc<Config>,
-) -> Result<(rustls::sign::CertifiedKey, OffsetDateTime), ServerError> {
-    let (view, config) = (view.clone(), config.clone());
-    tokio::task::spawn_blocking(move || issue_serving(&view.load(), &config))
-        .await
-        .map_err(|e| ServerError::Serving(e.to_string()))?
 }
 
 /// Loads the CA state and starts serving. Call inside a tokio runtime.
@@ -170,10 +166,7 @@ pub async fn start(
     for path in &config.root.certificates {
         roots.extend(read_certificates(path)?);
     }
-    let issuer = {
-        let (store, state_ref) = (store.clone(), state);
-        tokio::task::block_in_place(|| authority::active_issuer(&store, state_ref))?
-    };
+    let issuer = tokio::task::block_in_place(|| authority::active_issuer(&store, state))?;
     if issuer.not_after() <= OffsetDateTime::now_utc() {
         return Err(
             AuthorityError::from(CaError::IssuerExpired(issuer.not_after().to_string())).into(),
@@ -182,7 +175,7 @@ pub async fn start(
     let view = Arc::new(IssuerView::new(IssuerSnapshot::new(issuer, roots.clone())));
     let auth = Arc::new(authenticator(&config)?);
 
-    let (first, mut renew_at) = issue_serving_blocking(&view, &config).await?;
+    let (first, mut renew_at) = issue_serving(&view, &config).await?;
     let serving = Arc::new(ServingCert::new(first));
     let tls_config = tls::server_config(&roots, config.server.client_auth, serving.clone())?;
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
@@ -271,7 +264,7 @@ pub async fn start(
                     .unwrap_or(Duration::ZERO)
                     .max(Duration::from_millis(500));
                 tokio::time::sleep(wait).await;
-                match issue_serving_blocking(&view, &config).await {
+                match issue_serving(&view, &config).await {
                     Ok((next, at)) => {
                         serving.replace(next);
                         renew_at = at;

@@ -18,10 +18,7 @@ use hsm_ca::secret::{Secret, SecretSource};
 
 /// The SoftHSM module on this machine.
 pub fn module() -> PathBuf {
-    hsm_ca::cli::SOFTHSM_MODULES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    provision::softhsm_module()
         .expect("SoftHSM is not installed: run ops/test.sh, which installs it")
 }
 

@@ -181,8 +181,20 @@ impl IssuingCa {
             .store()
             .sign(self.key.id(), self.key.algorithm().default_scheme(), &tbs)
             .await?;
-        let cert_der = der::sequence(&[&tbs, algorithm, &der::bit_string_of(&signature)]);
+        let cert_der = der::sequence(&[&tbs, algorithm, &der::bit_string(&signature)]);
         Ok(IssuedCert::new(cert_der, params))
+    }
+
+    /// The workload profile for `spiffe_id`, valid for `ttl` but never past this CA.
+    fn leaf_params(
+        &self,
+        spiffe_id: &str,
+        ttl: Duration,
+        clock_skew: Duration,
+        now: OffsetDateTime,
+    ) -> Result<CertificateParams, CaError> {
+        let (not_before, not_after) = profile::leaf_validity(now, ttl, clock_skew, self.not_after);
+        profile::leaf(spiffe_id, not_before, not_after)
     }
 
     /// [`IssuingCa::issue_leaf`] without blocking a thread on the device.
@@ -194,8 +206,7 @@ impl IssuingCa {
         clock_skew: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        let (not_before, not_after) = profile::leaf_validity(now, ttl, clock_skew, self.not_after);
-        let params = profile::leaf(spiffe_id, not_before, not_after)?;
+        let params = self.leaf_params(spiffe_id, ttl, clock_skew, now)?;
         self.sign_async(&params, spki_der, now).await
     }
 
@@ -208,8 +219,7 @@ impl IssuingCa {
         clock_skew: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        let (not_before, not_after) = profile::leaf_validity(now, ttl, clock_skew, self.not_after);
-        let params = profile::leaf(spiffe_id, not_before, not_after)?;
+        let params = self.leaf_params(spiffe_id, ttl, clock_skew, now)?;
         self.sign(&params, spki_der, now)
     }
 }

@@ -30,21 +30,13 @@ use time::OffsetDateTime;
 use super::commands::format_keys;
 use super::CliError;
 use crate::auth::devtoken;
-use crate::authority::{self, write_file};
+use crate::authority::{self, write_file, write_secret_file};
 use crate::ca::{self, inspect};
 use crate::config::Config;
 use crate::keystore::{self, pkcs11::provision};
 use crate::secret::Secret;
 use crate::state::CaState;
 use zeroize::Zeroizing;
-
-/// Where SoftHSM's module is found on Debian/Ubuntu and from source builds.
-pub const SOFTHSM_MODULES: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-];
 
 const TOKEN_LABEL: &str = "hsm-ca-dev";
 
@@ -78,28 +70,11 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::Message(format!("{}: {e}", path.display())))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| CliError::Message(format!("{}: {e}", path.display())))
-}
-
 fn find_module(explicit: Option<PathBuf>) -> Result<PathBuf, CliError> {
     if let Some(m) = explicit {
         return Ok(m);
     }
-    SOFTHSM_MODULES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| {
+    provision::softhsm_module().ok_or_else(|| {
             CliError::Message(
                 "SoftHSM is not installed (no libsofthsm2.so found); run ops/dev.sh, or apt-get install softhsm2"
                     .into(),
@@ -186,7 +161,7 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
         false,
     )?;
     let pin = Secret::new(random_hex(12));
-    write_private(&dir.join("pin"), pin.expose())?;
+    write_secret_file(&dir.join("pin"), pin.expose().as_bytes(), false)?;
     let staged = dir.join("hsm-ca.toml.new");
     write_file(&staged, dev_config_text(dir, module).as_bytes(), false)?;
     let config = Config::load(&staged)?;
@@ -213,7 +188,11 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
     drop(state);
 
     let signer = devtoken::new_signer(DEV_TOKEN_KID).map_err(CliError::Message)?;
-    write_private(&dir.join("token-signer-key.pem"), &signer.key_pkcs8_pem)?;
+    write_secret_file(
+        &dir.join("token-signer-key.pem"),
+        signer.key_pkcs8_pem.as_bytes(),
+        false,
+    )?;
     write_file(&dir.join("jwks.json"), signer.jwks.as_bytes(), false)?;
 
     // An admin client identity for the admin API, issued by the intermediate.
@@ -227,9 +206,10 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
         config.workload.clock_skew,
         now,
     )?;
-    write_private(
+    write_secret_file(
         &dir.join("admin-key.pem"),
-        &Zeroizing::new(admin_key.serialize_pem()),
+        Zeroizing::new(admin_key.serialize_pem()).as_bytes(),
+        false,
     )?;
     write_file(
         &dir.join("admin-cert.pem"),

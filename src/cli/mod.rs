@@ -5,7 +5,7 @@ mod commands;
 mod dev;
 mod request;
 
-pub use dev::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID, SOFTHSM_MODULES};
+pub use dev::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID};
 
 use std::path::PathBuf;
 

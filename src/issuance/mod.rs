@@ -47,8 +47,6 @@ pub enum IssuanceError {
     PermissionDenied(String),
     #[error(transparent)]
     Ca(#[from] CaError),
-    #[error("internal error: {0}")]
-    Internal(String),
     #[error("the issuance could not be recorded: {0}")]
     Audit(#[from] AuditError),
 }
@@ -79,7 +77,6 @@ impl IssuanceError {
                 CaError::IssuerExpired(_) => Code::Unavailable,
                 _ => Code::Internal,
             },
-            IssuanceError::Internal(_) => Code::Internal,
             IssuanceError::Audit(_) => Code::Unavailable,
         };
         // Device details stay in the server log; the caller learns the class of failure.

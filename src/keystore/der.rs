@@ -53,7 +53,7 @@ pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
 }
 
 /// BIT STRING with no unused bits.
-fn bit_string(bytes: &[u8]) -> Vec<u8> {
+pub fn bit_string(bytes: &[u8]) -> Vec<u8> {
     let mut content = Vec::with_capacity(bytes.len() + 1);
     content.push(0);
     content.extend_from_slice(bytes);
@@ -129,9 +129,16 @@ pub fn split_tlv(input: &[u8]) -> Option<(&[u8], &[u8])> {
     (input.len() >= end).then(|| input.split_at(end))
 }
 
-/// BIT STRING with no unused bits (public for certificate assembly).
-pub fn bit_string_of(bytes: &[u8]) -> Vec<u8> {
-    bit_string(bytes)
+/// The subjectPublicKey bits of a DER SubjectPublicKeyInfo
+/// (`SEQUENCE { algorithm, BIT STRING }`), for verifiers and certificate builders.
+pub fn subject_public_key_bits(spki: &[u8]) -> Option<&[u8]> {
+    let (tag, content) = read_tlv(spki)?;
+    let (_algorithm, rest) = split_tlv(content).filter(|_| tag == 0x30)?;
+    let (tag, bits) = read_tlv(rest)?;
+    match bits.split_first() {
+        Some((0, key)) if tag == 0x03 => Some(key),
+        _ => None,
+    }
 }
 
 /// Reads one TLV that must span the whole input.
@@ -191,6 +198,14 @@ mod tests {
         let wrapped = tlv(0x04, &point);
         assert_eq!(ec_point_from_attribute(&wrapped, 65), Some(point));
         assert_eq!(ec_point_from_attribute(&[0x04, 0x01, 0x04], 65), None);
+    }
+
+    #[test]
+    fn key_bits_come_out_of_the_spki_they_went_into() {
+        let point = [[0x04].as_slice(), &[9u8; 64]].concat();
+        let spki = ec_spki(OID_P256, &point);
+        assert_eq!(subject_public_key_bits(&spki), Some(point.as_slice()));
+        assert_eq!(subject_public_key_bits(&spki[..spki.len() - 1]), None);
     }
 
     #[test]

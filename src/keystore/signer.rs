@@ -6,8 +6,6 @@
 
 use std::cell::RefCell;
 
-use x509_parser::prelude::FromDer;
-
 use super::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, KeystoreError};
 
 /// A CA key in the device, usable wherever rcgen wants a signing key.
@@ -28,12 +26,12 @@ impl DeviceSigningKey {
         let algorithm = info
             .algorithm
             .ok_or_else(|| KeystoreError::Unsupported(format!("key {} algorithm", info.id)))?;
-        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&info.public_key)
-            .map_err(|e| KeystoreError::Device {
+        let public_key_bits = super::der::subject_public_key_bits(&info.public_key)
+            .ok_or_else(|| KeystoreError::Device {
                 operation: "read public key".into(),
-                reason: e.to_string(),
-            })?;
-        let public_key_bits = spki.subject_public_key.data.to_vec();
+                reason: format!("key {}: malformed SubjectPublicKeyInfo", info.id),
+            })?
+            .to_vec();
         Ok(DeviceSigningKey {
             store,
             id: info.id.clone(),

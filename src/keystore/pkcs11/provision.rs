@@ -13,6 +13,22 @@ use super::rv_name;
 use crate::keystore::KeystoreError;
 use crate::secret::Secret;
 
+/// Where SoftHSM's module is found on Debian/Ubuntu and from source builds.
+pub const SOFTHSM_MODULES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// The first SoftHSM module installed here, if any.
+pub fn softhsm_module() -> Option<std::path::PathBuf> {
+    SOFTHSM_MODULES
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
 /// Serialises token creation in this process: two creators would race for the same free slot.
 static CREATE: Mutex<()> = Mutex::new(());
 

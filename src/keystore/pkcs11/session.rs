@@ -146,9 +146,11 @@ impl Pkcs11Session {
         let algorithm = info.algorithm.ok_or_else(|| {
             KeystoreError::Unsupported(format!("key {id}: algorithm not recognised"))
         })?;
-        let public_key = subject_public_key_bits(&info.public_key).ok_or_else(|| {
-            KeystoreError::Unavailable(format!("key {id}: public key unreadable"))
-        })?;
+        let public_key = der::subject_public_key_bits(&info.public_key)
+            .map(Arc::from)
+            .ok_or_else(|| {
+                KeystoreError::Unavailable(format!("key {id}: public key unreadable"))
+            })?;
         let cached = CachedKey {
             handle,
             algorithm,
@@ -260,12 +262,6 @@ impl DeviceSession for Pkcs11Session {
             Ok(keys)
         })
     }
-}
-
-fn subject_public_key_bits(spki: &[u8]) -> Option<Arc<[u8]>> {
-    use x509_parser::prelude::FromDer;
-    let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).ok()?;
-    Some(Arc::from(parsed.subject_public_key.data.as_ref()))
 }
 
 /// Software check of a device signature.
