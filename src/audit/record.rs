@@ -34,6 +34,71 @@ pub enum AuditEvent {
         code: String,
         reason: String,
     },
+    /// A key pair was created inside the device.
+    KeyGenerated {
+        actor: String,
+        key_id: String,
+        algorithm: String,
+        label: String,
+    },
+    /// An intermediate certificate was installed (state: prepared or active).
+    CertificateInstalled {
+        actor: String,
+        key_id: String,
+        subject: String,
+        serial: String,
+        not_after: String,
+        status: String,
+    },
+    /// An intermediate became the one that issues.
+    Activated {
+        actor: String,
+        key_id: String,
+        previous: Option<String>,
+    },
+    /// An intermediate stopped issuing.
+    Retired { actor: String, key_id: String },
+    /// A root was added to the trust bundle.
+    RootAdded {
+        actor: String,
+        fingerprint: String,
+        subject: String,
+        not_after: String,
+    },
+    /// A root was removed from the trust bundle.
+    RootRemoved {
+        actor: String,
+        fingerprint: String,
+        forced: bool,
+    },
+    /// A certificate was revoked.
+    Revoked {
+        actor: String,
+        issuer_key: String,
+        serial: String,
+        reason: String,
+    },
+    /// A sensitive operation was proposed and waits for approvals.
+    Proposed {
+        actor: String,
+        proposal: String,
+        operation: String,
+        threshold: u32,
+    },
+    /// An officer approved a proposal.
+    Approved {
+        actor: String,
+        proposal: String,
+        approvals: u32,
+        threshold: u32,
+    },
+    /// An admin request was refused (no client certificate, unknown identity, wrong role).
+    AdminRefused {
+        caller: Option<String>,
+        route: String,
+        code: String,
+        reason: String,
+    },
     /// The appliance started.
     Started { version: String },
     /// The appliance stopped cleanly.
