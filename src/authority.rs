@@ -249,6 +249,8 @@ pub fn install_intermediate(
         installed_at: fmt(now),
         not_after: fmt(not_after),
         subject: cert.subject().to_string(),
+        activated_at: None,
+        retired_at: None,
     };
     Ok(state.install(record)?)
 }

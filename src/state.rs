@@ -45,13 +45,72 @@ pub struct IntermediateRecord {
     pub installed_at: String,
     pub not_after: String,
     pub subject: String,
+    /// When it started issuing (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<String>,
+    /// When it stopped issuing (RFC 3339): its last leaf was issued no later than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+}
+
+/// A root certificate in the trust bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRecord {
+    pub version: u32,
+    /// Hex SHA-256 of the certificate's DER.
+    pub fingerprint: String,
+    pub certificate_pem: String,
+    pub subject: String,
+    pub not_after: String,
+    /// When it entered the bundle (RFC 3339).
+    pub added_at: String,
+}
+
+/// A revoked certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    pub version: u32,
+    /// The key id of the CA that issued the revoked certificate.
+    pub issuer_key_id: KeyId,
+    /// Hex serial number.
+    pub serial: String,
+    pub reason: String,
+    pub revoked_at: String,
 }
 
 /// The CA state store.
 pub struct CaState {
     db: sled::Db,
     intermediates: sled::Tree,
+    roots: sled::Tree,
+    revocations: sled::Tree,
+    meta: sled::Tree,
 }
+
+fn storage(e: impl std::fmt::Display) -> StateError {
+    StateError::Storage(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(v).map_err(|e| StateError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(value).map_err(storage)
+}
+
+/// Why a state change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Done(IntermediateRecord, Option<IntermediateRecord>),
+    NotFound,
+    Refused(String),
+}
+
+const BUNDLE_SEQUENCE: &[u8] = b"bundle_sequence";
 
 impl CaState {
     /// Opens (creating if needed) the state under `data_dir/state`.
@@ -63,10 +122,212 @@ impl CaState {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
         let db = sled::open(&path).map_err(|e| open_err(e.to_string()))?;
-        let intermediates = db
-            .open_tree("intermediates")
-            .map_err(|e| open_err(e.to_string()))?;
-        Ok(CaState { db, intermediates })
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
+        let (intermediates, roots, revocations, meta) = (
+            tree("intermediates")?,
+            tree("roots")?,
+            tree("revocations")?,
+            tree("meta")?,
+        );
+        Ok(CaState {
+            db,
+            intermediates,
+            roots,
+            revocations,
+            meta,
+        })
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map(|_| ()).map_err(storage)
+    }
+
+    /// One intermediate by key id.
+    pub fn intermediate(&self, key_id: &KeyId) -> Result<Option<IntermediateRecord>, StateError> {
+        let k = key_id.to_string();
+        self.intermediates
+            .get(k.as_bytes())
+            .map_err(storage)?
+            .map(|v| decode(k.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Makes a prepared intermediate the active one; the previous active one is retired in the
+    /// same step. Durable on return.
+    pub fn activate(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        let Some(mut next) = self.intermediate(key_id)? else {
+            return Ok(Transition::NotFound);
+        };
+        match next.status {
+            IntermediateStatus::Prepared => {}
+            IntermediateStatus::Active => {
+                return Ok(Transition::Refused(format!("{key_id} is already active")))
+            }
+            IntermediateStatus::Retired => {
+                return Ok(Transition::Refused(format!(
+                    "{key_id} is retired; a retired intermediate is not activated again"
+                )))
+            }
+        }
+        let mut previous = self.active()?;
+        next.status = IntermediateStatus::Active;
+        next.activated_at = Some(now.to_string());
+        let mut batch = sled::Batch::default();
+        if let Some(prev) = previous.as_mut() {
+            prev.status = IntermediateStatus::Retired;
+            prev.retired_at = Some(now.to_string());
+            batch.insert(prev.key_id.to_string().as_bytes(), encode(&*prev)?);
+        }
+        batch.insert(key_id.to_string().as_bytes(), encode(&next)?);
+        self.intermediates.apply_batch(batch).map_err(storage)?;
+        self.flush()?;
+        Ok(Transition::Done(next, previous))
+    }
+
+    /// Retires a prepared intermediate (the active one is retired by activating its successor).
+    pub fn retire(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        let Some(mut record) = self.intermediate(key_id)? else {
+            return Ok(Transition::NotFound);
+        };
+        match record.status {
+            IntermediateStatus::Prepared => {}
+            IntermediateStatus::Active => {
+                return Ok(Transition::Refused(format!(
+                    "{key_id} is the active intermediate; activate its successor instead"
+                )))
+            }
+            IntermediateStatus::Retired => {
+                return Ok(Transition::Refused(format!("{key_id} is already retired")))
+            }
+        }
+        record.status = IntermediateStatus::Retired;
+        record.retired_at = Some(now.to_string());
+        self.intermediates
+            .insert(key_id.to_string().as_bytes(), encode(&record)?)
+            .map_err(storage)?;
+        self.flush()?;
+        Ok(Transition::Done(record, None))
+    }
+
+    /// The roots of the trust bundle, oldest first.
+    pub fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
+        let mut roots = self
+            .roots
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(storage)?;
+                decode::<RootRecord>(&k, &v)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        roots.sort_by(|a, b| a.added_at.cmp(&b.added_at));
+        Ok(roots)
+    }
+
+    /// Adds a root to the bundle. Returns false (and changes nothing) when it is there already.
+    pub fn add_root(&self, mut record: RootRecord) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let key = record.fingerprint.clone();
+        let value = encode(&record)?;
+        let inserted = self
+            .roots
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(value))
+            .map_err(storage)?
+            .is_ok();
+        if inserted {
+            self.bump_bundle_sequence()?;
+        }
+        self.flush()?;
+        Ok(inserted)
+    }
+
+    /// Removes a root from the bundle; false when it was not there.
+    pub fn remove_root(&self, fingerprint: &str) -> Result<bool, StateError> {
+        let removed = self
+            .roots
+            .remove(fingerprint.as_bytes())
+            .map_err(storage)?
+            .is_some();
+        if removed {
+            self.bump_bundle_sequence()?;
+        }
+        self.flush()?;
+        Ok(removed)
+    }
+
+    fn bump_bundle_sequence(&self) -> Result<u64, StateError> {
+        let next = self
+            .meta
+            .update_and_fetch(BUNDLE_SEQUENCE, |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(storage)?;
+        Ok(next
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Increases on every change of the trust bundle (SPIFFE `spiffe_sequence`).
+    pub fn bundle_sequence(&self) -> Result<u64, StateError> {
+        Ok(self
+            .meta
+            .get(BUNDLE_SEQUENCE)
+            .map_err(storage)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Records a revocation; false when that serial was revoked already.
+    pub fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let key = format!("{}/{}", record.issuer_key_id, record.serial);
+        let inserted = self
+            .revocations
+            .compare_and_swap(
+                key.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(&record)?),
+            )
+            .map_err(storage)?
+            .is_ok();
+        self.flush()?;
+        Ok(inserted)
+    }
+
+    /// Every revocation by the CA whose key is `issuer`.
+    pub fn revocations(&self, issuer: &KeyId) -> Result<Vec<RevocationRecord>, StateError> {
+        self.revocations
+            .scan_prefix(format!("{issuer}/").as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(storage)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The next CRL number for the CA whose key is `issuer` (1, 2, …). Durable on return.
+    pub fn next_crl_number(&self, issuer: &KeyId) -> Result<u64, StateError> {
+        let key = format!("crl_number/{issuer}");
+        let next = self
+            .meta
+            .update_and_fetch(key.as_bytes(), |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(storage)?;
+        self.flush()?;
+        Ok(next
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
     }
 
     /// Records an intermediate; it becomes active when no other is. Durable on return.
@@ -77,6 +338,7 @@ impl CaState {
         record.version = RECORD_VERSION;
         if self.active()?.is_none() {
             record.status = IntermediateStatus::Active;
+            record.activated_at = Some(record.installed_at.clone());
         } else {
             record.status = IntermediateStatus::Prepared;
         }
@@ -126,6 +388,8 @@ mod tests {
             installed_at: "now".into(),
             not_after: "later".into(),
             subject: "CN=x".into(),
+            activated_at: None,
+            retired_at: None,
         }
     }
 
@@ -151,5 +415,93 @@ mod tests {
             Some(KeyId(vec![1]))
         );
         assert!(all.iter().all(|r| r.version == RECORD_VERSION));
+    }
+
+    #[test]
+    fn activation_retires_the_previous_one_atomically_and_refuses_bad_transitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = CaState::open(dir.path()).expect("open");
+        state.install(record(1)).expect("install");
+        state.install(record(2)).expect("install");
+        state.install(record(3)).expect("install");
+        let Transition::Done(next, prev) = state.activate(&KeyId(vec![2]), "t1").expect("activate")
+        else {
+            panic!("not activated")
+        };
+        assert_eq!(next.activated_at.as_deref(), Some("t1"));
+        let prev = prev.expect("previous");
+        assert_eq!(prev.key_id, KeyId(vec![1]));
+        assert_eq!(prev.retired_at.as_deref(), Some("t1"));
+        let stored = state
+            .intermediate(&KeyId(vec![1]))
+            .expect("get")
+            .expect("one");
+        assert_eq!(stored.status, IntermediateStatus::Retired);
+        assert_eq!(
+            state.active().expect("active").map(|r| r.key_id),
+            Some(KeyId(vec![2]))
+        );
+        assert!(matches!(
+            state.activate(&KeyId(vec![1]), "t2"),
+            Ok(Transition::Refused(_))
+        ));
+        assert!(matches!(
+            state.activate(&KeyId(vec![2]), "t2"),
+            Ok(Transition::Refused(_))
+        ));
+        assert!(matches!(
+            state.retire(&KeyId(vec![2]), "t2"),
+            Ok(Transition::Refused(_))
+        ));
+        assert!(matches!(
+            state.activate(&KeyId(vec![9]), "t2"),
+            Ok(Transition::NotFound)
+        ));
+        assert!(matches!(
+            state.retire(&KeyId(vec![3]), "t2"),
+            Ok(Transition::Done(..))
+        ));
+    }
+
+    #[test]
+    fn roots_revocations_and_counters_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = |fp: &str, at: &str| RootRecord {
+            version: 0,
+            fingerprint: fp.into(),
+            certificate_pem: "pem".into(),
+            subject: "CN=r".into(),
+            not_after: "later".into(),
+            added_at: at.into(),
+        };
+        {
+            let state = CaState::open(dir.path()).expect("open");
+            assert_eq!(state.bundle_sequence().expect("seq"), 0);
+            assert!(state.add_root(root("bb", "t2")).expect("add"));
+            assert!(state.add_root(root("aa", "t1")).expect("add"));
+            assert!(!state.add_root(root("aa", "t3")).expect("add again"));
+            assert_eq!(state.bundle_sequence().expect("seq"), 2);
+            assert!(state.remove_root("bb").expect("remove"));
+            assert!(!state.remove_root("bb").expect("remove again"));
+            let rev = RevocationRecord {
+                version: 0,
+                issuer_key_id: KeyId(vec![7]),
+                serial: "01".into(),
+                reason: "keyCompromise".into(),
+                revoked_at: "t".into(),
+            };
+            assert!(state.revoke(rev.clone()).expect("revoke"));
+            assert!(!state.revoke(rev).expect("revoke again"));
+            assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 1);
+            assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 2);
+        }
+        let state = CaState::open(dir.path()).expect("reopen");
+        let roots = state.roots().expect("roots");
+        assert_eq!(roots.len(), 1);
+        assert_eq!(roots[0].fingerprint, "aa");
+        assert_eq!(state.bundle_sequence().expect("seq"), 3);
+        assert_eq!(state.revocations(&KeyId(vec![7])).expect("revs").len(), 1);
+        assert!(state.revocations(&KeyId(vec![8])).expect("revs").is_empty());
+        assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 3);
     }
 }
