@@ -4,6 +4,7 @@
 //! [`keystore`] owns every conversation with the HSM, [`ca`] builds and checks certificates,
 //! [`state`] records which CA certificates are installed, and [`cli`] is the officer's front door.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod authority;

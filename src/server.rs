@@ -14,9 +14,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
+use arc_swap::ArcSwap;
+
+use crate::admin::Control;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, ClusterVerifier};
-use crate::authority::{self, read_certificates, AuthorityError};
+use crate::authority::{self, AuthorityError};
 use crate::ca::{profile, CaError};
 use crate::config::Config;
 use crate::issuance::{CertificateService, IssuanceRules, IssuerSnapshot, IssuerView};
@@ -52,11 +55,16 @@ pub enum ServerError {
 /// A started appliance.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Where the admin API listens (when enabled).
+    pub admin_addr: Option<SocketAddr>,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
+    /// The control plane the admin API drives.
+    pub control: Arc<Control>,
     audit: Option<Arc<AuditLog>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
@@ -64,9 +72,18 @@ impl RunningServer {
     /// Stops accepting, lets requests in flight finish (up to [`SHUTDOWN_GRACE`]), and waits.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         self.renewal.abort();
+        if let Some(mut admin) = self.admin_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut admin)
+                .await
+                .is_err()
+            {
+                tracing::warn!("admin connections still open after the grace period; closing them");
+                admin.abort();
+            }
+        }
         if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
             .await
             .is_err()
@@ -155,18 +172,16 @@ async fn issue_serving(
     Ok((certified, renew_at))
 }
 
-/// Loads the CA state and starts serving. Call inside a tokio runtime.
+/// Loads the CA state and starts serving: the issuance service and, when enabled, the admin
+/// API. Call inside a multi-threaded tokio runtime.
 pub async fn start(
     config: Config,
     store: KeyStore,
-    state: &CaState,
+    state: Arc<CaState>,
 ) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
-    let mut roots = Vec::new();
-    for path in &config.root.certificates {
-        roots.extend(read_certificates(path)?);
-    }
-    let issuer = tokio::task::block_in_place(|| authority::active_issuer(&store, state))?;
+    let roots = tokio::task::block_in_place(|| crate::admin::control::load_roots(&config, &state))?;
+    let issuer = tokio::task::block_in_place(|| authority::active_issuer(&store, &state))?;
     if issuer.not_after() <= OffsetDateTime::now_utc() {
         return Err(
             AuthorityError::from(CaError::IssuerExpired(issuer.not_after().to_string())).into(),
@@ -177,23 +192,31 @@ pub async fn start(
 
     let (first, mut renew_at) = issue_serving(&view, &config).await?;
     let serving = Arc::new(ServingCert::new(first));
-    let tls_config = tls::server_config(&roots, config.server.client_auth, serving.clone())?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+    let grpc_tls = Arc::new(ArcSwap::from_pointee(tls::server_config(
+        &roots,
+        config.server.client_auth,
+        serving.clone(),
+    )?));
+    let admin_tls = Arc::new(ArcSwap::from_pointee(tls::admin_server_config(
+        &roots,
+        serving.clone(),
+    )?));
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
+    let listener = bind(config.server.listen).await?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
             addr: config.server.listen,
             source,
         })?;
+    let admin_listener = if config.admin.enabled {
+        Some(bind(config.admin.listen).await?)
+    } else {
+        None
+    };
 
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
+    let accept_tls = grpc_tls.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -205,7 +228,9 @@ pub async fn start(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
+            // The current TLS config: the trust bundle for client certificates can change.
+            let acceptor = TlsAcceptor::from(accept_tls.load_full());
+            let tx = conn_tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -243,17 +268,45 @@ pub async fn start(
         None
     };
     let service = CertificateService::new(view.clone(), auth, rules, audit.clone()).into_server();
-    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-                async {
-                    let _ = shutdown_rx.await;
-                },
+                stopped(shutdown_rx.clone()),
             ),
     );
+
+    let renew = Arc::new(tokio::sync::Notify::new());
+    let control = Arc::new(Control::new(
+        config.clone(),
+        store,
+        state,
+        view.clone(),
+        audit.clone(),
+        serving.clone(),
+        grpc_tls,
+        admin_tls,
+        renew.clone(),
+    ));
+    let (admin_addr, admin_task) = match admin_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let ctl = control.clone();
+            let stop = stopped(shutdown_rx.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = crate::admin::serve(ctl, listener, stop).await {
+                    tracing::error!(error = %e, "the admin API stopped");
+                }
+            });
+            (addr, Some(task))
+        }
+        None => (None, None),
+    };
 
     let renewal = {
         let (view, config, serving) = (view.clone(), config.clone(), serving.clone());
@@ -263,7 +316,11 @@ pub async fn start(
                     .try_into()
                     .unwrap_or(Duration::ZERO)
                     .max(Duration::from_millis(500));
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // The issuer changed: serve a certificate from the new one right away.
+                    _ = renew.notified() => {}
+                }
                 match issue_serving(&view, &config).await {
                     Ok((next, at)) => {
                         serving.replace(next);
@@ -281,11 +338,20 @@ pub async fn start(
 
     Ok(RunningServer {
         local_addr,
+        admin_addr,
         view,
         serving,
+        control,
         audit,
         shutdown: Some(shutdown_tx),
         task,
+        admin_task,
         renewal,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
 }

@@ -70,8 +70,8 @@ pub struct RootRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationRecord {
     pub version: u32,
-    /// The key id of the CA that issued the revoked certificate.
-    pub issuer_key_id: KeyId,
+    /// Hex SHA-256 fingerprint of the CA certificate that issued the revoked certificate.
+    pub issuer: String,
     /// Hex serial number.
     pub serial: String,
     pub reason: String,
@@ -285,7 +285,7 @@ impl CaState {
     /// Records a revocation; false when that serial was revoked already.
     pub fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
-        let key = format!("{}/{}", record.issuer_key_id, record.serial);
+        let key = format!("{}/{}", record.issuer, record.serial);
         let inserted = self
             .revocations
             .compare_and_swap(
@@ -299,8 +299,8 @@ impl CaState {
         Ok(inserted)
     }
 
-    /// Every revocation by the CA whose key is `issuer`.
-    pub fn revocations(&self, issuer: &KeyId) -> Result<Vec<RevocationRecord>, StateError> {
+    /// Every revocation by the CA whose certificate fingerprint is `issuer`.
+    pub fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, StateError> {
         self.revocations
             .scan_prefix(format!("{issuer}/").as_bytes())
             .map(|item| {
@@ -310,8 +310,9 @@ impl CaState {
             .collect()
     }
 
-    /// The next CRL number for the CA whose key is `issuer` (1, 2, …). Durable on return.
-    pub fn next_crl_number(&self, issuer: &KeyId) -> Result<u64, StateError> {
+    /// The next CRL number for the CA whose certificate fingerprint is `issuer` (1, 2, …).
+    /// Durable on return.
+    pub fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {
         let key = format!("crl_number/{issuer}");
         let next = self
             .meta
@@ -485,23 +486,23 @@ mod tests {
             assert!(!state.remove_root("bb").expect("remove again"));
             let rev = RevocationRecord {
                 version: 0,
-                issuer_key_id: KeyId(vec![7]),
+                issuer: "ca7".into(),
                 serial: "01".into(),
                 reason: "keyCompromise".into(),
                 revoked_at: "t".into(),
             };
             assert!(state.revoke(rev.clone()).expect("revoke"));
             assert!(!state.revoke(rev).expect("revoke again"));
-            assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 1);
-            assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 2);
+            assert_eq!(state.next_crl_number("ca7").expect("n"), 1);
+            assert_eq!(state.next_crl_number("ca7").expect("n"), 2);
         }
         let state = CaState::open(dir.path()).expect("reopen");
         let roots = state.roots().expect("roots");
         assert_eq!(roots.len(), 1);
         assert_eq!(roots[0].fingerprint, "aa");
         assert_eq!(state.bundle_sequence().expect("seq"), 3);
-        assert_eq!(state.revocations(&KeyId(vec![7])).expect("revs").len(), 1);
-        assert!(state.revocations(&KeyId(vec![8])).expect("revs").is_empty());
-        assert_eq!(state.next_crl_number(&KeyId(vec![7])).expect("n"), 3);
+        assert_eq!(state.revocations("ca7").expect("revs").len(), 1);
+        assert!(state.revocations("ca8").expect("revs").is_empty());
+        assert_eq!(state.next_crl_number("ca7").expect("n"), 3);
     }
 }

@@ -101,6 +101,17 @@ fn root_store(roots: &[Vec<u8>]) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+/// The admin API's server side: like [`server_config`] with optional client certificates
+/// (the public bundle routes need none) and ALPN for HTTP/2 and HTTP/1.1.
+pub fn admin_server_config(
+    roots: &[Vec<u8>],
+    certs: Arc<ServingCert>,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = server_config(roots, ClientAuth::Optional, certs)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The server side: TLS 1.2/1.3, ALPN h2, client certificates checked against `roots`.
 pub fn server_config(
     roots: &[Vec<u8>],

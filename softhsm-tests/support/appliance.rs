@@ -47,6 +47,11 @@ impl Appliance {
         } else {
             "[server]\nlisten = \"127.0.0.1:0\"\ndns_names = [\"localhost\"]\nip_addresses = [\"127.0.0.1\"]\n"
         };
+        let admin = if extra.contains("[admin]") {
+            ""
+        } else {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let text = format!(
             r#"trust_domain = "cluster.local"
 [keystore]
@@ -62,6 +67,7 @@ id = "east"
 issuer = "{EAST_ISSUER}"
 audiences = ["istio-ca", "other"]
 jwks_file = "east-jwks.json"
+{admin}
 {extra}
 "#,
             module = super::module().display(),
@@ -96,9 +102,10 @@ jwks_file = "east-jwks.json"
             .expect("install");
             (vec![root.der], state)
         });
-        let server = hsm_ca::server::start(config.clone(), store.clone(), &state)
-            .await
-            .expect("server");
+        let server =
+            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
+                .await
+                .expect("server");
         Appliance {
             token,
             dir,

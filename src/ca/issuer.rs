@@ -222,4 +222,72 @@ impl IssuingCa {
         let params = self.leaf_params(spiffe_id, ttl, clock_skew, now)?;
         self.sign(&params, spki_der, now)
     }
+
+    /// Signs a CRL listing `revoked` (serial bytes, revocation time), numbered `number`,
+    /// valid from `now` until `next_update`. Returns its DER.
+    pub fn sign_crl(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+        now: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<Vec<u8>, CaError> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update,
+            crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(from_rcgen)?;
+        Ok(crl.der().to_vec())
+    }
+
+    /// Cross-signs the CA certificate `other_der` (another root): same subject and key, issued
+    /// by this CA, valid no longer than either.
+    pub fn cross_sign(&self, other_der: &[u8], now: OffsetDateTime) -> Result<IssuedCert, CaError> {
+        let (_, other) = X509Certificate::from_der(other_der)
+            .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
+        if !other.is_ca() {
+            return Err(CaError::Chain(format!(
+                "{} is not a CA certificate",
+                other.subject()
+            )));
+        }
+        let mut dn = rcgen::DistinguishedName::new();
+        for rdn in other.subject().iter() {
+            for attr in rdn.iter() {
+                let oid: Vec<u64> = attr.attr_type().iter().into_iter().flatten().collect();
+                let value = attr.as_str().map_err(|_| {
+                    CaError::MalformedCertificate("a subject attribute is not a string".into())
+                })?;
+                dn.push(
+                    rcgen::DnType::from_oid(&oid),
+                    rcgen::DnValue::Utf8String(value.to_string()),
+                );
+            }
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+        params.serial_number = Some(profile::random_serial());
+        params.not_before = now.max(other.validity().not_before.to_datetime());
+        params.not_after = self.not_after.min(other.validity().not_after.to_datetime());
+        params.use_authority_key_identifier_extension = true;
+        self.sign(&params, other.public_key().raw, now)
+    }
 }

@@ -57,6 +57,11 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// SHA-256 of `der` as plain lowercase hex: how roots are named in URLs and records.
+pub fn fingerprint_id(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
 /// Every certificate in a PEM bundle, as DER. Other PEM blocks are refused.
 pub fn certificates_from_pem(pem_text: &[u8]) -> Result<Vec<Vec<u8>>, CaError> {
     let blocks =

@@ -235,3 +235,41 @@ pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Prints the trust bundle. The running appliance keeps `data_dir/trust-bundle.pem` current, so
+/// this works while it serves; before its first start the config's root files are the bundle.
+pub fn bundle(
+    config_path: &Path,
+    format: super::BundleFormat,
+    namespace: &str,
+) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let published = crate::admin::control::bundle_file(&config);
+    let roots = if published.exists() {
+        read_certificates(&published)?
+    } else {
+        let mut roots = Vec::new();
+        for path in &config.root.certificates {
+            roots.extend(read_certificates(path)?);
+        }
+        roots
+    };
+    if roots.is_empty() {
+        return Err(CliError::Message("the trust bundle is empty".into()));
+    }
+    let text = match format {
+        super::BundleFormat::Pem => crate::admin::bundle::pem(&roots),
+        super::BundleFormat::Configmap => crate::admin::bundle::configmap(&roots, namespace),
+        super::BundleFormat::Spiffe => {
+            // The sequence number lives in the CA state; offline it is not known.
+            let value = crate::admin::bundle::spiffe(
+                &roots,
+                0,
+                config.admin.bundle_refresh_hint.as_secs(),
+            )?;
+            serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+        }
+    };
+    print!("{text}");
+    Ok(())
+}

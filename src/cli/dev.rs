@@ -56,8 +56,12 @@ pub struct DevArgs {
     #[arg(long)]
     pub module: Option<PathBuf>,
     /// Serve gRPC on this address instead of the config's (e.g. 127.0.0.1:0 for any free port).
+    /// Unless --admin-listen is given too, the admin API then takes any free port on that IP.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve the admin API on this address instead of the config's.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Create or check the appliance, show it, and exit without serving.
     #[arg(long)]
     pub setup_only: bool,
@@ -115,6 +119,19 @@ jwks_file = "jwks.json"
 
 [authorization]
 trusted_node_accounts = ["istio-system/ztunnel"]
+
+# The admin API (mTLS): admin-cert.pem / admin-key.pem hold every role here. A production
+# appliance maps separate people to roles and asks for two or more officer approvals.
+[admin]
+listen = "127.0.0.1:9443"
+propagation_window_secs = 0
+
+[[admin.users]]
+identity = "{DEV_ADMIN_ID}"
+roles = ["auditor", "operator", "officer"]
+
+[admin.approvals]
+threshold = 1
 
 [root]
 certificates = ["root-cert.pem"]
@@ -275,25 +292,29 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         return Ok(());
     }
     drop(issuer);
-    serve(config, store, state, args.listen, &dir)
+    serve(config, store, state, (args.listen, args.admin_listen), &dir)
 }
 
 fn serve(
     mut config: Config,
     store: keystore::KeyStore,
     state: CaState,
-    listen: Option<std::net::SocketAddr>,
+    (listen, admin_listen): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     dir: &Path,
 ) -> Result<(), CliError> {
     if let Some(addr) = listen {
         config.server.listen = addr;
+        config.admin.listen = std::net::SocketAddr::new(addr.ip(), 0);
+    }
+    if let Some(addr) = admin_listen {
+        config.admin.listen = addr;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let mut server = crate::server::start(config, store, &state)
+        let mut server = crate::server::start(config, store, std::sync::Arc::new(state))
             .await
             .map_err(|e| CliError::Message(e.to_string()))?;
         // Whoever started us may stop reading stdout once it knows the address: a closed
@@ -301,11 +322,15 @@ fn serve(
         use std::io::Write;
         let banner = format!(
             "\nServing istio.v1.auth.IstioCertificateService on {addr} (TLS; server name localhost)\n\
-             Admin API: reserved for 127.0.0.1:9443 (not served yet)\n\
+             Admin API on https://{admin} (client certificate admin-cert.pem, key admin-key.pem)\n\
              Request a workload certificate from another shell:\n  \
              cargo run --quiet -- request --dev {dir} --addr {addr} --ns default --sa web --out web-certs\n\
              Stop with Ctrl-C.\n",
             addr = server.local_addr,
+            admin = server
+                .admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(disabled)".into()),
             dir = dir.display(),
         );
         let mut out = std::io::stdout();

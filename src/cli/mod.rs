@@ -48,6 +48,23 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Request a workload certificate from a running CA, as istio-agent does.
     Request(Box<request::RequestArgs>),
+    /// Print the trust bundle (every root clients must trust).
+    Bundle {
+        /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
+        /// istio-ca-root-cert ConfigMap for `kubectl apply -f -`).
+        #[arg(long, default_value = "pem")]
+        format: BundleFormat,
+        /// Namespace of the ConfigMap.
+        #[arg(long, default_value = "istio-system")]
+        namespace: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleFormat {
+    Pem,
+    Spiffe,
+    Configmap,
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,6 +150,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect { file } => commands::inspect(&file),
         Command::Dev(args) => dev::run(args),
+        Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
         Command::Ceremony(CeremonyCommand::InitRoot { out }) => {

@@ -50,6 +50,58 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
+    pub admin: AdminConfig,
+}
+
+/// A role on the admin API. Each route needs one; read-only routes accept any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads state, audit records, metrics.
+    Auditor,
+    /// Runs the intermediate lifecycle.
+    Operator,
+    /// Changes roots, revokes, approves sensitive operations.
+    Officer,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auditor" => Ok(Role::Auditor),
+            "operator" => Ok(Role::Operator),
+            "officer" => Ok(Role::Officer),
+            other => Err(format!(
+                "unknown role {other:?} (expected auditor, operator or officer)"
+            )),
+        }
+    }
+}
+
+/// Operations that can be made to need officer approvals.
+pub const SENSITIVE_OPERATIONS: [&str; 4] =
+    ["root_add", "root_remove", "revoke", "activate_new_root"];
+
+/// The admin API.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Client identity (a URI SAN such as a SPIFFE ID, or `CN=name`) → roles.
+    pub users: BTreeMap<String, Vec<Role>>,
+    /// How long a new root must have been in the served bundle before an intermediate under
+    /// it may be activated.
+    pub propagation_window: Duration,
+    /// `spiffe_refresh_hint` of the SPIFFE bundle.
+    pub bundle_refresh_hint: Duration,
+    /// `/readyz` and the metrics warn when less than this fraction of the active
+    /// intermediate's life is left.
+    pub expiry_warning_fraction: f64,
+    /// Distinct officer approvals a sensitive operation needs.
+    pub approval_threshold: u32,
+    pub proposal_ttl: Duration,
+    pub sensitive: Vec<String>,
 }
 
 /// The issuance service's listener and serving certificate.
@@ -354,7 +406,93 @@ impl Config {
                 });
         }
 
+        let adm = raw.admin;
+        let admin_listen = adm.listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("{:?} is not an address:port", adm.listen),
+            )
+        })?;
+        let mut users = BTreeMap::new();
+        for user in adm.users {
+            if user.identity.trim().is_empty() {
+                return Err(invalid("admin.users.identity", "must not be empty".into()));
+            }
+            if user.roles.is_empty() {
+                return Err(invalid(
+                    "admin.users.roles",
+                    format!("{} needs at least one role", user.identity),
+                ));
+            }
+            let roles = user
+                .roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("admin.users.roles", e))?;
+            if users.insert(user.identity.clone(), roles).is_some() {
+                return Err(invalid(
+                    "admin.users.identity",
+                    format!("{} is listed twice", user.identity),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&adm.expiry_warning_fraction) {
+            return Err(invalid(
+                "admin.expiry_warning_fraction",
+                "must be at least 0 and below 1".into(),
+            ));
+        }
+        if adm.approvals.threshold == 0 {
+            return Err(invalid(
+                "admin.approvals.threshold",
+                "must be at least 1".into(),
+            ));
+        }
+        let officers = users
+            .values()
+            .filter(|roles| roles.contains(&Role::Officer))
+            .count();
+        if officers > 0 && (adm.approvals.threshold as usize) > officers {
+            return Err(invalid(
+                "admin.approvals.threshold",
+                format!(
+                    "{} approvals needed but only {officers} user(s) have the officer role",
+                    adm.approvals.threshold
+                ),
+            ));
+        }
+        for op in &adm.approvals.sensitive {
+            if !SENSITIVE_OPERATIONS.contains(&op.as_str()) {
+                return Err(invalid(
+                    "admin.approvals.sensitive",
+                    format!(
+                        "unknown operation {op:?} (expected any of {})",
+                        SENSITIVE_OPERATIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if adm.approvals.expires_secs == 0 {
+            return Err(invalid(
+                "admin.approvals.expires_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        let admin = AdminConfig {
+            enabled: adm.enabled,
+            listen: admin_listen,
+            users,
+            propagation_window: Duration::from_secs(adm.propagation_window_secs),
+            bundle_refresh_hint: Duration::from_secs(adm.bundle_refresh_hint_secs.max(1)),
+            expiry_warning_fraction: adm.expiry_warning_fraction,
+            approval_threshold: adm.approvals.threshold,
+            proposal_ttl: Duration::from_secs(adm.approvals.expires_secs),
+            sensitive: adm.approvals.sensitive,
+        };
+
         Ok(Config {
+            admin,
             audit_enabled: raw.audit.enabled,
             server: ServerConfig {
                 listen,

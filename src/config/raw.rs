@@ -29,6 +29,94 @@ pub(super) struct RawConfig {
     pub(super) authorization: RawAuthorization,
     #[serde(default)]
     pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
+    #[serde(default = "default_admin_listen")]
+    pub(super) listen: String,
+    #[serde(default)]
+    pub(super) users: Vec<RawAdminUser>,
+    #[serde(default = "default_propagation")]
+    pub(super) propagation_window_secs: u64,
+    #[serde(default = "default_refresh_hint")]
+    pub(super) bundle_refresh_hint_secs: u64,
+    #[serde(default = "default_expiry_warning")]
+    pub(super) expiry_warning_fraction: f64,
+    #[serde(default)]
+    pub(super) approvals: RawApprovals,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            enabled: true,
+            listen: default_admin_listen(),
+            users: Vec::new(),
+            propagation_window_secs: default_propagation(),
+            bundle_refresh_hint_secs: default_refresh_hint(),
+            expiry_warning_fraction: default_expiry_warning(),
+            approvals: RawApprovals::default(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9443".into()
+}
+fn default_propagation() -> u64 {
+    3600
+}
+fn default_refresh_hint() -> u64 {
+    300
+}
+fn default_expiry_warning() -> f64 {
+    0.2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdminUser {
+    pub(super) identity: String,
+    pub(super) roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApprovals {
+    #[serde(default = "default_threshold")]
+    pub(super) threshold: u32,
+    #[serde(default = "default_proposal_ttl")]
+    pub(super) expires_secs: u64,
+    #[serde(default = "default_sensitive")]
+    pub(super) sensitive: Vec<String>,
+}
+
+impl Default for RawApprovals {
+    fn default() -> Self {
+        RawApprovals {
+            threshold: default_threshold(),
+            expires_secs: default_proposal_ttl(),
+            sensitive: default_sensitive(),
+        }
+    }
+}
+
+fn default_threshold() -> u32 {
+    2
+}
+fn default_proposal_ttl() -> u64 {
+    3600
+}
+fn default_sensitive() -> Vec<String> {
+    ["root_add", "root_remove", "revoke", "activate_new_root"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize)]

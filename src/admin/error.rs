@@ -1,0 +1,118 @@
+//! Errors of the admin API: an HTTP status and a stable machine-readable code, sent as JSON
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::authority::AuthorityError;
+use crate::ca::CaError;
+use crate::keystore::KeystoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable across releases; clients may match on it.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "refused", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<KeystoreError> for ApiError {
+    fn from(e: KeystoreError) -> Self {
+        if e.is_retryable() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "device_unavailable",
+                e.to_string(),
+            )
+        } else {
+            match e {
+                KeystoreError::KeyNotFound(_) => {
+                    ApiError::new(StatusCode::CONFLICT, "key_not_in_device", e.to_string())
+                }
+                other => ApiError::new(StatusCode::BAD_GATEWAY, "device_error", other.to_string()),
+            }
+        }
+    }
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::Keystore(k) => k.into(),
+            CaError::MalformedCsr(_) | CaError::CsrSignatureInvalid => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_csr", e.to_string())
+            }
+            CaError::MalformedCertificate(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_certificate",
+                e.to_string(),
+            ),
+            CaError::Chain(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "chain_invalid", e.to_string())
+            }
+            CaError::Policy(_) => ApiError::new(StatusCode::BAD_REQUEST, "policy", e.to_string()),
+            CaError::IssuerExpired(_) => {
+                ApiError::new(StatusCode::CONFLICT, "issuer_expired", e.to_string())
+            }
+            CaError::Build(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthorityError> for ApiError {
+    fn from(e: AuthorityError) -> Self {
+        match e {
+            AuthorityError::Ca(c) => c.into(),
+            AuthorityError::Keystore(k) => k.into(),
+            AuthorityError::NoMatchingKey(_) => {
+                ApiError::new(StatusCode::CONFLICT, "key_not_in_device", e.to_string())
+            }
+            AuthorityError::Refused(m) => ApiError::refused(m),
+            AuthorityError::State(_) | AuthorityError::Io { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+    }
+}

@@ -1,0 +1,72 @@
+//! `/metrics` in the Prometheus text format.
+
+use std::fmt::Write;
+
+use time::OffsetDateTime;
+
+use super::control::Control;
+use crate::ca::inspect::parse_certificate;
+use crate::ca::{certificates_from_pem, fingerprint_id};
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', " ")
+}
+
+pub fn render(ctl: &Control) -> String {
+    let mut out = String::new();
+    let now = OffsetDateTime::now_utc();
+    let _ = writeln!(
+        out,
+        "# HELP hsmca_ca_certificate_expiry_seconds Seconds until a CA certificate expires.\n\
+         # TYPE hsmca_ca_certificate_expiry_seconds gauge"
+    );
+    let snapshot = ctl.view.load();
+    for root in &snapshot.roots {
+        if let Ok(cert) = parse_certificate(root) {
+            let left = (cert.validity().not_after.to_datetime() - now).whole_seconds();
+            let _ = writeln!(
+                out,
+                "hsmca_ca_certificate_expiry_seconds{{kind=\"root\",fingerprint=\"{}\",subject=\"{}\"}} {left}",
+                fingerprint_id(root),
+                label(&cert.subject().to_string())
+            );
+        }
+    }
+    if let Ok(records) = ctl.state.intermediates() {
+        for rec in records {
+            let Some(der) = certificates_from_pem(rec.certificate_pem.as_bytes())
+                .ok()
+                .and_then(|v| v.into_iter().next())
+            else {
+                continue;
+            };
+            if let Ok(cert) = parse_certificate(&der) {
+                let left = (cert.validity().not_after.to_datetime() - now).whole_seconds();
+                let _ = writeln!(
+                    out,
+                    "hsmca_ca_certificate_expiry_seconds{{kind=\"intermediate\",key_id=\"{}\",status=\"{}\",subject=\"{}\"}} {left}",
+                    rec.key_id,
+                    format!("{:?}", rec.status).to_lowercase(),
+                    label(&rec.subject)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hsmca_keystore_queue_depth Device calls waiting for a worker.\n\
+         # TYPE hsmca_keystore_queue_depth gauge\n\
+         hsmca_keystore_queue_depth {}",
+        ctl.store.queue_len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hsmca_trust_bundle_sequence Changes of the trust bundle so far.\n\
+         # TYPE hsmca_trust_bundle_sequence counter\n\
+         hsmca_trust_bundle_sequence {}",
+        ctl.state.bundle_sequence().unwrap_or(0)
+    );
+    out
+}
