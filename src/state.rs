@@ -105,7 +105,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
 /// Why a state change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    Done(IntermediateRecord, Option<IntermediateRecord>),
+    Done(Box<IntermediateRecord>, Option<Box<IntermediateRecord>>),
     NotFound,
     Refused(String),
 }
@@ -181,7 +181,7 @@ impl CaState {
         batch.insert(key_id.to_string().as_bytes(), encode(&next)?);
         self.intermediates.apply_batch(batch).map_err(storage)?;
         self.flush()?;
-        Ok(Transition::Done(next, previous))
+        Ok(Transition::Done(Box::new(next), previous.map(Box::new)))
     }
 
     /// Retires a prepared intermediate (the active one is retired by activating its successor).
@@ -206,7 +206,7 @@ impl CaState {
             .insert(key_id.to_string().as_bytes(), encode(&record)?)
             .map_err(storage)?;
         self.flush()?;
-        Ok(Transition::Done(record, None))
+        Ok(Transition::Done(Box::new(record), None))
     }
 
     /// The roots of the trust bundle, oldest first.

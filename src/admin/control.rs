@@ -106,7 +106,7 @@ pub enum Outcome {
     /// It ran; here is its result.
     Done(Value),
     /// It waits for approvals.
-    Pending(Proposal),
+    Pending(Box<Proposal>),
 }
 
 struct CachedCrl {
@@ -517,7 +517,7 @@ impl Control {
         let id = key_id_checked(key_id)?;
         let now = OffsetDateTime::now_utc();
         let record = match self.state.retire(&id, &rfc3339(now))? {
-            Transition::Done(r, _) => r,
+            Transition::Done(r, _) => *r,
             Transition::NotFound => {
                 return Err(ApiError::not_found(format!("no intermediate {id}")))
             }
@@ -564,7 +564,7 @@ impl Control {
         })
         .await?;
         lock(&self.proposals).insert(id, proposal.clone());
-        Ok(Outcome::Pending(proposal))
+        Ok(Outcome::Pending(Box::new(proposal)))
     }
 
     /// Open proposals (expired ones are dropped).
@@ -616,7 +616,7 @@ impl Control {
         .await?;
         match ready {
             Ok(p) => self.execute(caller, &p.operation).await.map(Outcome::Done),
-            Err(Some(p)) => Ok(Outcome::Pending(p)),
+            Err(Some(p)) => Ok(Outcome::Pending(Box::new(p))),
             Err(None) => Err(ApiError::not_found(format!("no open proposal {id}"))),
         }
     }
