@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub mod appliance;
+pub mod http;
 
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
 use hsm_ca::keystore::{KeyStore, PoolOptions};

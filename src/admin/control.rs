@@ -460,25 +460,9 @@ impl Control {
             .intermediate(id)?
             .ok_or_else(|| ApiError::not_found(format!("no intermediate {id}")))?;
         let der = record_der(&record)?;
-        let root = self.root_of(&der)?.ok_or_else(|| {
-            ApiError::refused(format!(
-                "intermediate {id} does not chain to a root in the trust bundle"
-            ))
-        })?;
-        let added = parse_time(&root.added_at).unwrap_or(now);
-        let ready_at = added + self.config.admin.propagation_window;
-        if now < ready_at {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "propagation_window",
-                format!(
-                    "root {} entered the trust bundle at {}; intermediates under it can be \
-                     activated from {} (admin.propagation_window_secs)",
-                    root.fingerprint,
-                    root.added_at,
-                    rfc3339(ready_at)
-                ),
-            ));
+        // Moving issuance to another root waits until that root has been served long enough.
+        if self.activation_changes_root(id)? {
+            self.check_propagated(id, &der)?;
         }
         if parse_certificate(&der)
             .map_err(ApiError::from)?
@@ -539,6 +523,7 @@ impl Control {
         if !sensitive || (threshold <= 1 && caller.has(Role::Officer)) {
             return self.execute(caller, &op).await.map(Outcome::Done);
         }
+        self.precheck(&op)?;
         let now = OffsetDateTime::now_utc();
         let expires = now + self.config.admin.proposal_ttl;
         let id = hex::encode(KeyId::random().0);
@@ -634,8 +619,8 @@ impl Control {
         }
     }
 
-    async fn add_root(&self, caller: &Caller, pem_text: &str) -> Result<Value, ApiError> {
-        let _g = self.changes.lock().await;
+    /// A certificate that may enter the bundle: a self-signed, unexpired CA certificate.
+    fn root_record(&self, pem_text: &str) -> Result<RootRecord, ApiError> {
         let der = first_cert(pem_text)?;
         let cert = parse_certificate(&der).map_err(ApiError::from)?;
         if !cert.is_ca() {
@@ -655,14 +640,101 @@ impl Control {
         if not_after <= now {
             return Err(ApiError::refused(format!("{} has expired", cert.subject())));
         }
-        let record = RootRecord {
+        Ok(RootRecord {
             version: crate::state::RECORD_VERSION,
             fingerprint: fingerprint_id(&der),
             certificate_pem: certificate_pem(&der),
             subject: cert.subject().to_string(),
             not_after: rfc3339(not_after),
             added_at: rfc3339(now),
-        };
+        })
+    }
+
+    /// Checks an operation's input before it is filed for approvals, so officers are never
+    /// asked to approve something that cannot run.
+    fn precheck(&self, op: &Operation) -> Result<(), ApiError> {
+        match op {
+            Operation::RootAdd { certificate_pem } => {
+                let record = self.root_record(certificate_pem)?;
+                if self
+                    .roots()?
+                    .iter()
+                    .any(|r| r.fingerprint == record.fingerprint)
+                {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        "exists",
+                        format!("root {} is in the bundle already", record.fingerprint),
+                    ));
+                }
+            }
+            Operation::RootRemove { fingerprint, force } => {
+                self.check_removable(fingerprint, *force)?;
+            }
+            Operation::Revoke(req) => {
+                match (&req.intermediate, &req.serial) {
+                    (Some(id), None) => {
+                        let id = key_id_checked(id)?;
+                        if self.state.intermediate(&id)?.is_none() {
+                            return Err(ApiError::not_found(format!("no intermediate {id}")));
+                        }
+                    }
+                    (None, Some(serial)) => {
+                        normalize_serial(serial)?;
+                        if let Some(id) = &req.issuer {
+                            let id = key_id_checked(id)?;
+                            if self.state.intermediate(&id)?.is_none() {
+                                return Err(ApiError::not_found(format!("no intermediate {id}")));
+                            }
+                        }
+                    }
+                    _ => return Err(ApiError::bad_request(
+                        "give either \"serial\" (with an optional \"issuer\") or \"intermediate\"",
+                    )),
+                }
+            }
+            Operation::ActivateNewRoot { key_id } => {
+                let id = key_id_checked(key_id)?;
+                let record = self
+                    .state
+                    .intermediate(&id)?
+                    .ok_or_else(|| ApiError::not_found(format!("no intermediate {id}")))?;
+                self.check_propagated(&id, &record_der(&record)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses while the root above `der` has not been served in the bundle for the
+    /// configured propagation window.
+    fn check_propagated(&self, id: &KeyId, der: &[u8]) -> Result<(), ApiError> {
+        let now = OffsetDateTime::now_utc();
+        let root = self.root_of(der)?.ok_or_else(|| {
+            ApiError::refused(format!(
+                "intermediate {id} does not chain to a root in the trust bundle"
+            ))
+        })?;
+        let added = parse_time(&root.added_at).unwrap_or(now);
+        let ready_at = added + self.config.admin.propagation_window;
+        if now < ready_at {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "propagation_window",
+                format!(
+                    "root {} entered the trust bundle at {}; intermediates under it can be \
+                     activated from {} (admin.propagation_window_secs)",
+                    root.fingerprint,
+                    root.added_at,
+                    rfc3339(ready_at)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn add_root(&self, caller: &Caller, pem_text: &str) -> Result<Value, ApiError> {
+        let _g = self.changes.lock().await;
+        let record = self.root_record(pem_text)?;
         if !self.state.add_root(record.clone())? {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -681,13 +753,9 @@ impl Control {
         Ok(json!({"root": record, "bundle_sequence": self.state.bundle_sequence()?}))
     }
 
-    async fn remove_root(
-        &self,
-        caller: &Caller,
-        fingerprint: &str,
-        force: bool,
-    ) -> Result<Value, ApiError> {
-        let _g = self.changes.lock().await;
+    /// Refuses to remove a root that is not in the bundle, is the last one, anchors the active
+    /// intermediate, or (unless forced) may still anchor leaves in use.
+    fn check_removable(&self, fingerprint: &str, force: bool) -> Result<(), ApiError> {
         let roots = self.roots()?;
         let Some(root) = roots.iter().find(|r| r.fingerprint == fingerprint) else {
             return Err(ApiError::not_found(format!(
@@ -724,6 +792,17 @@ impl Control {
                 ));
             }
         }
+        Ok(())
+    }
+
+    async fn remove_root(
+        &self,
+        caller: &Caller,
+        fingerprint: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        let _g = self.changes.lock().await;
+        self.check_removable(fingerprint, force)?;
         if !self.state.remove_root(fingerprint)? {
             return Err(ApiError::not_found(format!(
                 "no root {fingerprint} in the bundle"

@@ -1,0 +1,630 @@
+//! The admin API over real mTLS on 127.0.0.1 with CA keys in SoftHSM: who may do what,
+//! the intermediate lifecycle, root rotation with officer approvals while workloads keep
+//! asking for certificates, revocation with CRLs that openssl honours, and the public routes.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hsm_ca::ca::{certificates_from_pem, fingerprint_id, inspect::check_issued_by};
+use hsm_ca::client::{self, WorkloadKey};
+use serde_json::json;
+use support::appliance::Appliance;
+use support::http::AdminClient;
+use time::OffsetDateTime;
+
+const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
+const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
+const AUDITOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/auditor";
+const STRANGER: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn admin_config(propagation_secs: u64, proposal_secs: u64) -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+propagation_window_secs = {propagation_secs}
+
+[[admin.users]]
+identity = "{OFFICER_A}"
+roles = ["auditor", "operator", "officer"]
+
+[[admin.users]]
+identity = "{OFFICER_B}"
+roles = ["officer"]
+
+[[admin.users]]
+identity = "{AUDITOR}"
+roles = ["auditor"]
+
+[admin.approvals]
+threshold = 2
+expires_secs = {proposal_secs}
+"#
+    )
+}
+
+/// A client certificate for `id` from the active intermediate, as an admin client.
+fn admin(app: &Appliance, id: &str) -> AdminClient {
+    admin_trusting(app, id, &app.roots)
+}
+
+fn admin_trusting(app: &Appliance, id: &str, roots: &[Vec<u8>]) -> AdminClient {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let snap = app.server.view.load();
+    let cert = tokio::task::block_in_place(|| {
+        snap.ca.issue_leaf(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            id,
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+    })
+    .expect("admin cert");
+    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
+    AdminClient::new(
+        app.server.admin_addr.expect("admin listens"),
+        roots,
+        Some((&chain, &key.serialize_der())),
+    )
+}
+
+fn anonymous(app: &Appliance) -> AdminClient {
+    AdminClient::new(app.server.admin_addr.expect("admin"), &app.roots, None)
+}
+
+fn der(pem_text: &str) -> Vec<Vec<u8>> {
+    certificates_from_pem(pem_text.as_bytes()).expect("pem")
+}
+
+/// Workloads asking for certificates in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    chains: Arc<Mutex<Vec<Vec<String>>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(app: &Appliance, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let chains = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let mut grpc = app.client(None, false).await;
+            let token = app.token_for("default", &format!("w{i}"));
+            let id = format!("spiffe://cluster.local/ns/default/sa/w{i}");
+            let (stop, chains, failures) = (stop.clone(), chains.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let csr = client::workload_csr(WorkloadKey::P256, &id).expect("csr");
+                    match client::create_certificate(
+                        &mut grpc,
+                        &csr.csr_pem,
+                        3600,
+                        Some(&token),
+                        None,
+                        None,
+                    )
+                    .await
+                    {
+                        Ok(r) => chains.lock().expect("lock").push(r.cert_chain),
+                        Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            chains,
+            failures,
+            tasks,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.chains.lock().expect("lock").len()
+    }
+
+    /// Waits until `n` more certificates were issued; returns the newest chain.
+    async fn more(&self, n: usize) -> Vec<String> {
+        let start = self.count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.count() < start + n {
+            assert!(std::time::Instant::now() < deadline, "issuance stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.chains
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("chain")
+    }
+
+    async fn finish(self) -> (Vec<Vec<String>>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("client task");
+        }
+        let chains = std::mem::take(&mut *self.chains.lock().expect("lock"));
+        let failures = std::mem::take(&mut *self.failures.lock().expect("lock"));
+        (chains, failures)
+    }
+}
+
+/// Leaf → intermediate → one of `roots`, by signature.
+fn chain_verifies(chain: &[String], roots: &[Vec<u8>]) -> bool {
+    let leaf = &der(&chain[0])[0];
+    let inter = &der(&chain[1])[0];
+    check_issued_by(leaf, inter).is_ok() && roots.iter().any(|r| check_issued_by(inter, r).is_ok())
+}
+
+fn active_key(state: &serde_json::Value) -> String {
+    state["intermediates"]
+        .as_array()
+        .expect("intermediates")
+        .iter()
+        .find(|i| i["status"] == "active")
+        .expect("an active intermediate")["key_id"]
+        .as_str()
+        .expect("key id")
+        .to_string()
+}
+
+/// Prepares an intermediate through the API: key in the device, CSR, signed by `root`
+/// (when given) with the online root key, installed. Returns (key id, certificate PEM).
+async fn prepare(a: &AdminClient, root: Option<&str>) -> (String, String) {
+    let csr = a.post("/v1/intermediates", json!({})).await;
+    assert_eq!(csr.status, 200, "{}", csr.text());
+    let csr = csr.json();
+    let mut body = json!({"csr_pem": csr["csr_pem"]});
+    if let Some(root) = root {
+        body["root"] = json!(root);
+    }
+    let signed = a.post("/v1/intermediates/sign", body).await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let pem = signed.json()["certificate_pem"]
+        .as_str()
+        .expect("pem")
+        .to_string();
+    let installed = a
+        .post("/v1/intermediates/install", json!({"certificate_pem": pem}))
+        .await;
+    assert_eq!(installed.status, 200, "{}", installed.text());
+    assert_eq!(installed.json()["status"], "prepared");
+    (csr["key_id"].as_str().expect("key id").to_string(), pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn intermediate_and_root_rotation_under_continuous_issuance_drop_no_request() {
+    const WINDOW: u64 = 4;
+    let app = Appliance::start(&admin_config(WINDOW, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let public = anonymous(&app);
+    let root1 = fingerprint_id(&app.roots[0]);
+    let first_key = active_key(&a.get("/v1/state").await.json());
+    let load = Load::start(&app, 4).await;
+    load.more(20).await;
+
+    // 1. Intermediate rotation under the same root: no approval needed.
+    let (key2, pem2) = prepare(&a, None).await;
+    let act = a
+        .post(&format!("/v1/intermediates/{key2}/activate"), json!({}))
+        .await;
+    assert_eq!(act.status, 200, "{}", act.text());
+    let state = a.get("/v1/state").await.json();
+    assert_eq!(active_key(&state), key2);
+    let first = state["intermediates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["key_id"] == first_key.as_str())
+        .expect("first")
+        .clone();
+    assert_eq!(first["status"], "retired");
+    assert!(first["retired_at"].is_string());
+    // A request that starts after activation is signed by the new intermediate.
+    load.more(10).await;
+    let newest = load.more(10).await;
+    assert_eq!(der(&newest[1]), der(&pem2));
+
+    // 2. Root rotation: add the new root (two officers), wait for the bundle to propagate,
+    //    activate an intermediate under it (two officers), keep the old root until its leaves
+    //    have expired.
+    let seq_before = public.get("/bundle.spiffe").await.json()["spiffe_sequence"]
+        .as_u64()
+        .expect("sequence");
+    let mut cfg2 = app.config.clone();
+    cfg2.root.common_name = "hsm-ca test root 2".into();
+    let (_, root2) = tokio::task::block_in_place(|| {
+        hsm_ca::authority::create_root(&app.store, &cfg2, OffsetDateTime::now_utc())
+    })
+    .expect("second root");
+    let root2_fp = fingerprint_id(&root2.der);
+    let proposed = a
+        .post("/v1/roots", json!({"certificate_pem": root2.pem}))
+        .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("proposal id")
+        .to_string();
+    assert_eq!(
+        public
+            .get("/bundle.pem")
+            .await
+            .text()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        1,
+        "a proposal changes nothing"
+    );
+    let twice = a
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(
+        (twice.status, twice.code().as_str()),
+        (409, "already_approved")
+    );
+    let approved = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let root_added = std::time::Instant::now();
+    let spiffe = public.get("/bundle.spiffe").await.json();
+    assert_eq!(spiffe["keys"].as_array().expect("keys").len(), 2);
+    assert!(spiffe["spiffe_sequence"].as_u64().expect("seq") > seq_before);
+    assert!(spiffe["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .all(|k| k["use"] == "x509-svid" && k["x5c"].as_array().map(Vec::len) == Some(1)));
+    // Workloads now receive both roots.
+    load.more(5).await;
+    let with_both = load.more(5).await;
+    assert_eq!(der(with_both.last().expect("bundle")).len(), 2);
+
+    let (key3, pem3) = prepare(&a, Some(&root2_fp)).await;
+    let early = a
+        .post(&format!("/v1/intermediates/{key3}/activate"), json!({}))
+        .await;
+    assert_eq!(
+        (early.status, early.code().as_str()),
+        (409, "propagation_window"),
+        "{}",
+        early.text()
+    );
+    let wait = Duration::from_secs(WINDOW + 1).saturating_sub(root_added.elapsed());
+    tokio::time::sleep(wait).await;
+    let proposed = a
+        .post(&format!("/v1/intermediates/{key3}/activate"), json!({}))
+        .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    load.more(10).await;
+    let newest = load.more(10).await;
+    assert_eq!(der(&newest[1]), der(&pem3));
+    assert!(chain_verifies(&newest, std::slice::from_ref(&root2.der)));
+
+    // The serving certificate now comes from the new root too: admin clients and workloads
+    // connecting from now on trust the bundle they were given (both roots).
+    let bundle_now = der(with_both.last().expect("bundle"));
+    let a = admin_trusting(&app, OFFICER_A, &bundle_now);
+    let b = admin_trusting(&app, OFFICER_B, &bundle_now);
+    let public = AdminClient::new(app.server.admin_addr.expect("admin"), &bundle_now, None);
+
+    // The old root still anchors live leaves: removing it now is refused.
+    let early_removal = a.call("DELETE", &format!("/v1/roots/{root1}"), None).await;
+    assert_eq!(
+        (early_removal.status, early_removal.code().as_str()),
+        (409, "root_in_use"),
+        "{}",
+        early_removal.text()
+    );
+
+    let (chains, failures) = load.finish().await;
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let final_bundle = der(&public.get("/bundle.pem").await.text());
+    assert_eq!(final_bundle.len(), 2);
+    let mut by_intermediate = std::collections::BTreeMap::<Vec<u8>, usize>::new();
+    for chain in &chains {
+        let own_bundle = der(chain.last().expect("bundle"));
+        assert!(
+            chain_verifies(chain, &own_bundle),
+            "chain vs its own bundle"
+        );
+        assert!(
+            chain_verifies(chain, &final_bundle),
+            "chain vs the final bundle"
+        );
+        *by_intermediate
+            .entry(der(&chain[1])[0].clone())
+            .or_default() += 1;
+    }
+    assert_eq!(by_intermediate.len(), 3, "three intermediates issued");
+    eprintln!(
+        "rotation: {} requests, {} failed, per intermediate {:?}",
+        chains.len(),
+        failures.len(),
+        by_intermediate.values().collect::<Vec<_>>()
+    );
+    // openssl agrees for one chain per intermediate.
+    let bundle_file = app.path("final-bundle.pem");
+    std::fs::write(&bundle_file, public.get("/bundle.pem").await.body).expect("bundle");
+    for inter in by_intermediate.keys() {
+        let chain = chains
+            .iter()
+            .find(|c| &der(&c[1])[0] == inter)
+            .expect("a chain");
+        let (leaf, untrusted) = (app.path("leaf.pem"), app.path("inter.pem"));
+        std::fs::write(&leaf, &chain[0]).expect("leaf");
+        std::fs::write(&untrusted, &chain[1]).expect("inter");
+        let (ok, out) = support::openssl_verify(&bundle_file, Some(&untrusted), &leaf);
+        assert!(ok, "{out}");
+    }
+
+    // After the longest workload TTL the old root could go; forcing it earlier needs approvals.
+    let forced = a
+        .call("DELETE", &format!("/v1/roots/{root1}?force=true"), None)
+        .await;
+    assert_eq!(forced.status, 202, "{}", forced.text());
+    let pid = forced.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let removed = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let bundle = der(&public.get("/bundle.pem").await.text());
+    assert_eq!(bundle, vec![root2.der.clone()]);
+    let tls = hsm_ca::tls::client_config(&bundle, None, false).expect("tls");
+    let mut after = client::connect(app.server.local_addr, "localhost", tls)
+        .await
+        .expect("connect");
+    let csr = client::workload_csr(WorkloadKey::P256, "spiffe://cluster.local/ns/default/sa/w9")
+        .expect("csr");
+    let token = app.token_for("default", "w9");
+    let chain = client::create_certificate(&mut after, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .expect("issued")
+        .cert_chain;
+    assert_eq!(der(chain.last().expect("bundle")), vec![root2.der.clone()]);
+    assert!(chain_verifies(&chain, &[root2.der]));
+    app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_mapped_client_certificates_with_the_right_role_get_in() {
+    let app = Appliance::start(&admin_config(0, 600)).await;
+    let public = anonymous(&app);
+    let (auditor, stranger) = (admin(&app, AUDITOR), admin(&app, STRANGER));
+
+    // Public routes need no certificate.
+    assert_eq!(public.get("/healthz").await.status, 200);
+    let ready = public.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["ready"], true);
+    assert_eq!(der(&public.get("/bundle.pem").await.text()), app.roots);
+
+    let no_cert = public.get("/v1/state").await;
+    assert_eq!(
+        (no_cert.status, no_cert.code().as_str()),
+        (401, "unauthenticated")
+    );
+    let unknown = stranger.get("/v1/state").await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (403, "unknown_identity")
+    );
+    let wrong_role = auditor.post("/v1/intermediates", json!({})).await;
+    assert_eq!(
+        (wrong_role.status, wrong_role.code().as_str()),
+        (403, "forbidden")
+    );
+    let wrong_role = auditor
+        .post("/v1/roots", json!({"certificate_pem": ""}))
+        .await;
+    assert_eq!(wrong_role.status, 403);
+
+    let state = auditor.get("/v1/state").await;
+    assert_eq!(state.status, 200, "{}", state.text());
+    let state = state.json();
+    assert_eq!(
+        state["roots"][0]["fingerprint"],
+        fingerprint_id(&app.roots[0])
+    );
+    assert_eq!(state["roots"][0]["key_online"], true);
+    assert_eq!(state["intermediates"][0]["status"], "active");
+
+    let metrics = auditor.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    assert!(
+        text.contains("hsmca_ca_certificate_expiry_seconds{kind=\"root\""),
+        "{text}"
+    );
+    assert!(text.contains("kind=\"intermediate\""), "{text}");
+    assert!(text.contains("hsmca_keystore_queue_depth"), "{text}");
+
+    // Typed errors for bad input; nothing changes.
+    let a = admin(&app, OFFICER_A);
+    let bad = a.call("POST", "/v1/intermediates/install", None).await;
+    assert_eq!((bad.status, bad.code().as_str()), (400, "bad_request"));
+    let garbage = a
+        .post("/v1/intermediates/install", json!({"certificate_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}))
+        .await;
+    assert_eq!(garbage.status, 400, "{}", garbage.text());
+    let missing = a.post("/v1/intermediates/00ff/activate", json!({})).await;
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (404, "not_found")
+    );
+    let nowhere = a.get("/v1/nothing").await;
+    assert_eq!(
+        (nowhere.status, nowhere.code().as_str()),
+        (404, "not_found")
+    );
+    let not_root = a
+        .post("/v1/roots", json!({"certificate_pem": hsm_ca::ca::certificate_pem(app.server.view.load().ca.cert_der())}))
+        .await;
+    // An intermediate is not a self-signed root: refused before any officer is asked.
+    assert_eq!(
+        (not_root.status, not_root.code().as_str()),
+        (400, "chain_invalid"),
+        "{}",
+        not_root.text()
+    );
+    let bad_serial = a
+        .post("/v1/revocations", json!({"serial": "not hex"}))
+        .await;
+    assert_eq!(
+        (bad_serial.status, bad_serial.code().as_str()),
+        (400, "bad_request")
+    );
+    assert!(auditor.get("/v1/proposals").await.json()["proposals"]
+        .as_array()
+        .expect("list")
+        .is_empty());
+    let state_after = auditor.get("/v1/state").await.json();
+    assert_eq!(state_after["roots"].as_array().map(Vec::len), Some(1));
+    app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_expire() {
+    let app = Appliance::start(&admin_config(0, 1)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let proposed = a
+        .post(
+            "/v1/revocations",
+            json!({"serial": "0abc", "reason": "superseded"}),
+        )
+        .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(
+        (late.status, late.code().as_str()),
+        (410, "proposal_expired")
+    );
+    app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
+    let app = Appliance::start(&admin_config(0, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let public = anonymous(&app);
+    let mut grpc = app.client(None, false).await;
+    let csr = client::workload_csr(
+        WorkloadKey::P256,
+        "spiffe://cluster.local/ns/default/sa/web",
+    )
+    .expect("csr");
+    let token = app.token_for("default", "web");
+    let chain = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .expect("issued")
+        .cert_chain;
+    let leaf = der(&chain[0]).remove(0);
+    let serial = hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&leaf)
+            .expect("leaf")
+            .raw_serial(),
+    );
+    let inter_fp = fingerprint_id(&der(&chain[1])[0]);
+
+    let proposed = a
+        .post(
+            "/v1/revocations",
+            json!({"serial": serial, "reason": "keyCompromise"}),
+        )
+        .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["crl"], format!("/crl/{inter_fp}.crl"));
+
+    let crl = public.get(&format!("/crl/{inter_fp}.crl")).await;
+    assert_eq!(crl.status, 200, "{}", crl.text());
+    let crl_file = app.path("inter.crl");
+    std::fs::write(&crl_file, &crl.body).expect("crl");
+    let (root_file, inter_file, leaf_file) = (
+        app.path("root.pem"),
+        app.path("inter.pem"),
+        app.path("leaf.pem"),
+    );
+    std::fs::write(&root_file, hsm_ca::admin::bundle::pem(&app.roots)).expect("root");
+    std::fs::write(&inter_file, &chain[1]).expect("inter");
+    std::fs::write(&leaf_file, &chain[0]).expect("leaf");
+    // The CRL is signed by the intermediate (in the device) and lists the serial.
+    let shown = std::process::Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&crl_file)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&shown.stdout).to_uppercase();
+    assert!(text.contains(&serial.to_uppercase()), "{text}");
+    let pem_crl = app.path("inter-crl.pem");
+    let converted = std::process::Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(&crl_file)
+        .arg("-out")
+        .arg(&pem_crl)
+        .status()
+        .expect("openssl");
+    assert!(converted.success());
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(&root_file)
+        .arg("-untrusted")
+        .arg(&inter_file)
+        .arg("-CRLfile")
+        .arg(&pem_crl)
+        .arg(&leaf_file)
+        .output()
+        .expect("openssl");
+    let out = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success(), "{out}");
+    assert!(out.contains("revoked"), "{out}");
+    // Istio's ca-crl.pem holds the CRLs of every CA whose key is here (root and intermediate).
+    let all = public.get("/ca-crl.pem").await.text();
+    assert_eq!(all.matches("BEGIN X509 CRL").count(), 2, "{all}");
+    // Revoking twice is refused with a stable code; the active intermediate cannot be revoked.
+    let again = a.post("/v1/revocations", json!({"serial": serial})).await;
+    assert_eq!(again.status, 202);
+    let pid = again.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let dup = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!((dup.status, dup.code().as_str()), (409, "exists"));
+    app.server.shutdown().await;
+}

@@ -1,0 +1,94 @@
+//! A small HTTPS client for the admin API: real TLS (optionally with a client certificate)
+//! and HTTP/1.1 over hyper, one connection per call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct AdminClient {
+    pub addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The stable error code of an error reply.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl AdminClient {
+    /// A client trusting `roots`, presenting `identity` (chain, PKCS#8 key) when given.
+    pub fn new(addr: SocketAddr, roots: &[Vec<u8>], identity: Option<(&[Vec<u8>], &[u8])>) -> Self {
+        let mut tls = hsm_ca::tls::client_config(roots, identity, false).expect("tls");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        AdminClient {
+            addr,
+            tls: Arc::new(tls),
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http handshake");
+        tokio::spawn(conn);
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(&body)).await
+    }
+}
