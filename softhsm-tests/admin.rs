@@ -148,7 +148,10 @@ impl Load {
     async fn finish(self) -> (Vec<Vec<String>>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
-            t.await.expect("client task");
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("a client request hung")
+                .expect("client task");
         }
         let chains = std::mem::take(&mut *self.chains.lock().expect("lock"));
         let failures = std::mem::take(&mut *self.failures.lock().expect("lock"));

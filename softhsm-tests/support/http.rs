@@ -49,7 +49,17 @@ impl AdminClient {
         }
     }
 
+    /// One request; a call that takes longer than 30 s fails the test instead of hanging it.
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.call_inner(method, path, body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} took longer than 30 s"))
+    }
+
+    async fn call_inner(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
