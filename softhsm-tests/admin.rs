@@ -631,3 +631,96 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
     assert_eq!((dup.status, dup.code().as_str()), (409, "exists"));
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_signed_new_root_lets_old_root_clients_verify_new_leaves() {
+    let app = Appliance::start(&admin_config(0, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let root1 = fingerprint_id(&app.roots[0]);
+    let mut cfg2 = app.config.clone();
+    cfg2.root.common_name = "hsm-ca test root 2".into();
+    let (_, root2) = tokio::task::block_in_place(|| {
+        hsm_ca::authority::create_root(&app.store, &cfg2, OffsetDateTime::now_utc())
+    })
+    .expect("second root");
+    let root2_fp = fingerprint_id(&root2.der);
+    let pid = a
+        .post("/v1/roots", json!({"certificate_pem": root2.pem}))
+        .await
+        .json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let added = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+
+    let cross = a
+        .post(
+            &format!("/v1/roots/{root2_fp}/cross-sign"),
+            json!({"by": root1}),
+        )
+        .await;
+    assert_eq!(cross.status, 200, "{}", cross.text());
+    let cross_pem = cross.json()["certificate_pem"]
+        .as_str()
+        .expect("pem")
+        .to_string();
+    let self_cross = a
+        .post(
+            &format!("/v1/roots/{root1}/cross-sign"),
+            json!({"by": root1}),
+        )
+        .await;
+    assert_eq!(self_cross.status, 400);
+
+    // An intermediate under the new root, and a leaf from it.
+    let (_, inter_pem) = prepare(&a, Some(&root2_fp)).await;
+    let inter_der = der(&inter_pem).remove(0);
+    let inter_ca = hsm_ca::authority::issuing_ca_for(&app.store, &inter_der).expect("ca");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let leaf = tokio::task::block_in_place(|| {
+        inter_ca.issue_leaf(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            "spiffe://cluster.local/ns/default/sa/web",
+            Duration::from_secs(600),
+            Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+    })
+    .expect("leaf");
+    let (old_root, untrusted, leaf_file) = (
+        app.path("old-root.pem"),
+        app.path("untrusted.pem"),
+        app.path("leaf.pem"),
+    );
+    std::fs::write(&old_root, hsm_ca::admin::bundle::pem(&app.roots)).expect("root");
+    std::fs::write(&leaf_file, &leaf.pem).expect("leaf");
+    // Without the cross certificate a client trusting only the old root cannot verify it…
+    std::fs::write(&untrusted, &inter_pem).expect("untrusted");
+    let (ok, out) = support::openssl_verify(&old_root, Some(&untrusted), &leaf_file);
+    assert!(!ok, "{out}");
+    // …with it, it can.
+    std::fs::write(&untrusted, format!("{inter_pem}{cross_pem}")).expect("untrusted");
+    let (ok, out) = support::openssl_verify(&old_root, Some(&untrusted), &leaf_file);
+    assert!(ok, "{out}");
+
+    // The bundle command prints what the appliance serves, as Istio's ConfigMap.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args(["--config"])
+        .arg(&app.config.path)
+        .args(["bundle", "--format", "configmap"])
+        .output()
+        .expect("hsm-ca bundle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("name: istio-ca-root-cert"), "{text}");
+    assert!(text.contains("  root-cert.pem: |"), "{text}");
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
+    app.server.shutdown().await;
+}
