@@ -724,3 +724,48 @@ async fn a_cross_signed_new_root_lets_old_root_clients_verify_new_leaves() {
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn automatic_rotation_prepares_and_activates_successors_without_failed_requests() {
+    // A one-day intermediate: 0.002 % of its life is 1.7 s, 0.004 % is 3.5 s.
+    let extra = format!(
+        "{}\n[workload]\nclock_skew_secs = 0\n[intermediate]\nvalidity_days = 1\n\
+         [rotation]\nauto = true\nprepare_at = 0.00002\nactivate_at = 0.00004\ncheck_interval_secs = 1\n",
+        admin_config(0, 600)
+    );
+    let app = Appliance::start(&extra).await;
+    let auditor = admin(&app, AUDITOR);
+    let first = active_key(&auditor.get("/v1/state").await.json());
+    let load = Load::start(&app, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut state;
+    loop {
+        state = auditor.get("/v1/state").await.json();
+        if active_key(&state) != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic rotation: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let newest = load.more(10).await;
+    let (chains, failures) = load.finish().await;
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let retired = state["intermediates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["key_id"] == first.as_str())
+        .expect("first")
+        .clone();
+    assert_eq!(retired["status"], "retired");
+    // Requests that started after the switch were signed by a successor.
+    assert_ne!(
+        fingerprint_id(&der(&newest[1])[0]),
+        retired["fingerprint"].as_str().expect("fingerprint")
+    );
+    assert!(chains.iter().all(|c| chain_verifies(c, &app.roots)));
+    app.server.shutdown().await;
+}

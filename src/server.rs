@@ -65,6 +65,7 @@ pub struct RunningServer {
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
@@ -75,6 +76,9 @@ impl RunningServer {
             let _ = tx.send(true);
         }
         self.renewal.abort();
+        if let Some(rotation) = self.rotation.take() {
+            rotation.abort();
+        }
         if let Some(mut admin) = self.admin_task.take() {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut admin)
                 .await
@@ -308,6 +312,28 @@ pub async fn start(
         None => (None, None),
     };
 
+    let rotation = config.rotation.auto.then(|| {
+        let (ctl, every) = (control.clone(), config.rotation.check_interval);
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                tokio::time::sleep(every).await;
+                match ctl.auto_rotate_step().await {
+                    Ok(Some(what)) => {
+                        warned = false;
+                        tracing::info!("automatic rotation: {what}");
+                    }
+                    Ok(None) => {}
+                    Err(e) if !warned => {
+                        warned = true;
+                        tracing::warn!(error = %e, "automatic rotation cannot proceed");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    });
+
     let renewal = {
         let (view, config, serving) = (view.clone(), config.clone(), serving.clone());
         tokio::spawn(async move {
@@ -346,6 +372,7 @@ pub async fn start(
         shutdown: Some(shutdown_tx),
         task,
         admin_task,
+        rotation,
         renewal,
     })
 }

@@ -515,6 +515,72 @@ impl Control {
         Ok(serde_json::to_value(&record).unwrap_or_default())
     }
 
+    /// One step of automatic rotation: prepares the active intermediate's successor (a new key
+    /// signed by the same root, whose key must be in this device) once `rotation.prepare_at` of
+    /// its life has passed, and activates it after `rotation.activate_at`. Returns what it did.
+    pub async fn auto_rotate_step(&self) -> Result<Option<String>, ApiError> {
+        let actor = Caller {
+            identity: "hsm-ca:auto-rotation".into(),
+            roles: Vec::new(),
+        };
+        let Some(active) = self.state.active()? else {
+            return Ok(None);
+        };
+        let der = record_der(&active)?;
+        let (nb, na) = {
+            let cert = parse_certificate(&der).map_err(ApiError::from)?;
+            (
+                cert.validity().not_before.to_datetime(),
+                cert.validity().not_after.to_datetime(),
+            )
+        };
+        let now = OffsetDateTime::now_utc();
+        let elapsed = (now - nb).as_seconds_f64() / (na - nb).as_seconds_f64().max(1.0);
+        let rotation = &self.config.rotation;
+        if elapsed < rotation.prepare_at {
+            return Ok(None);
+        }
+        let Some(root) = self.root_of(&der)? else {
+            return Ok(None);
+        };
+        let mut successor = None;
+        for rec in self.state.intermediates()? {
+            if rec.status != IntermediateStatus::Prepared {
+                continue;
+            }
+            let d = record_der(&rec)?;
+            let fresh = parse_certificate(&d)
+                .map(|c| c.validity().not_after.to_datetime() > na)
+                .unwrap_or(false);
+            if fresh && self.root_of(&d)?.map(|r| r.fingerprint) == Some(root.fingerprint.clone()) {
+                successor = Some(rec.key_id.clone());
+            }
+        }
+        match successor {
+            Some(id) if elapsed >= rotation.activate_at => {
+                self.activate(&actor, &id).await?;
+                Ok(Some(format!("activated intermediate {id}")))
+            }
+            Some(_) => Ok(None),
+            None => {
+                let csr = self.new_intermediate(&actor).await?;
+                let csr_pem = csr["csr_pem"].as_str().unwrap_or_default().to_string();
+                let signed = self
+                    .sign_intermediate(&actor, &csr_pem, Some(&root.fingerprint))
+                    .await?;
+                let pem = signed["certificate_pem"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let installed = self.install(&actor, &pem).await?;
+                Ok(Some(format!(
+                    "prepared intermediate {}",
+                    installed["key_id"].as_str().unwrap_or_default()
+                )))
+            }
+        }
+    }
+
     /// Runs `op` now or files it for approvals, as the config says.
     pub async fn gate(&self, caller: &Caller, op: Operation) -> Result<Outcome, ApiError> {
         let forced = matches!(op, Operation::RootRemove { force: true, .. });

@@ -51,6 +51,18 @@ pub struct Config {
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     pub admin: AdminConfig,
+    pub rotation: RotationConfig,
+}
+
+/// Automatic intermediate rotation (needs the root key in the online device).
+#[derive(Debug, Clone)]
+pub struct RotationConfig {
+    pub auto: bool,
+    /// Fraction of the active intermediate's life after which its successor is prepared.
+    pub prepare_at: f64,
+    /// Fraction after which the successor is activated.
+    pub activate_at: f64,
+    pub check_interval: Duration,
 }
 
 /// A role on the admin API. Each route needs one; read-only routes accept any.
@@ -491,7 +503,37 @@ impl Config {
             sensitive: adm.approvals.sensitive,
         };
 
+        let rot = raw.rotation;
+        if !(rot.prepare_at > 0.0 && rot.prepare_at < 1.0) {
+            return Err(invalid(
+                "rotation.prepare_at",
+                "must be above 0 and below 1".into(),
+            ));
+        }
+        if !(rot.activate_at > rot.prepare_at && rot.activate_at < 1.0) {
+            return Err(invalid(
+                "rotation.activate_at",
+                format!(
+                    "must be above rotation.prepare_at ({}) and below 1",
+                    rot.prepare_at
+                ),
+            ));
+        }
+        if rot.check_interval_secs == 0 {
+            return Err(invalid(
+                "rotation.check_interval_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        let rotation = RotationConfig {
+            auto: rot.auto,
+            prepare_at: rot.prepare_at,
+            activate_at: rot.activate_at,
+            check_interval: Duration::from_secs(rot.check_interval_secs),
+        };
+
         Ok(Config {
+            rotation,
             admin,
             audit_enabled: raw.audit.enabled,
             server: ServerConfig {

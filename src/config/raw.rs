@@ -31,6 +31,42 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) rotation: RawRotation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRotation {
+    #[serde(default)]
+    pub(super) auto: bool,
+    #[serde(default = "default_prepare_at")]
+    pub(super) prepare_at: f64,
+    #[serde(default = "default_activate_at")]
+    pub(super) activate_at: f64,
+    #[serde(default = "default_rotation_interval")]
+    pub(super) check_interval_secs: u64,
+}
+
+impl Default for RawRotation {
+    fn default() -> Self {
+        RawRotation {
+            auto: false,
+            prepare_at: default_prepare_at(),
+            activate_at: default_activate_at(),
+            check_interval_secs: default_rotation_interval(),
+        }
+    }
+}
+
+fn default_prepare_at() -> f64 {
+    0.5
+}
+fn default_activate_at() -> f64 {
+    0.67
+}
+fn default_rotation_interval() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
