@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod issuance;
 pub mod keystore;
+pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod state;
