@@ -460,6 +460,13 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     );
     assert!(text.contains("kind=\"intermediate\""), "{text}");
     assert!(text.contains("hsmca_keystore_queue_depth"), "{text}");
+    // Starting the appliance signed its serving certificate and the admin certificates.
+    let device_calls: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hsmca_device_call_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("device call count");
+    assert!(device_calls > 0, "{text}");
 
     // Typed errors for bad input; nothing changes.
     let a = admin(&app, OFFICER_A);

@@ -61,6 +61,11 @@ pub fn render(ctl: &Control) -> String {
          hsmca_keystore_queue_depth {}",
         ctl.store.queue_len()
     );
+    ctl.store.device_latency().render(
+        &mut out,
+        "hsmca_device_call_seconds",
+        "Time a device (HSM/TPM) call takes on its worker.",
+    );
     let _ = writeln!(
         out,
         "# HELP hsmca_trust_bundle_sequence Changes of the trust bundle so far.\n\

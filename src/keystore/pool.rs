@@ -70,6 +70,8 @@ struct Inner {
     call_timeout: Duration,
     workers: usize,
     threads: Vec<JoinHandle<()>>,
+    /// Time each device call took on its worker (not counting the queue).
+    latency: Arc<crate::metrics::Histogram>,
 }
 
 impl Drop for Inner {
@@ -99,12 +101,14 @@ impl KeyStore {
         let workers = options.workers.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(options.queue_depth.max(1));
         let mut threads = Vec::with_capacity(workers);
+        let latency = Arc::new(crate::metrics::Histogram::default());
         for index in 0..workers {
             let rx = rx.clone();
             let device = device.clone();
+            let latency = latency.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("keystore-{index}"))
-                .spawn(move || worker_loop(device, rx))
+                .spawn(move || worker_loop(device, rx, &latency))
                 .map_err(|e| KeystoreError::Device {
                     operation: "spawn worker".into(),
                     reason: e.to_string(),
@@ -118,8 +122,14 @@ impl KeyStore {
                 call_timeout: options.call_timeout,
                 workers,
                 threads,
+                latency,
             }),
         })
+    }
+
+    /// How long device calls take (for `/metrics`).
+    pub fn device_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.latency
     }
 
     /// What device this keystore talks to (safe to log).
@@ -244,7 +254,7 @@ fn unexpected(operation: &str) -> KeystoreError {
     }
 }
 
-fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>) {
+fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>, latency: &crate::metrics::Histogram) {
     let mut session: Option<Box<dyn DeviceSession>> = None;
     while let Ok(job) = rx.recv() {
         if Instant::now() >= job.deadline {
@@ -264,7 +274,9 @@ fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>) {
         let Some(s) = session.as_mut() else {
             continue;
         };
+        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| run(s.as_mut(), job.op)));
+        latency.observe(started.elapsed());
         let result = match outcome {
             Ok(result) => result,
             Err(_) => {
