@@ -776,3 +776,50 @@ async fn automatic_rotation_prepares_and_activates_successors_without_failed_req
     assert!(chains.iter().all(|c| chain_verifies(c, &app.roots)));
     app.server.shutdown().await;
 }
+
+/// With `admin.client_ca_files`, only certificates from that CA open the admin API: a workload
+/// certificate for a listed identity (which any cluster able to mint tokens could obtain) does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_admin_ca_keeps_workload_certificates_out() {
+    // The admin PKI of this test: a software CA in the test only.
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "admin CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("admin-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("ca file");
+    let extra = admin_config(0, 600).replace(
+        "[admin]\n",
+        &format!("[admin]\nclient_ca_files = [\"{}\"]\n", ca_file.display()),
+    );
+    let app = Appliance::start(&extra).await;
+
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(AUDITOR).expect("uri"),
+    )];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let from_admin_ca = AdminClient::new(
+        app.server.admin_addr.expect("admin"),
+        &app.roots,
+        Some((&[cert.der().to_vec()], &key.serialize_der())),
+    );
+    let ok = from_admin_ca.get("/v1/state").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // The same identity from the workload CA is refused during the handshake.
+    let from_workload_ca = admin(&app, AUDITOR);
+    let refused = tokio::spawn(async move { from_workload_ca.get("/v1/state").await }).await;
+    assert!(
+        refused.is_err(),
+        "a workload certificate opened the admin API"
+    );
+    app.server.shutdown().await;
+}

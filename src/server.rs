@@ -202,7 +202,7 @@ pub async fn start(
         serving.clone(),
     )?));
     let admin_tls = Arc::new(ArcSwap::from_pointee(tls::admin_server_config(
-        &roots,
+        &crate::admin::control::admin_client_roots(&config, &roots)?,
         serving.clone(),
     )?));
 

@@ -234,8 +234,11 @@ impl Control {
         let grpc = tls::server_config(&roots, self.config.server.client_auth, self.serving.clone())
             .map_err(|e| ApiError::internal(e.to_string()))?;
         self.grpc_tls.store(Arc::new(grpc));
-        let admin = tls::admin_server_config(&roots, self.serving.clone())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let admin = tls::admin_server_config(
+            &admin_client_roots(&self.config, &roots)?,
+            self.serving.clone(),
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
         self.admin_tls.store(Arc::new(admin));
         write_bundle_file(&self.config, &roots)?;
         if issuer_changed {
@@ -1130,6 +1133,22 @@ fn write_bundle_file(config: &Config, roots: &[Vec<u8>]) -> Result<(), ApiError>
         true,
     )
     .map_err(ApiError::from)
+}
+
+/// The CAs admin client certificates must chain to: `admin.client_ca_files`, or else the
+/// trust bundle.
+pub fn admin_client_roots(
+    config: &Config,
+    bundle: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, AuthorityError> {
+    if config.admin.client_ca_files.is_empty() {
+        return Ok(bundle.to_vec());
+    }
+    let mut cas = Vec::new();
+    for path in &config.admin.client_ca_files {
+        cas.extend(authority::read_certificates(path)?);
+    }
+    Ok(cas)
 }
 
 /// Seeds the bundle from the config's root files the first time, then publishes the file.

@@ -102,6 +102,9 @@ pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
     /// Client identity (a URI SAN such as a SPIFFE ID, or `CN=name`) → roles.
     pub users: BTreeMap<String, Vec<Role>>,
+    /// CAs that issue admin client certificates. Empty: the trust bundle (then anyone who can
+    /// obtain a workload certificate for a listed identity is that admin).
+    pub client_ca_files: Vec<PathBuf>,
     /// How long a new root must have been in the served bundle before an intermediate under
     /// it may be activated.
     pub propagation_window: Duration,
@@ -495,6 +498,7 @@ impl Config {
             enabled: adm.enabled,
             listen: admin_listen,
             users,
+            client_ca_files: adm.client_ca_files.into_iter().map(&resolve).collect(),
             propagation_window: Duration::from_secs(adm.propagation_window_secs),
             bundle_refresh_hint: Duration::from_secs(adm.bundle_refresh_hint_secs.max(1)),
             expiry_warning_fraction: adm.expiry_warning_fraction,

@@ -78,6 +78,8 @@ pub(super) struct RawAdmin {
     pub(super) listen: String,
     #[serde(default)]
     pub(super) users: Vec<RawAdminUser>,
+    #[serde(default)]
+    pub(super) client_ca_files: Vec<PathBuf>,
     #[serde(default = "default_propagation")]
     pub(super) propagation_window_secs: u64,
     #[serde(default = "default_refresh_hint")]
@@ -94,6 +96,7 @@ impl Default for RawAdmin {
             enabled: true,
             listen: default_admin_listen(),
             users: Vec::new(),
+            client_ca_files: Vec::new(),
             propagation_window_secs: default_propagation(),
             bundle_refresh_hint_secs: default_refresh_hint(),
             expiry_warning_fraction: default_expiry_warning(),
