@@ -696,9 +696,21 @@ async fn every_issued_certificate_is_in_the_verified_audit_log() {
     let export = tempfile::NamedTempFile::new().expect("file");
     let mut out = std::fs::File::create(export.path()).expect("create");
     let count = hsm_ca::audit::export(&data_dir, &mut out).expect("export");
-    assert_eq!(count, 7, "started, five issuances, stopped");
-    let summary = hsm_ca::audit::verify_file(export.path()).expect("verifies");
-    assert_eq!(summary.records, 7);
+    assert_eq!(
+        count, 8,
+        "started, five issuances, stopped, closing checkpoint"
+    );
+    let key = hsm_ca::audit::recorded_key(&data_dir)
+        .expect("read")
+        .expect("an audit key");
+    let summary = hsm_ca::audit::verify_file(export.path(), Some(&key.spki)).expect("verifies");
+    assert_eq!(summary.records, 8);
+    assert!(summary.signatures_checked);
+    assert_eq!(summary.checkpoints, 1);
+    assert_eq!(
+        summary.unsigned_tail, 0,
+        "a clean stop ends with a checkpoint"
+    );
     let text = std::fs::read_to_string(export.path()).expect("read");
     for serial in &serials {
         assert!(

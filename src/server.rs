@@ -258,8 +258,10 @@ pub async fn start(
     };
     let audit = if config.audit_enabled {
         let log = Arc::new(
-            tokio::task::block_in_place(|| AuditLog::open(&config.data_dir))
-                .map_err(ServerError::Audit)?,
+            tokio::task::block_in_place(|| {
+                AuditLog::open_signed(&config.data_dir, &store, config.audit)
+            })
+            .map_err(ServerError::Audit)?,
         );
         log.append(AuditEvent::Started {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -271,7 +273,15 @@ pub async fn start(
         tracing::warn!("audit.enabled = false: issuances are NOT recorded (measurement mode)");
         None
     };
-    let service = CertificateService::new(view.clone(), auth, rules, audit.clone()).into_server();
+    let issuance_metrics = Arc::new(crate::metrics::IssuanceMetrics::default());
+    let service = CertificateService::new(
+        view.clone(),
+        auth,
+        rules,
+        audit.clone(),
+        issuance_metrics.clone(),
+    )
+    .into_server();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -296,6 +306,7 @@ pub async fn start(
         grpc_tls,
         admin_tls,
         renew.clone(),
+        issuance_metrics,
     ));
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {

@@ -127,6 +127,7 @@ pub struct Control {
     pub admin_tls: Arc<ArcSwap<rustls::ServerConfig>>,
     /// Wakes the serving-certificate renewal (after the issuer changed).
     pub renew: Arc<tokio::sync::Notify>,
+    pub issuance: Arc<crate::metrics::IssuanceMetrics>,
     /// State changes run one at a time.
     changes: tokio::sync::Mutex<()>,
     proposals: Mutex<BTreeMap<String, Proposal>>,
@@ -172,8 +173,10 @@ impl Control {
         grpc_tls: Arc<ArcSwap<rustls::ServerConfig>>,
         admin_tls: Arc<ArcSwap<rustls::ServerConfig>>,
         renew: Arc<tokio::sync::Notify>,
+        issuance: Arc<crate::metrics::IssuanceMetrics>,
     ) -> Self {
         Control {
+            issuance,
             config,
             store,
             state,

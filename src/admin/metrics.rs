@@ -61,6 +61,45 @@ pub fn render(ctl: &Control) -> String {
          hsmca_keystore_queue_depth {}",
         ctl.store.queue_len()
     );
+    ctl.issuance.results.render(
+        &mut out,
+        "hsmca_issuances_total",
+        "result",
+        "Certificate requests by result (ok or the gRPC code of the refusal).",
+    );
+    ctl.issuance.latency.render(
+        &mut out,
+        "hsmca_issuance_seconds",
+        "Time from request to answer, including the durable audit record.",
+    );
+    if let Some(audit) = &ctl.audit {
+        use std::sync::atomic::Ordering;
+        let stats = audit.stats();
+        let last = stats.last_checkpoint_unix.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP hsmca_audit_records Records in the audit chain.\n\
+             # TYPE hsmca_audit_records gauge\n\
+             hsmca_audit_records {}",
+            stats.records.load(Ordering::Relaxed)
+        );
+        if last > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP hsmca_audit_last_checkpoint_age_seconds Seconds since the last signed checkpoint.\n\
+                 # TYPE hsmca_audit_last_checkpoint_age_seconds gauge\n\
+                 hsmca_audit_last_checkpoint_age_seconds {}",
+                (now.unix_timestamp() - last).max(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hsmca_audit_refusals_folded_total Refusals counted instead of recorded one by one.\n\
+             # TYPE hsmca_audit_refusals_folded_total counter\n\
+             hsmca_audit_refusals_folded_total {}",
+            stats.refusals_folded.load(Ordering::Relaxed)
+        );
+    }
     ctl.store.device_latency().render(
         &mut out,
         "hsmca_device_call_seconds",

@@ -28,11 +28,23 @@ pub enum AuditEvent {
         not_after: String,
         csr_key_sha256: String,
     },
-    /// A request was refused.
+    /// A request was refused. `folded` counts refusals of the same caller that were not
+    /// recorded one by one since its previous record (rate limiting).
     Refused {
         caller: Option<String>,
         code: String,
         reason: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        folded: u64,
+    },
+    /// A signature by the audit key (in the device) over the chain up to `head_seq`, whose
+    /// stored bytes hash to `head`.
+    Checkpoint {
+        head_seq: u64,
+        head: String,
+        key_id: String,
+        /// Base64 DER ECDSA signature over [`checkpoint_message`].
+        signature: String,
     },
     /// A key pair was created inside the device.
     KeyGenerated {
@@ -105,6 +117,15 @@ pub enum AuditEvent {
     Stopped {},
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a checkpoint signs: the chain head, bound to its position.
+pub fn checkpoint_message(head_seq: u64, head_hex: &str) -> Vec<u8> {
+    format!("hsm-ca audit checkpoint v1\n{head_seq}\n{head_hex}\n").into_bytes()
+}
+
 /// A record as stored: sequence number, UTC time, link to the previous record, the event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +164,8 @@ pub enum ChainError {
         "record {seq}: does not link to record {previous} (a record was changed, removed or moved)"
     )]
     Link { seq: u64, previous: u64 },
+    #[error("record {seq}: checkpoint does not verify ({reason})")]
+    Checkpoint { seq: u64, reason: String },
 }
 
 /// What a verified chain looks like.
@@ -151,14 +174,43 @@ pub struct ChainSummary {
     pub records: u64,
     /// Hash of the last record's stored bytes (what the next record will link to).
     pub head: [u8; 32],
+    /// Checkpoints found (their signatures were checked when a key was given).
+    pub checkpoints: u64,
+    /// Sequence number and time of the last checkpoint.
+    pub last_checkpoint: Option<(u64, String)>,
+    /// Records after the last checkpoint (not yet covered by a signature).
+    pub unsigned_tail: u64,
+    /// Whether checkpoint signatures were checked against a public key.
+    pub signatures_checked: bool,
 }
 
-/// Verifies stored records in order, starting at sequence 1 from [`GENESIS`].
+/// Verifies stored records in order, starting at sequence 1 from [`GENESIS`]. Checkpoints
+/// are checked for shape; their signatures too when `audit_key` (DER SubjectPublicKeyInfo of
+/// the audit key) is given.
 pub fn verify_chain<'a>(
     stored: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<ChainSummary, ChainError> {
+    verify_chain_with_key(stored, None)
+}
+
+/// [`verify_chain`] with checkpoint signatures checked against `audit_key`.
+pub fn verify_chain_with_key<'a>(
+    stored: impl IntoIterator<Item = &'a [u8]>,
+    audit_key: Option<&[u8]>,
+) -> Result<ChainSummary, ChainError> {
+    let point = match audit_key {
+        Some(spki) => Some(crate::keystore::der::subject_public_key_bits(spki).ok_or(
+            ChainError::Checkpoint {
+                seq: 0,
+                reason: "the audit public key is not a SubjectPublicKeyInfo".into(),
+            },
+        )?),
+        None => None,
+    };
     let mut head = GENESIS;
     let mut expected = 1u64;
+    let mut checkpoints = 0;
+    let mut last_checkpoint = None;
     for bytes in stored {
         let record: AuditRecord =
             serde_json::from_slice(bytes).map_err(|e| ChainError::Unreadable {
@@ -184,12 +236,46 @@ pub fn verify_chain<'a>(
                 previous: record.seq - 1,
             });
         }
+        if let AuditEvent::Checkpoint {
+            head_seq,
+            head: signed_head,
+            signature,
+            ..
+        } = &record.event
+        {
+            let bad = |reason: &str| ChainError::Checkpoint {
+                seq: record.seq,
+                reason: reason.into(),
+            };
+            if *head_seq + 1 != record.seq || *signed_head != record.prev {
+                return Err(bad("it names another head than the record before it"));
+            }
+            if let Some(point) = point {
+                use base64::Engine;
+                let sig = base64::engine::general_purpose::STANDARD
+                    .decode(signature)
+                    .map_err(|_| bad("the signature is not base64"))?;
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1,
+                    point,
+                )
+                .verify(&checkpoint_message(*head_seq, signed_head), &sig)
+                .map_err(|_| bad("the signature is not the audit key's"))?;
+            }
+            checkpoints += 1;
+            last_checkpoint = Some((record.seq, record.time.clone()));
+        }
         head = link_hash(bytes);
         expected += 1;
     }
+    let records = expected - 1;
     Ok(ChainSummary {
-        records: expected - 1,
+        records,
         head,
+        checkpoints,
+        unsigned_tail: records - last_checkpoint.as_ref().map_or(0, |(s, _)| *s),
+        last_checkpoint,
+        signatures_checked: point.is_some(),
     })
 }
 
@@ -224,6 +310,7 @@ mod tests {
                         caller: Some(format!("spiffe://td/ns/a/sa/{seq}")),
                         code: "PermissionDenied".into(),
                         reason: "test".into(),
+                        folded: 0,
                     },
                 );
                 head = next;

@@ -50,6 +50,7 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
+    pub audit: crate::audit::AuditOptions,
     pub admin: AdminConfig,
     pub rotation: RotationConfig,
 }
@@ -536,7 +537,39 @@ impl Config {
             check_interval: Duration::from_secs(rot.check_interval_secs),
         };
 
+        let aud = &raw.audit;
+        if aud.checkpoint_every == 0 {
+            return Err(invalid(
+                "audit.checkpoint_every",
+                "must be at least 1".into(),
+            ));
+        }
+        if aud.checkpoint_interval_secs == 0 {
+            return Err(invalid(
+                "audit.checkpoint_interval_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if aud.refusal_burst == 0 || aud.refusals_per_minute == 0 {
+            return Err(invalid(
+                "audit.refusal_burst",
+                "refusal_burst and refusals_per_minute must be at least 1".into(),
+            ));
+        }
+        let audit = crate::audit::AuditOptions {
+            checkpoints: crate::audit::CheckpointPolicy {
+                every: aud.checkpoint_every,
+                interval: Duration::from_secs(aud.checkpoint_interval_secs),
+            },
+            refusals: crate::audit::RefusalLimits {
+                burst: aud.refusal_burst,
+                per_minute: aud.refusals_per_minute,
+                ..Default::default()
+            },
+        };
+
         Ok(Config {
+            audit,
             rotation,
             admin,
             audit_enabled: raw.audit.enabled,

@@ -163,12 +163,39 @@ fn default_sensitive() -> Vec<String> {
 pub(super) struct RawAudit {
     #[serde(default = "default_true")]
     pub(super) enabled: bool,
+    #[serde(default = "default_checkpoint_every")]
+    pub(super) checkpoint_every: u64,
+    #[serde(default = "default_checkpoint_interval")]
+    pub(super) checkpoint_interval_secs: u64,
+    #[serde(default = "default_refusal_burst")]
+    pub(super) refusal_burst: u32,
+    #[serde(default = "default_refusals_per_minute")]
+    pub(super) refusals_per_minute: u32,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { enabled: true }
+        RawAudit {
+            enabled: true,
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval_secs: default_checkpoint_interval(),
+            refusal_burst: default_refusal_burst(),
+            refusals_per_minute: default_refusals_per_minute(),
+        }
     }
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> u64 {
+    60
+}
+fn default_refusal_burst() -> u32 {
+    10
+}
+fn default_refusals_per_minute() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -108,6 +108,7 @@ pub struct CertificateService {
     auth: Arc<Authenticator>,
     rules: IssuanceRules,
     audit: Option<Arc<AuditLog>>,
+    metrics: Arc<crate::metrics::IssuanceMetrics>,
 }
 
 impl CertificateService {
@@ -116,12 +117,14 @@ impl CertificateService {
         auth: Arc<Authenticator>,
         rules: IssuanceRules,
         audit: Option<Arc<AuditLog>>,
+        metrics: Arc<crate::metrics::IssuanceMetrics>,
     ) -> Self {
         CertificateService {
             view,
             auth,
             rules,
             audit,
+            metrics,
         }
     }
 
@@ -177,16 +180,20 @@ impl CertificateService {
         Ok(caller.id.clone())
     }
 
+    /// Issues for one request. `who` learns the caller's identity as soon as it is known, so
+    /// a refusal can be recorded against it.
     async fn handle(
         &self,
         peer_leaf: Option<Vec<u8>>,
         bearer: Option<String>,
         cluster: Option<String>,
         request: IstioCertificateRequest,
+        who: &mut Option<String>,
     ) -> Result<(Vec<String>, Caller, SpiffeId, String), IssuanceError> {
         let caller =
             self.auth
                 .authenticate(peer_leaf.as_deref(), bearer.as_deref(), cluster.as_deref())?;
+        *who = Some(caller.id.to_string());
         if request.csr.len() > policy::MAX_CSR_PEM {
             return Err(IssuanceError::InvalidRequest(format!(
                 "CSR is larger than {} bytes",
@@ -275,20 +282,30 @@ impl IstioCertificateService for CertificateService {
             .get("clusterid")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match self
-            .handle(peer_leaf, bearer, cluster, request.into_inner())
+        let started = std::time::Instant::now();
+        let mut who = None;
+        let result = match self
+            .handle(peer_leaf, bearer, cluster, request.into_inner(), &mut who)
             .await
         {
             Ok((cert_chain, caller, identity, serial)) => {
                 tracing::info!(%serial, %identity, caller = %caller.id, method = %caller.method, "issued");
+                self.metrics.results.inc("ok");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
             }
             Err(e) => {
                 let status = e.status();
                 tracing::info!(code = ?status.code(), reason = %e, "refused");
+                let code = format!("{:?}", status.code());
+                self.metrics.results.inc(&code);
+                if let Some(audit) = &self.audit {
+                    audit.refused(who.as_deref(), &code, status.message());
+                }
                 Err(status)
             }
-        }
+        };
+        self.metrics.latency.observe(started.elapsed());
+        result
     }
 }
 
