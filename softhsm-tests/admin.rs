@@ -451,6 +451,24 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     assert_eq!(state["roots"][0]["key_online"], true);
     assert_eq!(state["intermediates"][0]["status"], "active");
 
+    // Refused admin calls are in the audit log, which verifies.
+    let page = auditor.get("/v1/audit?from=1&limit=1000").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let records = page.json()["records"].as_array().expect("records").clone();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"]["kind"] == "admin_refused")
+        .map(|r| r["event"]["code"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for code in ["unauthenticated", "unknown_identity", "forbidden"] {
+        assert!(refused.iter().any(|c| c == code), "{code} not audited: {refused:?}");
+    }
+    let verified = auditor.get("/v1/audit/verify").await.json();
+    assert_eq!(verified["verified"], true, "{verified}");
+    assert_eq!(verified["signatures_checked"], true, "{verified}");
+    let key = auditor.get("/v1/audit/public-key").await;
+    assert!(key.text().starts_with("-----BEGIN PUBLIC KEY-----"), "{}", key.text());
+
     let metrics = auditor.get("/metrics").await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
@@ -460,6 +478,7 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     );
     assert!(text.contains("kind=\"intermediate\""), "{text}");
     assert!(text.contains("hsmca_keystore_queue_depth"), "{text}");
+    assert!(text.contains("hsmca_audit_records "), "{text}");
     // Starting the appliance signed its serving certificate and the admin certificates.
     let device_calls: u64 = text
         .lines()

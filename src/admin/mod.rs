@@ -493,6 +493,89 @@ async fn approve(State(ctl): Ctl, ConnectInfo(peer): Who, Path(id): Path<String>
     }
 }
 
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Largest page of audit records one call returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+fn audit_of(ctl: &Control) -> Result<&crate::audit::AuditLog, ApiError> {
+    ctl.audit.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "audit_disabled",
+            "the audit log is turned off (audit.enabled = false)",
+        )
+    })
+}
+
+async fn audit_page(
+    State(ctl): Ctl,
+    ConnectInfo(peer): Who,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    if let Err(e) = authorize(&ctl, &peer, None, "GET /v1/audit").await {
+        return e.into_response();
+    }
+    let audit = match audit_of(&ctl) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
+    match tokio::task::block_in_place(|| audit.page(from, limit)) {
+        Ok(records) => {
+            let next = records.last().map(|r| r.seq + 1);
+            Json(json!({"records": records, "next": next})).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+            .into_response(),
+    }
+}
+
+async fn audit_verify(State(ctl): Ctl, ConnectInfo(peer): Who) -> Response {
+    if let Err(e) = authorize(&ctl, &peer, None, "GET /v1/audit/verify").await {
+        return e.into_response();
+    }
+    let audit = match audit_of(&ctl) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match tokio::task::block_in_place(|| audit.verify()) {
+        Ok(s) => Json(json!({
+            "verified": true,
+            "records": s.records,
+            "checkpoints": s.checkpoints,
+            "signatures_checked": s.signatures_checked,
+            "last_checkpoint": s.last_checkpoint.map(|(seq, time)| json!({"seq": seq, "time": time})),
+            "unsigned_tail": s.unsigned_tail,
+            "head": format!("{}:{}", s.records, hex::encode(s.head)),
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::OK,
+            Json(json!({"verified": false, "problem": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn audit_key(State(ctl): Ctl, ConnectInfo(peer): Who) -> Response {
+    if let Err(e) = authorize(&ctl, &peer, None, "GET /v1/audit/public-key").await {
+        return e.into_response();
+    }
+    match audit_of(&ctl).map(|a| a.key().map(|k| k.public_pem())) {
+        Ok(Some(pem)) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        Ok(None) => ApiError::not_found("the audit log has no key").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn not_found() -> Response {
     ApiError::not_found("no such route").into_response()
 }
@@ -517,6 +600,9 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/v1/roots/{fingerprint}", delete(remove_root))
         .route("/v1/roots/{fingerprint}/cross-sign", post(cross_sign))
         .route("/v1/revocations", post(revoke))
+        .route("/v1/audit", get(audit_page))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/public-key", get(audit_key))
         .route("/v1/proposals", get(proposals))
         .route("/v1/proposals/{id}/approve", post(approve))
         .fallback(not_found)

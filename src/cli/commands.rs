@@ -187,7 +187,17 @@ pub fn sign_intermediate(
     Ok(())
 }
 
-fn load_roots(config: &Config) -> Result<Vec<Vec<u8>>, CliError> {
+/// The trust bundle: the CA state's once the appliance has started (the admin API changes it),
+/// else the config's root files.
+fn load_roots(config: &Config, state: &CaState) -> Result<Vec<Vec<u8>>, CliError> {
+    let recorded = state.roots()?;
+    if !recorded.is_empty() {
+        let mut roots = Vec::new();
+        for r in recorded {
+            roots.extend(ca::certificates_from_pem(r.certificate_pem.as_bytes())?);
+        }
+        return Ok(roots);
+    }
     let mut roots = Vec::new();
     for path in &config.root.certificates {
         roots.extend(read_certificates(path)?);
@@ -201,8 +211,8 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
         .into_iter()
         .next()
         .ok_or_else(|| CliError::Message(format!("{}: no certificate", cert_path.display())))?;
-    let roots = load_roots(&config)?;
     let state = CaState::open(&config.data_dir)?;
+    let roots = load_roots(&config, &state)?;
     let record = authority::install_intermediate(
         &store,
         &state,

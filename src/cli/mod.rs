@@ -1,6 +1,7 @@
 //! The command line: thin wrappers that load the config, call [`crate::authority`] and print
 //! what happened. Every failure is one line on stderr and a non-zero exit code.
 
+mod audit;
 mod commands;
 mod dev;
 mod request;
@@ -48,6 +49,9 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Request a workload certificate from a running CA, as istio-agent does.
     Request(Box<request::RequestArgs>),
+    /// Verify or export the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the trust bundle (every root clients must trust).
     Bundle {
         /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
@@ -150,6 +154,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect { file } => commands::inspect(&file),
         Command::Dev(args) => dev::run(args),
+        Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),

@@ -1,0 +1,187 @@
+//! `hsm-ca audit verify` and `hsm-ca audit export`.
+
+use std::path::{Path, PathBuf};
+
+use super::CliError;
+use crate::audit::{self, AuditError, ChainSummary};
+use crate::config::Config;
+use crate::keystore;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the hash chain and check every checkpoint signature.
+    Verify {
+        /// Verify an exported JSON Lines file instead of the appliance's log (offline).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The audit public key (PEM) for --file; without it only the chain is checked.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// A head printed by an earlier verification (`SEQ:HASH`): the log must still hold it,
+        /// which a cut-off log does not.
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// Accept records after the last checkpoint (after a crash, before the next start).
+        #[arg(long)]
+        allow_unsigned_tail: bool,
+    },
+    /// Write the log as JSON Lines plus the audit public key, verifiable offline.
+    Export {
+        /// Folder to write audit.jsonl and audit-public-key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl From<AuditError> for CliError {
+    fn from(e: AuditError) -> Self {
+        CliError::Message(e.to_string())
+    }
+}
+
+pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
+    match command {
+        AuditCommand::Verify {
+            file,
+            public_key,
+            expect_head,
+            allow_unsigned_tail,
+        } => {
+            let expect = expect_head.as_deref().map(parse_head).transpose()?;
+            let (summary, lines, key_note) = match file {
+                Some(file) => {
+                    let key = public_key
+                        .as_deref()
+                        .map(audit::read_public_key)
+                        .transpose()?;
+                    let summary = audit::verify_file(&file, key.as_deref())?;
+                    let lines = std::fs::read(&file)
+                        .map_err(|e| CliError::Message(format!("{}: {e}", file.display())))?;
+                    let note = match &key {
+                        Some(k) => format!("audit key {}", key_fingerprint(k)),
+                        None => "no public key given: signatures NOT checked".into(),
+                    };
+                    (summary, lines, note)
+                }
+                None => {
+                    let config = Config::load(config_path)?;
+                    let recorded = audit::recorded_key(&config.data_dir)?;
+                    // The device, not the disk, says what the audit key is.
+                    let device_key = match &recorded {
+                        Some(k) => {
+                            let store = keystore::open(&config.keystore)?;
+                            let info = store.key_info_blocking(&k.id)?;
+                            Some(info.public_key)
+                        }
+                        None => None,
+                    };
+                    let summary = audit::verify_store(&config.data_dir, device_key.as_deref())?;
+                    let mut lines = Vec::new();
+                    audit::export(&config.data_dir, &mut lines)?;
+                    let note = match &device_key {
+                        Some(k) => {
+                            format!("audit key {} (read from the device)", key_fingerprint(k))
+                        }
+                        None => "no audit key recorded: the log has no checkpoints".into(),
+                    };
+                    (summary, lines, note)
+                }
+            };
+            report(&summary, &key_note);
+            if let Some((seq, hash)) = expect {
+                check_head(&lines, seq, &hash)?;
+                println!("Head {seq}:{hash} is in the log.");
+            }
+            if summary.unsigned_tail > 0 && !allow_unsigned_tail {
+                return Err(CliError::Message(format!(
+                    "the log does not end with a checkpoint ({} record(s) after it): it was cut \
+                     short, or the appliance did not stop cleanly (its next start and stop sign \
+                     them; --allow-unsigned-tail accepts them)",
+                    summary.unsigned_tail
+                )));
+            }
+            Ok(())
+        }
+        AuditCommand::Export { out } => {
+            let config = Config::load(config_path)?;
+            let key = audit::recorded_key(&config.data_dir)?;
+            let jsonl = out.join("audit.jsonl");
+            let mut buf = Vec::new();
+            let n = audit::export(&config.data_dir, &mut buf)?;
+            crate::authority::write_file(&jsonl, &buf, false)?;
+            println!("Wrote {n} records to {}", jsonl.display());
+            if let Some(key) = key {
+                let pem_path = out.join("audit-public-key.pem");
+                crate::authority::write_file(&pem_path, key.public_pem().as_bytes(), false)?;
+                println!(
+                    "Wrote the audit public key to {} (SHA-256 {})",
+                    pem_path.display(),
+                    key_fingerprint(&key.spki)
+                );
+            }
+            println!(
+                "Verify offline: hsm-ca audit verify --file {} --public-key {}",
+                jsonl.display(),
+                out.join("audit-public-key.pem").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn key_fingerprint(spki: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, spki).as_ref())
+}
+
+fn report(summary: &ChainSummary, key_note: &str) {
+    println!("The audit chain verifies: {} records.", summary.records);
+    println!(
+        "Checkpoints: {} ({}).",
+        summary.checkpoints,
+        if summary.signatures_checked {
+            format!("signatures verified with {key_note}")
+        } else {
+            key_note.to_string()
+        }
+    );
+    if let Some((seq, time)) = &summary.last_checkpoint {
+        println!("Last checkpoint: record {seq} at {time}.");
+    }
+    println!(
+        "Records after the last checkpoint: {}.",
+        summary.unsigned_tail
+    );
+    println!(
+        "Head (keep it to detect a cut later): {}:{}",
+        summary.records,
+        hex::encode(summary.head)
+    );
+}
+
+fn parse_head(s: &str) -> Result<(u64, String), CliError> {
+    let bad = || CliError::Message(format!("--expect-head {s:?}: expected SEQ:HASH"));
+    let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse::<u64>().map_err(|_| bad())?;
+    if seq == 0 || hash.len() != 64 || hex::decode(hash).is_err() {
+        return Err(bad());
+    }
+    Ok((seq, hash.to_lowercase()))
+}
+
+fn check_head(lines: &[u8], seq: u64, hash: &str) -> Result<(), CliError> {
+    let line = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .nth((seq - 1) as usize)
+        .ok_or_else(|| {
+            CliError::Message(format!(
+                "the log ends before record {seq}: records were cut off"
+            ))
+        })?;
+    if hex::encode(audit::record::link_hash(line)) != hash {
+        return Err(CliError::Message(format!(
+            "record {seq} is not the one seen before: the log was rewritten"
+        )));
+    }
+    Ok(())
+}
