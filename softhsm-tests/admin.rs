@@ -461,13 +461,20 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
         .map(|r| r["event"]["code"].as_str().unwrap_or_default().to_string())
         .collect();
     for code in ["unauthenticated", "unknown_identity", "forbidden"] {
-        assert!(refused.iter().any(|c| c == code), "{code} not audited: {refused:?}");
+        assert!(
+            refused.iter().any(|c| c == code),
+            "{code} not audited: {refused:?}"
+        );
     }
     let verified = auditor.get("/v1/audit/verify").await.json();
     assert_eq!(verified["verified"], true, "{verified}");
     assert_eq!(verified["signatures_checked"], true, "{verified}");
     let key = auditor.get("/v1/audit/public-key").await;
-    assert!(key.text().starts_with("-----BEGIN PUBLIC KEY-----"), "{}", key.text());
+    assert!(
+        key.text().starts_with("-----BEGIN PUBLIC KEY-----"),
+        "{}",
+        key.text()
+    );
 
     let metrics = auditor.get("/metrics").await;
     assert_eq!(metrics.status, 200);
