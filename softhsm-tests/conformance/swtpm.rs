@@ -1,6 +1,7 @@
 //! A private swtpm for one test: its own state folder and free ports on 127.0.0.1, stopped by
 //! PID when dropped.
 
+#![allow(dead_code)]
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
