@@ -723,3 +723,70 @@ fn verifies(scheme: SignatureScheme, public_key: &[u8], message: &[u8], signatur
         .verify(message, signature)
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public_with(fixed_tpm: bool, fixed_parent: bool, sensitive_origin: bool) -> Public {
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(fixed_tpm)
+            .with_fixed_parent(fixed_parent)
+            .with_sensitive_data_origin(sensitive_origin)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .build()
+            .expect("attributes");
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    EccCurve::NistP256,
+                )
+                .build()
+                .expect("params"),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .expect("public")
+    }
+
+    #[test]
+    fn only_non_duplicable_keys_born_in_the_tpm_count_as_device_bound() {
+        let bound = key_info(HANDLE_BASE, &public_with(true, true, true)).expect("info");
+        assert!(bound.is_device_bound());
+        assert_eq!(bound.id.0, vec![0x81, 0x01, 0x00, 0x00]);
+        for (tpm, parent, origin) in [
+            (false, true, true),
+            (true, false, true),
+            (true, true, false),
+        ] {
+            let info = key_info(HANDLE_BASE, &public_with(tpm, parent, origin)).expect("info");
+            assert!(
+                !info.is_device_bound(),
+                "fixedTPM {tpm} fixedParent {parent} sensitiveDataOrigin {origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_ids_outside_the_handle_range_are_not_found() {
+        for id in [
+            vec![0x81, 0x00, 0x00, 0x01],
+            vec![1, 2, 3],
+            KeyId::random().0,
+        ] {
+            assert!(matches!(
+                handle_of(&KeyId(id)),
+                Err(KeystoreError::KeyNotFound(_))
+            ));
+        }
+        assert_eq!(
+            handle_of(&KeyId(vec![0x81, 0x01, 0x00, 0x05])).expect("in range"),
+            0x8101_0005
+        );
+    }
+}
