@@ -200,6 +200,15 @@ fn classify(operation: &str, key: Option<&KeyId>, error: tss_esapi::Error) -> Ke
                 reason: "the TPM refused the authorization value".into(),
             };
         }
+        // A TPM that lost power (or a swtpm killed) while keys were in use counts that as a
+        // failed authorization; after a few it locks keys out until its lockout time passes.
+        // Reconnecting cannot help, so this is reported as it is.
+        if rc.kind() == Some(Tss2ResponseCodeKind::Lockout) {
+            return KeystoreError::Unavailable(format!(
+                "TPM {what}: the TPM is in dictionary-attack lockout; wait for it to expire \
+                 or reset it with the lockout authorization"
+            ));
+        }
     }
     KeystoreError::SessionLost(format!("TPM {what}: {error}"))
 }
