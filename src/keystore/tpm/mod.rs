@@ -14,7 +14,15 @@
 //! if that ever matters.
 //!
 //! Each worker owns one connection and one long-lived HMAC authorization session: a new
-//! session per signature is several times slower. When a call fails because the connection or
+//! session per signature is several times slower. An HMAC session rather than a plain
+//! password: the key's auth value then never crosses the TCTI (a socket, for swtpm or a
+//! remote resource manager), only HMACs over fresh nonces do. On swtpm that costs sign rate
+//! (measured on a loaded 2-core machine: about 580 signs/s against about 2,750 with a
+//! password), which is still far above what issuance needs from one intermediate.
+//!
+//! A TPM that loses power, or a swtpm that is killed, while keys are in use counts that as a
+//! failed authorization; after a few such restarts it refuses the keys until its lockout time
+//! passes. That is reported as a plain "dictionary-attack lockout" error. When a call fails because the connection or
 //! the TPM went away (swtpm restarted, resource manager restarted), the worker reconnects,
 //! opens a new session, reloads the key handle and retries once; a second failure is a
 //! retryable error. Every signature is checked in software before it leaves.
