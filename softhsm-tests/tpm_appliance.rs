@@ -3,6 +3,8 @@
 //! when it stops. The chain is checked by `openssl verify -x509_strict`.
 
 mod support;
+#[path = "conformance/swtpm.rs"]
+mod swtpm;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -133,4 +135,45 @@ fn the_dev_appliance_issues_from_an_intermediate_held_in_swtpm() {
         .expect("wrong backend");
     assert!(!wrong.status.success());
     assert!(Path::new(&dev_dir).join("tpm").exists());
+
+    // `keys list` with the appliance's config, against its TPM state served by another swtpm.
+    let port = swtpm::free_port_pair();
+    let tpm = Running(swtpm::spawn_swtpm(&dev_dir.join("tpm"), port, port + 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+        assert!(Instant::now() < deadline, "swtpm did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config_path = dev_dir.join("hsm-ca.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("tcti = ") {
+                format!("tcti = \"swtpm:host=127.0.0.1,port={port}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&config_path, config).expect("config");
+    let listed = Command::new(bin)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["keys", "list"])
+        .output()
+        .expect("keys list");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("81010000"))
+        .unwrap_or_else(|| panic!("no TPM key listed: {text}"));
+    let flags: Vec<&str> = row.split_whitespace().skip(3).collect();
+    assert_eq!(
+        flags,
+        ["ecdsa-p256", "yes", "no", "yes", "yes", "yes"],
+        "{row}"
+    );
+    drop(tpm);
 }
