@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages hsm-ca's development appliance and tests need, when missing:
-# SoftHSM (the PKCS#11 token), openssl (the independent verifier) and protoc (the gRPC code
-# generator the build runs). Extra package names given as arguments are installed too.
+# SoftHSM (the PKCS#11 token), openssl (the independent verifier), protoc (the gRPC code
+# generator the build runs), the TPM 2.0 software stack the build links (libtss2-dev, found
+# with pkg-config) and swtpm (the software TPM the tests and `dev --backend tpm` start).
+# Extra package names given as arguments are installed too.
 set -euo pipefail
 
 need=()
@@ -9,6 +11,10 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/struct.proto ] || need+=(libprotobuf-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

@@ -2,6 +2,8 @@
 //!
 //! The first start creates the token, a root and an intermediate (signed by the online root, as
 //! a single-box deployment would); later starts reuse them. Everything lives under `--dir`.
+//! With `--backend tpm` the intermediate key is held by the appliance's own swtpm instead
+//! (see [`super::dev_tpm`]); the root stays in SoftHSM.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ macro_rules! say_raw {
 use time::OffsetDateTime;
 
 use super::commands::format_keys;
+use super::dev_tpm::{self, DevSwtpm};
 use super::CliError;
 use crate::auth::devtoken;
 use crate::authority::{self, write_file, write_secret_file};
@@ -65,6 +68,16 @@ pub struct DevArgs {
     /// Create or check the appliance, show it, and exit without serving.
     #[arg(long)]
     pub setup_only: bool,
+    /// Where the online (intermediate) key lives: softhsm, or tpm (a swtpm the appliance
+    /// starts and stops itself; the root stays in SoftHSM).
+    #[arg(long, value_enum, default_value_t = DevBackend::Softhsm)]
+    pub backend: DevBackend,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevBackend {
+    Softhsm,
+    Tpm,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -152,7 +165,7 @@ key_algorithm = "ecdsa-p256"
 
 /// Creates the token, root and intermediate under `dir`. Leftovers of an interrupted first
 /// start (no config yet) are removed first: they are this command's own files.
-fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
+fn first_start(dir: &Path, module: &Path, tpm: Option<&DevSwtpm>) -> Result<(), CliError> {
     for leftover in ["tokens", "data"] {
         let p = dir.join(leftover);
         if p.exists() {
@@ -166,6 +179,8 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
         "root-cert.pem",
         "intermediate-cert.pem",
         "hsm-ca.toml.new",
+        "root-hsm-ca.toml",
+        "tpm-key-auth",
     ] {
         let _ = std::fs::remove_file(dir.join(leftover));
     }
@@ -187,11 +202,28 @@ fn first_start(dir: &Path, module: &Path) -> Result<(), CliError> {
     let so_pin = Secret::new(random_hex(12));
     provision::create_token(module, TOKEN_LABEL, &so_pin, &pin)?;
 
-    let store = keystore::open(&config.keystore)?;
+    let root_store = keystore::open(&config.keystore)?;
     let now = OffsetDateTime::now_utc();
-    let (_, root) = authority::create_root(&store, &config, now)?;
+    let (_, root) = authority::create_root(&root_store, &config, now)?;
     write_file(&config.root.certificates[0], root.pem.as_bytes(), false)?;
-    let root_ca = authority::issuing_ca_for(&store, &root.der)?;
+    let root_ca = authority::issuing_ca_for(&root_store, &root.der)?;
+    // With a TPM, the online keys live there; the SoftHSM config stays for officer commands.
+    let (store, config) = match tpm {
+        None => (root_store.clone(), config),
+        Some(tpm) => {
+            let softhsm_text = dev_config_text(dir, module);
+            write_file(
+                &dir.join("root-hsm-ca.toml"),
+                softhsm_text.as_bytes(),
+                false,
+            )?;
+            write_secret_file(&dir.join("tpm-key-auth"), random_hex(16).as_bytes(), false)?;
+            let text = dev_tpm::tpm_config_text(&softhsm_text, &tpm.tcti());
+            write_file(&staged, text.as_bytes(), true)?;
+            let config = Config::load(&staged)?;
+            (keystore::open(&config.keystore)?, config)
+        }
+    };
     let (_, csr_pem) = authority::new_intermediate_csr(&store, &config, now)?;
     let csr = ca::parse_csr(csr_pem.as_bytes())?;
     let inter = authority::sign_intermediate(&root_ca, &csr, &config, now)?;
@@ -247,13 +279,32 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Message(format!("{}: {e}", args.dir.display())))?;
     let config_path = dir.join("hsm-ca.toml");
     let created = !config_path.exists();
+    let tpm_dir = dir.join("tpm");
+    if !created && tpm_dir.exists() != (args.backend == DevBackend::Tpm) {
+        return Err(CliError::Message(format!(
+            "{} was made with --backend {}; use it again or pick another --dir",
+            dir.display(),
+            if tpm_dir.exists() { "tpm" } else { "softhsm" }
+        )));
+    }
+    // Stopped (by PID) when this function returns, i.e. when the appliance stops.
+    let tpm = match args.backend {
+        DevBackend::Tpm => Some(DevSwtpm::start(&tpm_dir)?),
+        DevBackend::Softhsm => None,
+    };
     if created {
         let module = find_module(args.module)?;
         say!(
-            "Creating a SoftHSM token, root and intermediate in {}",
+            "Creating a SoftHSM token, root and intermediate{} in {}",
+            if tpm.is_some() { " (in a swtpm)" } else { "" },
             dir.display()
         );
-        first_start(&dir, &module)?;
+        first_start(&dir, &module, tpm.as_ref())?;
+    } else if let Some(tpm) = &tpm {
+        dev_tpm::set_tcti(&config_path, &tpm.tcti())?;
+    }
+    if let Some(tpm) = &tpm {
+        say!("swtpm (pid {}) at {}", tpm.pid(), tpm.tcti());
     }
     let config = Config::load(&config_path)?;
     let store = keystore::open(&config.keystore)?;
@@ -292,7 +343,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         return Ok(());
     }
     drop(issuer);
-    serve(config, store, state, (args.listen, args.admin_listen), &dir)
+    let served = serve(config, store, state, (args.listen, args.admin_listen), &dir);
+    drop(tpm);
+    served
 }
 
 fn serve(

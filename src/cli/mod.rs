@@ -4,6 +4,7 @@
 mod audit;
 mod commands;
 mod dev;
+mod dev_tpm;
 mod request;
 
 pub use dev::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID};

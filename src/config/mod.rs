@@ -13,6 +13,7 @@ mod raw;
 use raw::RawConfig;
 
 use crate::keystore::pkcs11::{Pkcs11Settings, TokenSelector};
+use crate::keystore::tpm::TpmSettings;
 use crate::keystore::{KeyAlgorithm, PoolOptions};
 use crate::secret::SecretSource;
 
@@ -147,9 +148,16 @@ pub struct AuthorizationConfig {
     pub registration_authorities: Vec<crate::auth::RegistrationAuthority>,
 }
 
+/// Which device holds the keys (`keystore.backend`).
+#[derive(Debug, Clone)]
+pub enum BackendSettings {
+    Pkcs11(Pkcs11Settings),
+    Tpm(TpmSettings),
+}
+
 #[derive(Debug, Clone)]
 pub struct KeystoreConfig {
-    pub pkcs11: Pkcs11Settings,
+    pub backend: BackendSettings,
     /// Environment variables the PKCS#11 module reads (e.g. `SOFTHSM2_CONF`), set before loading.
     pub module_env: BTreeMap<String, String>,
     pub pool: PoolOptions,
@@ -217,51 +225,120 @@ impl Config {
         validate_trust_domain(&raw.trust_domain).map_err(|p| invalid("trust_domain", p))?;
 
         let ks = raw.keystore;
-        if ks.backend != "pkcs11" {
-            return Err(invalid(
-                "keystore.backend",
-                format!("unknown backend {:?} (expected \"pkcs11\")", ks.backend),
-            ));
-        }
-        let module = ks
-            .module
-            .ok_or_else(|| invalid("keystore.module", "is required".into()))?;
-        let token = match (ks.token_label, ks.token_serial) {
-            (Some(l), None) if !l.is_empty() => TokenSelector::Label(l),
-            (None, Some(s)) if !s.is_empty() => TokenSelector::Serial(s),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "keystore.token_label",
-                    "give token_label or token_serial, not both".into(),
-                ))
+        let secret = |file: Option<PathBuf>,
+                      env: Option<String>,
+                      key: &'static str,
+                      what: &str|
+         -> Result<Option<SecretSource>, ConfigError> {
+            match (file, env) {
+                (Some(f), None) => Ok(Some(SecretSource::File(f).resolved(&base))),
+                (None, Some(e)) if !e.is_empty() => Ok(Some(SecretSource::Env(e))),
+                (Some(_), Some(_)) => Err(invalid(
+                    key,
+                    format!("give {what}_file or {what}_env, not both"),
+                )),
+                (None, Some(_)) => Err(invalid(key, format!("{what}_env is empty"))),
+                (None, None) => Ok(None),
             }
-            _ => {
+        };
+        let (backend, default_sessions) = match ks.backend.as_str() {
+            "pkcs11" => {
+                if ks.tcti.is_some() {
+                    return Err(invalid(
+                        "keystore.tcti",
+                        "only for backend = \"tpm\"".into(),
+                    ));
+                }
+                let module = ks
+                    .module
+                    .ok_or_else(|| invalid("keystore.module", "is required".into()))?;
+                let token = match (ks.token_label, ks.token_serial) {
+                    (Some(l), None) if !l.is_empty() => TokenSelector::Label(l),
+                    (None, Some(s)) if !s.is_empty() => TokenSelector::Serial(s),
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "keystore.token_label",
+                            "give token_label or token_serial, not both".into(),
+                        ))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "keystore.token_label",
+                            "a token_label (or token_serial) is required".into(),
+                        ))
+                    }
+                };
+                let pin = secret(ks.pin_file, ks.pin_env, "keystore.pin_file", "pin")?.ok_or_else(
+                    || {
+                        invalid(
+                            "keystore.pin_file",
+                            "the PIN must come from pin_file or pin_env".into(),
+                        )
+                    },
+                )?;
+                let settings = Pkcs11Settings {
+                    module,
+                    token,
+                    pin,
+                    verify_signatures: ks.verify_signatures,
+                };
+                (BackendSettings::Pkcs11(settings), 2)
+            }
+            "tpm" => {
+                if ks.module.is_some() || ks.token_label.is_some() || ks.token_serial.is_some() {
+                    return Err(invalid(
+                        "keystore.module",
+                        "module, token_label and token_serial are for backend = \"pkcs11\"".into(),
+                    ));
+                }
+                if ks.pin_file.is_some() || ks.pin_env.is_some() {
+                    return Err(invalid(
+                        "keystore.pin_file",
+                        "a TPM has no PIN; use key_auth_file or key_auth_env".into(),
+                    ));
+                }
+                let tcti = ks
+                    .tcti
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| invalid("keystore.tcti", "is required for a TPM".into()))?;
+                if <tss_esapi::tcti_ldr::TctiNameConf as std::str::FromStr>::from_str(&tcti)
+                    .is_err()
+                {
+                    return Err(invalid(
+                        "keystore.tcti",
+                        format!("{tcti:?} is not device:PATH, tabrmd or swtpm:host=H,port=P"),
+                    ));
+                }
+                let settings = TpmSettings {
+                    tcti,
+                    owner_auth: secret(
+                        ks.owner_auth_file,
+                        ks.owner_auth_env,
+                        "keystore.owner_auth_file",
+                        "owner_auth",
+                    )?,
+                    key_auth: secret(
+                        ks.key_auth_file,
+                        ks.key_auth_env,
+                        "keystore.key_auth_file",
+                        "key_auth",
+                    )?,
+                    verify_signatures: ks.verify_signatures,
+                };
+                (BackendSettings::Tpm(settings), 1)
+            }
+            other => {
                 return Err(invalid(
-                    "keystore.token_label",
-                    "a token_label (or token_serial) is required".into(),
+                    "keystore.backend",
+                    format!("unknown backend {other:?} (expected \"pkcs11\" or \"tpm\")"),
                 ))
             }
         };
-        let pin = match (ks.pin_file, ks.pin_env) {
-            (Some(f), None) => SecretSource::File(f).resolved(&base),
-            (None, Some(e)) if !e.is_empty() => SecretSource::Env(e),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "keystore.pin_file",
-                    "give pin_file or pin_env, not both".into(),
-                ))
-            }
-            _ => {
-                return Err(invalid(
-                    "keystore.pin_file",
-                    "the PIN must come from pin_file or pin_env".into(),
-                ))
-            }
-        };
-        if !(1..=64).contains(&ks.signing_sessions) {
+        let signing_sessions = ks.signing_sessions.unwrap_or(default_sessions);
+        if !(1..=64).contains(&signing_sessions) {
             return Err(invalid(
                 "keystore.signing_sessions",
-                format!("{} is outside 1..=64", ks.signing_sessions),
+                format!("{signing_sessions} is outside 1..=64"),
             ));
         }
         if ks.queue_depth == 0 {
@@ -586,15 +663,10 @@ impl Config {
             trust_domain: raw.trust_domain,
             data_dir: resolve(raw.data_dir),
             keystore: KeystoreConfig {
-                pkcs11: Pkcs11Settings {
-                    module,
-                    token,
-                    pin,
-                    verify_signatures: ks.verify_signatures,
-                },
+                backend,
                 module_env: ks.module_env,
                 pool: PoolOptions {
-                    workers: ks.signing_sessions,
+                    workers: signing_sessions,
                     queue_depth: ks.queue_depth,
                     call_timeout: Duration::from_millis(ks.call_timeout_ms),
                 },

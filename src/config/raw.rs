@@ -285,8 +285,14 @@ pub(super) struct RawKeystore {
     pub(super) pin_env: Option<String>,
     #[serde(default)]
     pub(super) module_env: BTreeMap<String, String>,
-    #[serde(default = "default_sessions")]
-    pub(super) signing_sessions: usize,
+    /// TPM backend: the TCTI and the optional owner and key auth values.
+    pub(super) tcti: Option<String>,
+    pub(super) owner_auth_file: Option<PathBuf>,
+    pub(super) owner_auth_env: Option<String>,
+    pub(super) key_auth_file: Option<PathBuf>,
+    pub(super) key_auth_env: Option<String>,
+    /// Default 2 for PKCS#11, 1 for a TPM (swtpm serves one connection at a time).
+    pub(super) signing_sessions: Option<usize>,
     #[serde(default = "default_queue_depth")]
     pub(super) queue_depth: usize,
     #[serde(default = "default_call_timeout_ms")]
@@ -301,9 +307,6 @@ fn default_true() -> bool {
 
 fn default_backend() -> String {
     "pkcs11".into()
-}
-fn default_sessions() -> usize {
-    2
 }
 fn default_queue_depth() -> usize {
     1024

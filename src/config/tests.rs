@@ -22,8 +22,11 @@ fn minimal_config_gets_safe_defaults_and_resolved_paths() {
         c.root.certificates,
         vec![PathBuf::from("/etc/hsm-ca/root-cert.pem")]
     );
+    let BackendSettings::Pkcs11(pkcs11) = &c.keystore.backend else {
+        panic!("pkcs11 is the default backend");
+    };
     assert_eq!(
-        c.keystore.pkcs11.pin,
+        pkcs11.pin,
         SecretSource::File(PathBuf::from("/etc/hsm-ca/pin"))
     );
     assert_eq!(c.workload.clock_skew, Duration::from_secs(120));
@@ -93,4 +96,49 @@ fn every_example_config_is_valid() {
         seen >= 5,
         "expected the SoftHSM and vendor examples, found {seen}"
     );
+}
+
+const TPM: &str = r#"
+trust_domain = "cluster.local"
+[keystore]
+backend = "tpm"
+tcti = "swtpm:host=127.0.0.1,port=2321"
+key_auth_env = "TPM_KEY_AUTH"
+"#;
+
+#[test]
+fn a_tpm_backend_gets_one_worker_and_its_auth_by_reference() {
+    let c = parse(TPM).expect("valid");
+    assert_eq!(c.keystore.pool.workers, 1);
+    let BackendSettings::Tpm(tpm) = &c.keystore.backend else {
+        panic!("backend = \"tpm\" chooses the TPM");
+    };
+    assert_eq!(tpm.tcti, "swtpm:host=127.0.0.1,port=2321");
+    assert_eq!(tpm.key_auth, Some(SecretSource::Env("TPM_KEY_AUTH".into())));
+    assert_eq!(tpm.owner_auth, None);
+}
+
+#[test]
+fn tpm_config_mistakes_are_named() {
+    let cases = [
+        (
+            TPM.replace("tcti = \"swtpm:host=127.0.0.1,port=2321\"", ""),
+            "keystore.tcti",
+        ),
+        (
+            TPM.replace("swtpm:host", "carrier-pigeon:host"),
+            "keystore.tcti",
+        ),
+        (
+            format!("{TPM}key_auth_file = \"auth\"\n"),
+            "keystore.key_auth_file",
+        ),
+        (format!("{TPM}pin_file = \"pin\"\n"), "keystore.pin_file"),
+        (format!("{TPM}module = \"/lib/x.so\"\n"), "keystore.module"),
+        (TPM.replace("\"tpm\"", "\"tpm3\""), "keystore.backend"),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
 }

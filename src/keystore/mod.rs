@@ -9,6 +9,7 @@ pub mod der;
 pub mod pkcs11;
 mod pool;
 pub mod signer;
+pub mod tpm;
 
 use std::fmt;
 use std::str::FromStr;
@@ -271,9 +272,17 @@ pub trait DeviceSession: Send {
 
 /// Opens the configured device and starts the keystore workers on it.
 pub fn open(config: &crate::config::KeystoreConfig) -> Result<KeyStore, KeystoreError> {
-    apply_module_env(config);
-    let device = pkcs11::Pkcs11Device::open(config.pkcs11.clone())?;
-    KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
+    match &config.backend {
+        crate::config::BackendSettings::Pkcs11(settings) => {
+            apply_module_env(config);
+            let device = pkcs11::Pkcs11Device::open(settings.clone())?;
+            KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
+        }
+        crate::config::BackendSettings::Tpm(settings) => {
+            let device = tpm::SharedTpm(tpm::TpmDevice::open(settings.clone())?);
+            KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
+        }
+    }
 }
 
 /// Sets the environment variables the PKCS#11 module reads when it initialises. Call before the

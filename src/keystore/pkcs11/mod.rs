@@ -113,6 +113,9 @@ struct TokenState {
     slot: Slot,
     /// Bumped on every recovery; sessions opened under an older generation are stale.
     generation: u64,
+    /// The generation of the last recovery that re-initialised the library: sessions opened
+    /// before it are dead, sessions opened after it survived any later re-login.
+    sessions_valid_from: u64,
     /// Keeps the login alive: PKCS#11 logs out when the last session of the token closes.
     login_session: Option<Session>,
 }
@@ -144,6 +147,7 @@ impl Pkcs11Token {
             state: Mutex::new(TokenState {
                 slot,
                 generation: 0,
+                sessions_valid_from: 0,
                 login_session: Some(login_session),
             }),
             calls: RwLock::new(()),
@@ -205,7 +209,13 @@ impl Pkcs11Token {
         state.slot = slot;
         state.login_session = Some(session);
         state.generation += 1;
+        state.sessions_valid_from = state.generation;
         Ok((state.slot, state.generation))
+    }
+
+    /// The generation sessions must have been opened at (or after) to still be alive.
+    fn sessions_valid_from(&self) -> u64 {
+        self.lock().sessions_valid_from
     }
 
     fn open_worker_session(&self, slot: Slot) -> Result<Session, KeystoreError> {

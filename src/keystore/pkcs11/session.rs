@@ -48,6 +48,23 @@ impl Pkcs11Session {
     }
 
     fn ensure_session(&mut self) -> Result<(), KeystoreError> {
+        // Another worker recovered the token since this session was opened: a session from
+        // before a library re-initialisation is dead (forget it, its number may be reused);
+        // one that only saw a re-login is alive and now belongs to the new generation, so a
+        // new failure on it is recovered rather than mistaken for the old one.
+        let (_, current) = self.token.current();
+        if let Some((_, opened)) = &self.session {
+            if *opened < current {
+                self.handles.clear();
+                if *opened < self.token.sessions_valid_from() {
+                    if let Some((dead, _)) = self.session.take() {
+                        std::mem::forget(dead);
+                    }
+                } else if let Some((_, generation)) = self.session.as_mut() {
+                    *generation = current;
+                }
+            }
+        }
         if self.session.is_none() {
             let (slot, generation) = self.token.current();
             let session = self.token.open_worker_session(slot)?;
