@@ -255,20 +255,21 @@ impl CaState {
     }
 
     fn bump_bundle_sequence(&self) -> Result<u64, StateError> {
+        self.increment(BUNDLE_SEQUENCE)
+    }
+
+    /// Adds one to the counter `key` in the meta tree (missing: 0) and returns the new value.
+    fn increment(&self, key: &[u8]) -> Result<u64, StateError> {
+        let value = |b: Option<&[u8]>| {
+            b.and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+        };
         let next = self
             .meta
-            .update_and_fetch(BUNDLE_SEQUENCE, |old| {
-                let n = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
+            .update_and_fetch(key, |old| Some((value(old) + 1).to_be_bytes().to_vec()))
             .map_err(storage)?;
-        Ok(next
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(value(next.as_deref()))
     }
 
     /// Increases on every change of the trust bundle (SPIFFE `spiffe_sequence`).
@@ -313,22 +314,9 @@ impl CaState {
     /// The next CRL number for the CA whose certificate fingerprint is `issuer` (1, 2, …).
     /// Durable on return.
     pub fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {
-        let key = format!("crl_number/{issuer}");
-        let next = self
-            .meta
-            .update_and_fetch(key.as_bytes(), |old| {
-                let n = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
-            .map_err(storage)?;
+        let next = self.increment(format!("crl_number/{issuer}").as_bytes())?;
         self.flush()?;
-        Ok(next
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(1))
+        Ok(next)
     }
 
     /// Records an intermediate; it becomes active when no other is. Durable on return.

@@ -379,24 +379,44 @@ impl Control {
             )
         })?;
         let cert = blocking(|| authority::sign_intermediate(&root_ca, &csr, &self.config, now))?;
-        let parsed = parse_certificate(&cert.der).map_err(ApiError::from)?;
-        let serial = serial_hex(parsed.raw_serial());
-        self.record(AuditEvent::Issued {
-            serial: serial.clone(),
-            identity: parsed.subject().to_string(),
-            caller: caller.identity.clone(),
-            method: "admin:sign-intermediate".into(),
-            ca_key: root_ca.key().id().to_string(),
-            not_before: rfc3339(parsed.validity().not_before.to_datetime()),
-            not_after: rfc3339(parsed.validity().not_after.to_datetime()),
-            csr_key_sha256: csr.public_key_fingerprint(),
-        })
-        .await?;
+        let serial = self
+            .record_ca_issued(
+                caller,
+                &cert.der,
+                "admin:sign-intermediate",
+                root_ca.key().id(),
+            )
+            .await?;
         Ok(json!({
             "certificate_pem": certificate_pem(&cert.der),
             "serial": serial,
             "root": record.fingerprint,
         }))
+    }
+
+    /// Audits a CA certificate signed here (an intermediate or a cross-certificate), with its
+    /// key fingerprint in the same form as workload issuances; returns its serial.
+    async fn record_ca_issued(
+        &self,
+        caller: &Caller,
+        der: &[u8],
+        method: &str,
+        ca_key: &KeyId,
+    ) -> Result<String, ApiError> {
+        let parsed = parse_certificate(der).map_err(ApiError::from)?;
+        let serial = serial_hex(parsed.raw_serial());
+        self.record(AuditEvent::Issued {
+            serial: serial.clone(),
+            identity: parsed.subject().to_string(),
+            caller: caller.identity.clone(),
+            method: method.into(),
+            ca_key: ca_key.to_string(),
+            not_before: rfc3339(parsed.validity().not_before.to_datetime()),
+            not_after: rfc3339(parsed.validity().not_after.to_datetime()),
+            csr_key_sha256: crate::ca::fingerprint(parsed.public_key().raw),
+        })
+        .await?;
+        Ok(serial)
     }
 
     /// Installs a signed intermediate (prepared; active when it is the first).
@@ -914,21 +934,9 @@ impl Control {
         let now = OffsetDateTime::now_utc();
         let cert = blocking(|| signer.cross_sign(&subject, now)).map_err(ApiError::from)?;
         check_issued_by(&cert.der, &signer_der).map_err(ApiError::from)?;
-        let parsed = parse_certificate(&cert.der).map_err(ApiError::from)?;
-        let serial = serial_hex(parsed.raw_serial());
-        self.record(AuditEvent::Issued {
-            serial: serial.clone(),
-            identity: parsed.subject().to_string(),
-            caller: caller.identity.clone(),
-            method: "admin:cross-sign".into(),
-            ca_key: signer.key().id().to_string(),
-            not_before: rfc3339(parsed.validity().not_before.to_datetime()),
-            not_after: rfc3339(parsed.validity().not_after.to_datetime()),
-            csr_key_sha256: hex::encode(
-                ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw).as_ref(),
-            ),
-        })
-        .await?;
+        let serial = self
+            .record_ca_issued(caller, &cert.der, "admin:cross-sign", signer.key().id())
+            .await?;
         Ok(json!({"certificate_pem": certificate_pem(&cert.der), "serial": serial}))
     }
 

@@ -270,6 +270,26 @@ pub trait DeviceSession: Send {
     fn list(&mut self) -> Result<Vec<KeyInfo>, KeystoreError>;
 }
 
+/// Software check of a device signature (the self-check every backend runs before a signature
+/// leaves the keystore). `public_key` is the SubjectPublicKeyInfo's key bits as ring reads them.
+pub(crate) fn signature_verifies(
+    scheme: SignatureScheme,
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use ring::signature as sig;
+    let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
+        SignatureScheme::EcdsaSha256 => &sig::ECDSA_P256_SHA256_ASN1,
+        SignatureScheme::EcdsaSha384 => &sig::ECDSA_P384_SHA384_ASN1,
+        SignatureScheme::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        SignatureScheme::RsaPssSha256 => &sig::RSA_PSS_2048_8192_SHA256,
+    };
+    sig::UnparsedPublicKey::new(algorithm, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// Opens the configured device and starts the keystore workers on it.
 pub fn open(config: &crate::config::KeystoreConfig) -> Result<KeyStore, KeystoreError> {
     match &config.backend {

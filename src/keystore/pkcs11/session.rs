@@ -225,7 +225,7 @@ impl Pkcs11Session {
             }
         }?;
         if self.token.settings.verify_signatures
-            && !verifies(scheme, &key.public_key, message, &signature)
+            && !crate::keystore::signature_verifies(scheme, &key.public_key, message, &signature)
         {
             return Err(KeystoreError::Unavailable(format!(
                 "sign: the device returned a signature that does not verify with key {id}"
@@ -279,18 +279,4 @@ impl DeviceSession for Pkcs11Session {
             Ok(keys)
         })
     }
-}
-
-/// Software check of a device signature.
-fn verifies(scheme: SignatureScheme, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    use ring::signature as sig;
-    let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
-        SignatureScheme::EcdsaSha256 => &sig::ECDSA_P256_SHA256_ASN1,
-        SignatureScheme::EcdsaSha384 => &sig::ECDSA_P384_SHA384_ASN1,
-        SignatureScheme::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        SignatureScheme::RsaPssSha256 => &sig::RSA_PSS_2048_8192_SHA256,
-    };
-    sig::UnparsedPublicKey::new(algorithm, public_key)
-        .verify(message, signature)
-        .is_ok()
 }

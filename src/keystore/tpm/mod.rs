@@ -666,7 +666,9 @@ fn sign_once(
             "sign: the TPM returned a malformed signature for key {id}"
         ))
     })?;
-    if device.settings.verify_signatures && !verifies(scheme, &key.public_key, message, &encoded) {
+    if device.settings.verify_signatures
+        && !crate::keystore::signature_verifies(scheme, &key.public_key, message, &encoded)
+    {
         return Err(KeystoreError::Unavailable(format!(
             "sign: the TPM returned a signature that does not verify with key {id}"
         )));
@@ -725,20 +727,6 @@ impl DeviceSession for TpmSession {
             Ok(keys)
         })
     }
-}
-
-/// Software check of a TPM signature.
-fn verifies(scheme: SignatureScheme, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    use ring::signature as sig;
-    let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
-        SignatureScheme::EcdsaSha256 => &sig::ECDSA_P256_SHA256_ASN1,
-        SignatureScheme::EcdsaSha384 => &sig::ECDSA_P384_SHA384_ASN1,
-        SignatureScheme::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        SignatureScheme::RsaPssSha256 => &sig::RSA_PSS_2048_8192_SHA256,
-    };
-    sig::UnparsedPublicKey::new(algorithm, public_key)
-        .verify(message, signature)
-        .is_ok()
 }
 
 #[cfg(test)]
