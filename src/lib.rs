@@ -15,6 +15,7 @@ pub mod config;
 pub mod issuance;
 pub mod keystore;
 pub mod metrics;
+pub mod quorum;
 pub mod secret;
 pub mod server;
 pub mod state;

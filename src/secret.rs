@@ -31,6 +31,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Eq for Secret {}
+
 /// Where a secret is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
@@ -38,6 +51,11 @@ pub enum SecretSource {
     File(PathBuf),
     /// An environment variable holding the secret.
     Env(String),
+    /// Held in parts by officers (`keystore.pin_shares`): rebuilt from their shares by the
+    /// ceremony commands, never read from anywhere.
+    Shares,
+    /// Already in memory (rebuilt from officers' shares).
+    Given(Secret),
 }
 
 /// Why a secret could not be loaded. Names the source, never the value.
@@ -52,6 +70,10 @@ pub enum SecretError {
     EnvMissing(String),
     #[error("secret from {0} is empty")]
     Empty(String),
+    #[error(
+        "the PIN is held as officers' shares (keystore.pin_shares): give the shares with --share"
+    )]
+    SharesNeeded,
 }
 
 impl SecretSource {
@@ -70,6 +92,8 @@ impl SecretSource {
             SecretSource::Env(name) => {
                 std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?
             }
+            SecretSource::Shares => return Err(SecretError::SharesNeeded),
+            SecretSource::Given(secret) => return Ok(secret.clone()),
         };
         if value.is_empty() {
             return Err(SecretError::Empty(self.describe()));
@@ -82,6 +106,8 @@ impl SecretSource {
         match self {
             SecretSource::File(p) => format!("file {}", p.display()),
             SecretSource::Env(n) => format!("environment variable {n}"),
+            SecretSource::Shares => "officers' shares (not given)".into(),
+            SecretSource::Given(_) => "officers' shares".into(),
         }
     }
 

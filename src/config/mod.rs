@@ -268,14 +268,21 @@ impl Config {
                         ))
                     }
                 };
-                let pin = secret(ks.pin_file, ks.pin_env, "keystore.pin_file", "pin")?.ok_or_else(
-                    || {
-                        invalid(
+                let pin = match secret(ks.pin_file, ks.pin_env, "keystore.pin_file", "pin")? {
+                    Some(_) if ks.pin_shares => return Err(invalid(
+                        "keystore.pin_shares",
+                        "the PIN comes from officers' shares or from pin_file/pin_env, not both"
+                            .into(),
+                    )),
+                    Some(source) => source,
+                    None if ks.pin_shares => SecretSource::Shares,
+                    None => {
+                        return Err(invalid(
                             "keystore.pin_file",
-                            "the PIN must come from pin_file or pin_env".into(),
-                        )
-                    },
-                )?;
+                            "the PIN must come from pin_file, pin_env or pin_shares = true".into(),
+                        ))
+                    }
+                };
                 let settings = Pkcs11Settings {
                     module,
                     token,
@@ -291,7 +298,7 @@ impl Config {
                         "module, token_label and token_serial are for backend = \"pkcs11\"".into(),
                     ));
                 }
-                if ks.pin_file.is_some() || ks.pin_env.is_some() {
+                if ks.pin_file.is_some() || ks.pin_env.is_some() || ks.pin_shares {
                     return Err(invalid(
                         "keystore.pin_file",
                         "a TPM has no PIN; use key_auth_file or key_auth_env".into(),

@@ -283,6 +283,9 @@ pub(super) struct RawKeystore {
     pub(super) token_serial: Option<String>,
     pub(super) pin_file: Option<PathBuf>,
     pub(super) pin_env: Option<String>,
+    /// The PIN is held as officers' shares (`hsm-ca ceremony init-quorum`).
+    #[serde(default)]
+    pub(super) pin_shares: bool,
     #[serde(default)]
     pub(super) module_env: BTreeMap<String, String>,
     /// TPM backend: the TCTI and the optional owner and key auth values.
