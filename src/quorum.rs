@@ -169,7 +169,7 @@ pub fn split(threshold: u8, holders: &[String], token: &str) -> Result<Split, Qu
         threshold as usize,
         officers as usize,
         pin.as_bytes(),
-        &mut rng,
+        rng,
     )
     .map_err(|e| QuorumError::Sharing(format!("{e:?}")))?;
     let shares = values
