@@ -414,6 +414,7 @@ impl Control {
             not_before: rfc3339(parsed.validity().not_before.to_datetime()),
             not_after: rfc3339(parsed.validity().not_after.to_datetime()),
             csr_key_sha256: crate::ca::fingerprint(parsed.public_key().raw),
+            certificate_sha256: Some(crate::ca::fingerprint_id(der)),
         })
         .await?;
         Ok(serial)

@@ -433,18 +433,14 @@ impl Writer {
 
     fn checkpoint_event(&self, head_seq: u64, head: &[u8; 32]) -> Option<AuditEvent> {
         let signer = self.signer.as_ref()?;
-        let head_hex = hex::encode(head);
-        let message = record::checkpoint_message(head_seq, &head_hex);
-        match signer
-            .store
-            .sign_blocking(&signer.key.id, SignatureScheme::EcdsaSha256, &message)
-        {
-            Ok(sig) => Some(AuditEvent::Checkpoint {
-                head_seq,
-                head: head_hex,
-                key_id: signer.key.id.to_string(),
-                signature: base64::engine::general_purpose::STANDARD.encode(sig),
-            }),
+        match sign_checkpoint(
+            &signer.store,
+            &signer.key.id,
+            SignatureScheme::EcdsaSha256,
+            head_seq,
+            head,
+        ) {
+            Ok(event) => Some(event),
             Err(e) => {
                 tracing::warn!(error = %e, "audit checkpoint not signed; retrying later");
                 None
@@ -548,6 +544,108 @@ impl Writer {
     }
 }
 
+/// A checkpoint over the chain head `head` (record `head_seq`), signed in the device by `key`.
+fn sign_checkpoint(
+    store: &KeyStore,
+    key: &KeyId,
+    scheme: SignatureScheme,
+    head_seq: u64,
+    head: &[u8; 32],
+) -> Result<AuditEvent, crate::keystore::KeystoreError> {
+    let head_hex = hex::encode(head);
+    let message = record::checkpoint_message(head_seq, &head_hex);
+    let sig = store.sign_blocking(key, scheme, &message)?;
+    Ok(AuditEvent::Checkpoint {
+        head_seq,
+        head: head_hex,
+        key_id: key.to_string(),
+        signature: base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+}
+
+/// The log of an offline host (the root ceremony's): one process appends at a time, each
+/// record is durable when `append` returns, and checkpoints are signed when the caller asks,
+/// by the key it names (the root key the ceremony used). Same store layout and record format
+/// as [`AuditLog`], so `audit verify` and `audit export` read it too.
+pub struct HostLog {
+    db: sled::Db,
+    tree: sled::Tree,
+    head: [u8; 32],
+    next: u64,
+}
+
+impl HostLog {
+    /// Opens (or creates) the log under `dir/audit`; its chain must verify.
+    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+        let (db, tree) = records_tree(dir)?;
+        let summary = verify_tree(&tree, None)?;
+        Ok(HostLog {
+            db,
+            tree,
+            head: summary.head,
+            next: summary.records + 1,
+        })
+    }
+
+    fn now() -> String {
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+
+    /// Appends `event`; returns its sequence number once it is on disk.
+    pub fn append(&mut self, event: AuditEvent) -> Result<u64, AuditError> {
+        let seq = self.next;
+        let (bytes, head) = record::seal(seq, Self::now(), &self.head, event);
+        self.tree
+            .insert(seq.to_be_bytes(), bytes)
+            .map_err(storage)?;
+        self.db.flush().map_err(storage)?;
+        self.head = head;
+        self.next += 1;
+        Ok(seq)
+    }
+
+    /// Signs the chain head with `key` in `store` and appends that checkpoint.
+    pub fn checkpoint(
+        &mut self,
+        store: &KeyStore,
+        key: &KeyId,
+        scheme: SignatureScheme,
+    ) -> Result<u64, AuditError> {
+        let event = sign_checkpoint(store, key, scheme, self.next - 1, &self.head)
+            .map_err(|e| AuditError::Key(format!("cannot sign the checkpoint: {e}")))?;
+        self.append(event)
+    }
+
+    /// Every record, as stored (one JSON line each).
+    pub fn export(&self, out: &mut dyn Write) -> Result<u64, AuditError> {
+        let mut n = 0;
+        for value in self.tree.iter().values() {
+            let value = value.map_err(storage)?;
+            out.write_all(&value).map_err(storage)?;
+            out.write_all(b"\n").map_err(storage)?;
+            n += 1;
+        }
+        out.flush().map_err(storage)?;
+        Ok(n)
+    }
+
+    /// Records from sequence number `from` on.
+    pub fn records_from(&self, from: u64) -> Result<Vec<AuditRecord>, AuditError> {
+        self.tree
+            .range(from.max(1).to_be_bytes()..)
+            .values()
+            .map(|v| serde_json::from_slice(&v.map_err(storage)?).map_err(storage))
+            .collect()
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+}
+
 /// Verifies the log under `dir/audit` without opening it for writing. Checkpoint signatures
 /// are checked against `key` (DER SubjectPublicKeyInfo) when given, else against the public
 /// key recorded in the log.
@@ -582,6 +680,12 @@ pub fn export(dir: &Path, out: &mut dyn Write) -> Result<u64, AuditError> {
 
 /// Verifies an exported JSON Lines file; checkpoint signatures against `key` when given.
 pub fn verify_file(path: &Path, key: Option<&[u8]>) -> Result<ChainSummary, AuditError> {
+    verify_file_with_keys(path, key.as_slice())
+}
+
+/// Verifies an exported JSON Lines file; every checkpoint must be signed by one of `keys`
+/// (none given: signatures are not checked).
+pub fn verify_file_with_keys(path: &Path, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
     let file_err = |reason: String| AuditError::File {
         path: path.display().to_string(),
         reason,
@@ -591,9 +695,9 @@ pub fn verify_file(path: &Path, key: Option<&[u8]>) -> Result<ChainSummary, Audi
         .lines()
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(e.to_string()))?;
-    Ok(record::verify_chain_with_key(
+    Ok(record::verify_chain_with_keys(
         lines.iter().filter(|l| !l.is_empty()).map(|l| l.as_bytes()),
-        key,
+        keys,
     )?)
 }
 

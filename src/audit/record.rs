@@ -27,6 +27,9 @@ pub enum AuditEvent {
         not_before: String,
         not_after: String,
         csr_key_sha256: String,
+        /// SHA-256 of the certificate's DER (CA certificates).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate_sha256: Option<String>,
     },
     /// A request was refused. `folded` counts refusals of the same caller that were not
     /// recorded one by one since its previous record (rate limiting).
@@ -111,6 +114,43 @@ pub enum AuditEvent {
         code: String,
         reason: String,
     },
+    /// A ceremony began on the offline host, in front of `officers`.
+    CeremonyStarted {
+        command: String,
+        officers: Vec<String>,
+        host: String,
+        version: String,
+    },
+    /// The token's PIN was split among officers (or re-split, replacing the old shares).
+    QuorumCreated {
+        quorum: String,
+        threshold: u32,
+        holders: Vec<String>,
+        token: String,
+        encrypted: bool,
+        replaces: Option<String>,
+    },
+    /// Officers' shares rebuilt the PIN and the token was logged in with it.
+    QuorumLogin {
+        quorum: String,
+        shares: Vec<u32>,
+        holders: Vec<String>,
+    },
+    /// A CRL was signed.
+    CrlSigned {
+        actor: String,
+        issuer: String,
+        number: u64,
+        revoked: u64,
+        next_update: String,
+    },
+    /// A ceremony wrote its outputs (file name and SHA-256 of each).
+    CeremonyEnded {
+        command: String,
+        outputs: Vec<(String, String)>,
+    },
+    /// A ceremony stopped before it finished.
+    CeremonyFailed { command: String, error: String },
     /// The appliance started.
     Started { version: String },
     /// The appliance stopped cleanly.
@@ -198,15 +238,26 @@ pub fn verify_chain_with_key<'a>(
     stored: impl IntoIterator<Item = &'a [u8]>,
     audit_key: Option<&[u8]>,
 ) -> Result<ChainSummary, ChainError> {
-    let point = match audit_key {
-        Some(spki) => Some(crate::keystore::der::subject_public_key_bits(spki).ok_or(
-            ChainError::Checkpoint {
+    verify_chain_with_keys(stored, audit_key.as_slice())
+}
+
+/// [`verify_chain`] with every checkpoint signature checked against one of `keys` (DER
+/// SubjectPublicKeyInfo: the appliance's audit key, or the roots a ceremony host signs with).
+pub fn verify_chain_with_keys<'a>(
+    stored: impl IntoIterator<Item = &'a [u8]>,
+    keys: &[&[u8]],
+) -> Result<ChainSummary, ChainError> {
+    let keys = keys
+        .iter()
+        .map(|spki| {
+            let scheme = crate::keystore::der::spki_scheme(spki);
+            let point = crate::keystore::der::subject_public_key_bits(spki);
+            scheme.zip(point).ok_or(ChainError::Checkpoint {
                 seq: 0,
-                reason: "the audit public key is not a SubjectPublicKeyInfo".into(),
-            },
-        )?),
-        None => None,
-    };
+                reason: "a verification key is not an EC P-256/P-384 or RSA public key".into(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut head = GENESIS;
     let mut expected = 1u64;
     let mut checkpoints = 0;
@@ -250,17 +301,21 @@ pub fn verify_chain_with_key<'a>(
             if *head_seq + 1 != record.seq || *signed_head != record.prev {
                 return Err(bad("it names another head than the record before it"));
             }
-            if let Some(point) = point {
+            if !keys.is_empty() {
                 use base64::Engine;
                 let sig = base64::engine::general_purpose::STANDARD
                     .decode(signature)
                     .map_err(|_| bad("the signature is not base64"))?;
-                ring::signature::UnparsedPublicKey::new(
-                    &ring::signature::ECDSA_P256_SHA256_ASN1,
-                    point,
-                )
-                .verify(&checkpoint_message(*head_seq, signed_head), &sig)
-                .map_err(|_| bad("the signature is not the audit key's"))?;
+                let message = checkpoint_message(*head_seq, signed_head);
+                if !keys.iter().any(|(scheme, point)| {
+                    crate::keystore::signature_verifies(*scheme, point, &message, &sig)
+                }) {
+                    return Err(bad(if keys.len() == 1 {
+                        "the signature is not the given key's"
+                    } else {
+                        "the signature is none of the given keys'"
+                    }));
+                }
             }
             checkpoints += 1;
             last_checkpoint = Some((record.seq, record.time.clone()));
@@ -275,7 +330,7 @@ pub fn verify_chain_with_key<'a>(
         checkpoints,
         unsigned_tail: records - last_checkpoint.as_ref().map_or(0, |(s, _)| *s),
         last_checkpoint,
-        signatures_checked: point.is_some(),
+        signatures_checked: !keys.is_empty(),
     })
 }
 

@@ -1,7 +1,6 @@
 //! The officer and operator commands.
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use time::OffsetDateTime;
 
@@ -80,30 +79,6 @@ pub fn inspect(file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn init_root(config_path: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
-    let config = Config::load(config_path)?;
-    let out = out.unwrap_or_else(|| config.root.certificates[0].clone());
-    if out.exists() {
-        return Err(CliError::Message(format!(
-            "{} already exists; refusing to create a second root over it",
-            out.display()
-        )));
-    }
-    let store = keystore::open(&config.keystore)?;
-    let now = OffsetDateTime::now_utc();
-    let (info, cert) = authority::create_root(&store, &config, now)?;
-    write_file(&out, cert.pem.as_bytes(), false)?;
-    println!(
-        "Root key {} ({}) created in {}",
-        info.id,
-        info.label,
-        store.describe()
-    );
-    println!("Root certificate written to {}", out.display());
-    print!("{}", inspect::describe(&cert.der, now)?);
-    Ok(())
-}
-
 pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> {
     let (config, store) = open(config_path)?;
     if out.exists() {
@@ -123,67 +98,6 @@ pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> 
     );
     println!("CSR written to {}", out.display());
     println!("Public key SHA-256: {}", ca::fingerprint(&info.public_key));
-    Ok(())
-}
-
-fn confirm(question: &str) -> Result<bool, CliError> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(CliError::Message(
-            "refusing to sign without confirmation: run on a terminal or pass --yes".into(),
-        ));
-    }
-    print!("{question} [y/N] ");
-    std::io::stdout().flush().ok();
-    let mut answer = String::new();
-    stdin
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| CliError::Message(format!("cannot read the answer: {e}")))?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-pub fn sign_intermediate(
-    config_path: &Path,
-    csr_path: &Path,
-    out: &Path,
-    root: Option<PathBuf>,
-    yes: bool,
-) -> Result<(), CliError> {
-    let config = Config::load(config_path)?;
-    let csr_bytes = std::fs::read(csr_path)
-        .map_err(|e| CliError::Message(format!("{}: {e}", csr_path.display())))?;
-    let csr = ca::parse_csr(&csr_bytes)?;
-    println!("CSR subject:            {}", csr.subject);
-    println!("CSR public key:         {}", csr.key);
-    println!("CSR public key SHA-256: {}", csr.public_key_fingerprint());
-    if out.exists() {
-        return Err(CliError::Message(format!(
-            "{} already exists; refusing to overwrite it",
-            out.display()
-        )));
-    }
-    let root_path = root.unwrap_or_else(|| config.root.certificates[0].clone());
-    let root_der = read_certificates(&root_path)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Message(format!("{}: no certificate", root_path.display())))?;
-    let store = keystore::open(&config.keystore)?;
-    let root_ca = authority::issuing_ca_for(&store, &root_der)?;
-    println!("Signing root:           {}", root_ca.subject());
-    println!(
-        "Intermediate for trust domain {} valid {} days (capped at the root's expiry)",
-        config.trust_domain,
-        config.intermediate.validity.as_secs() / 86400
-    );
-    if !yes && !confirm("Sign this intermediate?")? {
-        return Err(CliError::Message("not signed".into()));
-    }
-    let now = OffsetDateTime::now_utc();
-    let cert = authority::sign_intermediate(&root_ca, &csr, &config, now)?;
-    write_file(out, cert.pem.as_bytes(), false)?;
-    println!("Intermediate certificate written to {}", out.display());
-    print!("{}", inspect::describe(&cert.der, now)?);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! what happened. Every failure is one line on stderr and a non-zero exit code.
 
 mod audit;
+mod ceremony;
 mod commands;
 mod dev;
 mod dev_tpm;
@@ -34,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Root ceremony commands (run on the air-gapped host).
     #[command(subcommand)]
-    Ceremony(CeremonyCommand),
+    Ceremony(ceremony::CeremonyCommand),
     /// Intermediate CA lifecycle on the online appliance.
     #[command(subcommand)]
     Intermediate(IntermediateCommand),
@@ -70,31 +71,6 @@ pub enum BundleFormat {
     Pem,
     Spiffe,
     Configmap,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum CeremonyCommand {
-    /// Generate the root key in the token and write the self-signed root certificate.
-    InitRoot {
-        /// Where to write the root certificate (default: the first of root.certificates).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Sign an intermediate CSR with the root key.
-    SignIntermediate {
-        /// The intermediate's CSR (PEM or DER).
-        #[arg(long)]
-        csr: PathBuf,
-        /// Where to write the intermediate certificate.
-        #[arg(long, default_value = "intermediate-cert.pem")]
-        out: PathBuf,
-        /// The root certificate whose key signs (default: the first of root.certificates).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Sign without asking for confirmation.
-        #[arg(long)]
-        yes: bool,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,15 +135,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
-        Command::Ceremony(CeremonyCommand::InitRoot { out }) => {
-            commands::init_root(&cli.config, out)
-        }
-        Command::Ceremony(CeremonyCommand::SignIntermediate {
-            csr,
-            out,
-            root,
-            yes,
-        }) => commands::sign_intermediate(&cli.config, &csr, &out, root, yes),
+        Command::Ceremony(cmd) => ceremony::run(&cli.config, cmd),
         Command::Intermediate(IntermediateCommand::New { out }) => {
             commands::intermediate_new(&cli.config, &out)
         }

@@ -246,6 +246,7 @@ impl CertificateService {
                     not_before: rfc3339(leaf.not_before),
                     not_after: rfc3339(leaf.not_after),
                     csr_key_sha256: csr.public_key_fingerprint(),
+                    certificate_sha256: None,
                 })
                 .await?;
         }

@@ -141,6 +141,26 @@ pub fn subject_public_key_bits(spki: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The signature scheme a key with this SubjectPublicKeyInfo signs with by default
+/// (ECDSA P-256/P-384 with SHA-256/384, RSA PKCS#1 v1.5 with SHA-256).
+pub fn spki_scheme(spki: &[u8]) -> Option<crate::keystore::SignatureScheme> {
+    use crate::keystore::SignatureScheme;
+    let (tag, content) = read_tlv(spki)?;
+    let (algorithm, _) = split_tlv(content).filter(|_| tag == 0x30)?;
+    let (tag, params) = read_tlv(algorithm)?;
+    if tag != 0x30 {
+        return None;
+    }
+    if params == RSA_ALGORITHM_ID {
+        return Some(SignatureScheme::RsaPkcs1Sha256);
+    }
+    match params.strip_prefix(OID_EC_PUBLIC_KEY)? {
+        curve if curve == OID_P256 => Some(SignatureScheme::EcdsaSha256),
+        curve if curve == OID_P384 => Some(SignatureScheme::EcdsaSha384),
+        _ => None,
+    }
+}
+
 /// Reads one TLV that must span the whole input.
 pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8])> {
     let (&tag, rest) = input.split_first()?;

@@ -272,7 +272,7 @@ pub trait DeviceSession: Send {
 
 /// Software check of a device signature (the self-check every backend runs before a signature
 /// leaves the keystore). `public_key` is the SubjectPublicKeyInfo's key bits as ring reads them.
-pub(crate) fn signature_verifies(
+pub fn signature_verifies(
     scheme: SignatureScheme,
     public_key: &[u8],
     message: &[u8],

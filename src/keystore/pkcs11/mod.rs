@@ -7,6 +7,7 @@
 //! (re-initialise the library if it was finalised, find the slot again, log in again) and the
 //! call is retried once; a second failure reaches the caller as a retryable error.
 
+pub mod pin;
 pub mod provision;
 mod session;
 mod template;

@@ -1,0 +1,67 @@
+//! Changing a token's user PIN: by the security officer (`C_InitPIN`, which replaces a
+//! forgotten or first PIN) or by the user (`C_SetPIN`, which needs the current one). Used by
+//! the ceremony commands that split the PIN among officers.
+
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+
+use super::{find_slot, rv_name, LibraryUse, Pkcs11Settings};
+use crate::keystore::KeystoreError;
+use crate::secret::Secret;
+
+fn fail(operation: &str, e: P11Error) -> KeystoreError {
+    match e {
+        P11Error::Pkcs11(RvError::PinIncorrect, _) => KeystoreError::PinIncorrect,
+        P11Error::Pkcs11(RvError::PinLocked, _) => KeystoreError::PinLocked,
+        other => KeystoreError::Device {
+            operation: operation.into(),
+            reason: rv_name(&other),
+        },
+    }
+}
+
+/// Sets the user PIN as the security officer, whose PIN is `so_pin`.
+pub fn init_user_pin(
+    settings: &Pkcs11Settings,
+    so_pin: &Secret,
+    new_pin: &Secret,
+) -> Result<(), KeystoreError> {
+    let library = LibraryUse::acquire(&settings.module)?;
+    let ctx = library.ctx();
+    let slot = find_slot(ctx, &settings.token)?;
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| fail("open session", e))?;
+    session
+        .login(UserType::So, Some(&AuthPin::from(so_pin.expose().to_string())))
+        .map_err(|e| fail("SO login", e))?;
+    let result = session
+        .init_pin(&AuthPin::from(new_pin.expose().to_string()))
+        .map_err(|e| fail("init PIN", e));
+    let _ = session.logout();
+    result
+}
+
+/// Replaces the user PIN `old` by `new` (logged in as the user).
+pub fn change_user_pin(
+    settings: &Pkcs11Settings,
+    old: &Secret,
+    new: &Secret,
+) -> Result<(), KeystoreError> {
+    let library = LibraryUse::acquire(&settings.module)?;
+    let ctx = library.ctx();
+    let slot = find_slot(ctx, &settings.token)?;
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| fail("open session", e))?;
+    let old_pin = AuthPin::from(old.expose().to_string());
+    session
+        .login(UserType::User, Some(&old_pin))
+        .map_err(|e| fail("login", e))?;
+    let result = session
+        .set_pin(&old_pin, &AuthPin::from(new.expose().to_string()))
+        .map_err(|e| fail("set PIN", e));
+    let _ = session.logout();
+    result
+}
