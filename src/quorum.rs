@@ -165,13 +165,8 @@ pub fn split(threshold: u8, holders: &[String], token: &str) -> Result<Split, Qu
     let mut quorum = [0u8; 8];
     rng.fill_bytes(&mut quorum);
     let commitment = commitment(&quorum, pin.as_bytes());
-    let values = Gf256::split_array(
-        threshold as usize,
-        officers as usize,
-        pin.as_bytes(),
-        rng,
-    )
-    .map_err(|e| QuorumError::Sharing(format!("{e:?}")))?;
+    let values = Gf256::split_array(threshold as usize, officers as usize, pin.as_bytes(), rng)
+        .map_err(|e| QuorumError::Sharing(format!("{e:?}")))?;
     let shares = values
         .into_iter()
         .zip(holders)

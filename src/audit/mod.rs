@@ -154,14 +154,18 @@ fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
 
 /// Verifies the chain stored in a tree, in key (= sequence) order.
 fn verify_tree(tree: &sled::Tree, key: Option<&[u8]>) -> Result<ChainSummary, AuditError> {
+    verify_tree_with_keys(tree, key.as_slice())
+}
+
+fn verify_tree_with_keys(tree: &sled::Tree, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
     let values = tree
         .iter()
         .values()
         .collect::<Result<Vec<_>, _>>()
         .map_err(storage)?;
-    Ok(record::verify_chain_with_key(
+    Ok(record::verify_chain_with_keys(
         values.iter().map(|v| v.as_ref()),
-        key,
+        keys,
     )?)
 }
 
@@ -654,6 +658,13 @@ pub fn verify_store(dir: &Path, key: Option<&[u8]>) -> Result<ChainSummary, Audi
     let stored = stored_key(&db)?;
     let key = key.or(stored.as_ref().map(|k| k.spki.as_slice()));
     verify_tree(&tree, key)
+}
+
+/// Verifies the log under `dir/audit` with every checkpoint signed by one of `keys` (a
+/// ceremony host's log, signed by its roots).
+pub fn verify_store_with_keys(dir: &Path, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
+    let (_db, tree) = records_tree(dir)?;
+    verify_tree_with_keys(&tree, keys)
 }
 
 /// The audit key recorded in the log under `dir`.

@@ -15,8 +15,12 @@ pub enum AuditCommand {
         #[arg(long)]
         file: Option<PathBuf>,
         /// The audit public key (PEM) for --file; without it only the chain is checked.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "root_cert")]
         public_key: Option<PathBuf>,
+        /// Root certificate(s) (PEM) whose keys sign the checkpoints of a ceremony host's log
+        /// or transcript.
+        #[arg(long)]
+        root_cert: Option<PathBuf>,
         /// A head printed by an earlier verification (`SEQ:HASH`): the log must still hold it,
         /// which a cut-off log does not.
         #[arg(long)]
@@ -44,11 +48,31 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
         AuditCommand::Verify {
             file,
             public_key,
+            root_cert,
             expect_head,
             allow_unsigned_tail,
         } => {
             let expect = expect_head.as_deref().map(parse_head).transpose()?;
+            let roots = root_cert
+                .as_deref()
+                .map(super::ceremony::root_keys)
+                .transpose()?;
+            let root_refs: Vec<&[u8]> = roots.iter().flatten().map(Vec::as_slice).collect();
+            let root_note = |n: usize| format!("the key of {n} root certificate(s)");
             let (summary, lines, key_note) = match file {
+                Some(file) if roots.is_some() => {
+                    let summary = audit::verify_file_with_keys(&file, &root_refs)?;
+                    let lines = std::fs::read(&file)
+                        .map_err(|e| CliError::Message(format!("{}: {e}", file.display())))?;
+                    (summary, lines, root_note(root_refs.len()))
+                }
+                None if roots.is_some() => {
+                    let config = Config::load(config_path)?;
+                    let summary = audit::verify_store_with_keys(&config.data_dir, &root_refs)?;
+                    let mut lines = Vec::new();
+                    audit::HostLog::open(&config.data_dir)?.export(&mut lines)?;
+                    (summary, lines, root_note(root_refs.len()))
+                }
                 Some(file) => {
                     let key = public_key
                         .as_deref()

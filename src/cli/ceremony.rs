@@ -40,7 +40,7 @@ const DEFAULT_CRL_DAYS: u32 = 30;
 pub struct Attend {
     /// Someone attending (officer or witness), recorded in the transcript; repeat for each.
     #[arg(long = "officer", value_name = "NAME")]
-    pub officers: Vec<String>,
+    pub attending: Vec<String>,
     /// Folder for the outputs (removable media). Existing files are never replaced.
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -251,15 +251,7 @@ pub fn run(config_path: &Path, command: CeremonyCommand) -> Result<(), CliError>
             valid_days,
             shares,
             attend,
-        } => revoke_intermediate(
-            config_path,
-            &cert,
-            reason,
-            root,
-            valid_days,
-            shares,
-            attend,
-        ),
+        } => revoke_intermediate(config_path, &cert, reason, root, valid_days, shares, attend),
         CeremonyCommand::Crl {
             root,
             valid_days,
@@ -271,9 +263,7 @@ pub fn run(config_path: &Path, command: CeremonyCommand) -> Result<(), CliError>
             shares,
             attend,
         } => rotate_root(config_path, root, shares, attend),
-        CeremonyCommand::Transcript { file, root_cert } => {
-            transcript(config_path, file, root_cert)
-        }
+        CeremonyCommand::Transcript { file, root_cert } => transcript(config_path, file, root_cert),
     }
 }
 
@@ -349,8 +339,8 @@ fn read_share(path: &Path) -> Result<SealedShare, CliError> {
         }
         ("typed-in share".to_string(), text)
     } else {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| msg(format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| msg(format!("{}: {e}", path.display())))?;
         (path.display().to_string(), text)
     };
     SealedShare::parse(&source, &text).map_err(|e| msg(e.to_string()))
@@ -388,22 +378,26 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Network interfaces that are up, loopback aside.
+/// Interfaces other than loopback that this process could reach a network through: those
+/// with an IPv4 or IPv6 route in the process's network namespace (`/proc/self/net`, which,
+/// unlike `/sys/class/net`, follows the namespace).
 fn interfaces_up() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
-        return Vec::new();
+    let mut up = Vec::new();
+    let mut add = |name: &str| {
+        if name != "lo" && !name.is_empty() && !up.iter().any(|n: &String| n == name) {
+            up.push(name.to_string());
+        }
     };
-    let mut up: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let flags = std::fs::read_to_string(e.path().join("flags")).ok()?;
-            let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
-            const IFF_UP: u32 = 0x1;
-            const IFF_LOOPBACK: u32 = 0x8;
-            (flags & IFF_UP != 0 && flags & IFF_LOOPBACK == 0).then_some(name)
-        })
-        .collect();
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/route") {
+        for line in text.lines().skip(1) {
+            add(line.split_whitespace().next().unwrap_or(""));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/ipv6_route") {
+        for line in text.lines() {
+            add(line.split_whitespace().last().unwrap_or(""));
+        }
+    }
     up.sort();
     up
 }
@@ -424,13 +418,29 @@ fn token_label(settings: &Pkcs11Settings) -> String {
     }
 }
 
+/// The quorum this host split last (id and time), from its log.
+fn current_quorum(data_dir: &Path) -> Result<Option<(String, String)>, CliError> {
+    let log = HostLog::open(data_dir)?;
+    Ok(log
+        .records_from(1)?
+        .into_iter()
+        .rev()
+        .find_map(|r| match r.event {
+            AuditEvent::QuorumCreated { quorum, .. } => Some((quorum, r.time)),
+            _ => None,
+        }))
+}
+
+/// A PIN rebuilt from shares, and the shares it came from.
+type QuorumPin = (Secret, Vec<Share>);
+
 /// What happens before anything is recorded: config, air-gap check, outputs, PIN.
 struct Prep {
     command: &'static str,
     config: Config,
     attend: Attend,
     network: Vec<String>,
-    pin: Option<(Secret, Vec<Share>)>,
+    pin: Option<QuorumPin>,
 }
 
 impl Prep {
@@ -484,12 +494,22 @@ impl Prep {
             return Ok(self);
         }
         let label = token_label(pkcs11_settings(&self.config)?);
-        self.pin = Some(combine_shares(&shares.shares, &label)?);
+        let (pin, opened) = combine_shares(&shares.shares, &label)?;
+        if let Some((current, when)) = current_quorum(&self.config.data_dir)? {
+            if opened[0].quorum_id() != current {
+                return Err(msg(format!(
+                    "these shares belong to quorum {}, which this host replaced by quorum \
+                     {current} at {when}. Nothing was presented to the token",
+                    opened[0].quorum_id()
+                )));
+            }
+        }
+        self.pin = Some((pin, opened));
         Ok(self)
     }
 
     /// Records the start of the ceremony (who attends, on which host); no login yet.
-    fn begin(self) -> Result<(Ceremony, Option<(Secret, Vec<Share>)>), CliError> {
+    fn begin(self) -> Result<(Ceremony, Option<QuorumPin>), CliError> {
         let Prep {
             command,
             config,
@@ -499,7 +519,7 @@ impl Prep {
         } = self;
         let mut log = HostLog::open(&config.data_dir)?;
         let state = CaState::open(&config.data_dir)?;
-        let mut officers = attend.officers.clone();
+        let mut officers = attend.attending.clone();
         for s in pin.iter().flat_map(|(_, shares)| shares) {
             if !officers.contains(&s.holder) {
                 officers.push(s.holder.clone());
@@ -531,6 +551,7 @@ impl Prep {
             store: None,
             signer: None,
             outputs: Vec::new(),
+            written: Vec::new(),
         };
         Ok((ceremony, pin))
     }
@@ -575,11 +596,15 @@ struct Ceremony {
     signer: Option<(KeyId, SignatureScheme)>,
     /// File name, contents, secret (mode 0600).
     outputs: Vec<(String, Vec<u8>, bool)>,
+    /// Outputs written already (share files): name and SHA-256.
+    written: Vec<(String, String)>,
 }
 
 impl Ceremony {
     fn store(&self) -> Result<&KeyStore, CliError> {
-        self.store.as_ref().ok_or_else(|| msg("the token is not open"))
+        self.store
+            .as_ref()
+            .ok_or_else(|| msg("the token is not open"))
     }
 
     fn sign_with(&mut self, ca: &IssuingCa) {
@@ -587,7 +612,8 @@ impl Ceremony {
     }
 
     fn output(&mut self, name: &str, contents: impl Into<Vec<u8>>) {
-        self.outputs.push((name.to_string(), contents.into(), false));
+        self.outputs
+            .push((name.to_string(), contents.into(), false));
     }
 
     fn record_issued(
@@ -625,7 +651,7 @@ impl Ceremony {
 
     /// Writes the outputs, records them, signs the chain head, writes the transcript.
     fn finish(mut self) -> Result<(), CliError> {
-        let mut recorded = Vec::new();
+        let mut recorded = std::mem::take(&mut self.written);
         for (name, contents, secret) in &self.outputs {
             let path = self.out_dir.join(name);
             let written = if *secret {
@@ -637,7 +663,7 @@ impl Ceremony {
                 return Err(self.fail(e.into()));
             }
             recorded.push((name.clone(), hex::encode(sha256(contents))));
-            println!("Wrote {}", path.display());
+            say!("Wrote {}", path.display());
         }
         self.log.append(AuditEvent::CeremonyEnded {
             command: self.command.into(),
@@ -646,11 +672,9 @@ impl Ceremony {
         match (&self.store, &self.signer) {
             (Some(store), Some((key, scheme))) => {
                 let seq = self.log.checkpoint(store, key, *scheme)?;
-                println!("The ceremony log (record {seq}) is signed by root key {key}.");
+                say!("The ceremony log (record {seq}) is signed by root key {key}.");
             }
-            _ => println!(
-                "No root key yet: the next ceremony's root signature covers these records."
-            ),
+            _ => say!("No root key yet: the next ceremony's root signature covers these records."),
         }
         let mut jsonl = Vec::new();
         let n = self.log.export(&mut jsonl)?;
@@ -661,7 +685,7 @@ impl Ceremony {
             render(&records).as_bytes(),
             false,
         )?;
-        println!(
+        say!(
             "Transcript ({n} records) written to {} and transcript.txt",
             self.out_dir.join("transcript.jsonl").display()
         );
@@ -737,7 +761,7 @@ fn describe_root(der: &[u8]) -> Result<String, CliError> {
 }
 
 fn print_root_plan(config: &Config) {
-    println!(
+    say!(
         "Root subject:    CN={}{}",
         config.root.common_name,
         config
@@ -747,8 +771,8 @@ fn print_root_plan(config: &Config) {
             .map(|o| format!(", O={o}"))
             .unwrap_or_default()
     );
-    println!("Key algorithm:   {}", config.root.key_algorithm);
-    println!(
+    say!("Key algorithm:   {}", config.root.key_algorithm);
+    say!(
         "Validity:        {} days",
         config.root.validity.as_secs() / 86400
     );
@@ -772,13 +796,11 @@ impl QuorumPlan {
                 .collect());
         }
         if self.holders.len() != self.officers as usize {
-            return Err(msg(
-                quorum::QuorumError::HolderCount {
-                    holders: self.holders.len(),
-                    officers: self.officers,
-                }
-                .to_string(),
-            ));
+            return Err(msg(quorum::QuorumError::HolderCount {
+                holders: self.holders.len(),
+                officers: self.officers,
+            }
+            .to_string()));
         }
         Ok(self.holders.clone())
     }
@@ -808,14 +830,14 @@ impl QuorumPlan {
         let holders = self.holders()?;
         // Validate threshold and names before anyone types a passphrase.
         quorum::split(self.threshold, &holders, token).map_err(|e| msg(e.to_string()))?;
-        println!("Token:           {token}");
-        println!(
+        say!("Token:           {token}");
+        say!(
             "Quorum:          any {} of {} officers: {}",
             self.threshold,
             self.officers,
             holders.join(", ")
         );
-        println!(
+        say!(
             "Shares:          {}",
             if self.encrypt {
                 "encrypted to each officer's passphrase"
@@ -836,7 +858,9 @@ impl QuorumPlan {
             if std::io::stdin().is_terminal() {
                 let again = passphrase(&format!("{h}, type it again: "))?;
                 if again != p {
-                    return Err(msg(format!("{h}: the passphrases differ; nothing was done")));
+                    return Err(msg(format!(
+                        "{h}: the passphrases differ; nothing was done"
+                    )));
                 }
             }
             passes.push(Some(p));
@@ -889,7 +913,7 @@ fn make_shares(
         )));
     }
     for p in &written {
-        println!("Wrote {}", p.display());
+        say!("Wrote {}", p.display());
     }
     c.log.append(AuditEvent::QuorumCreated {
         quorum: split.shares[0].quorum_id(),
@@ -899,11 +923,8 @@ fn make_shares(
         encrypted: plan.encrypt,
         replaces,
     })?;
-    // The share files are already on the media: record their hashes with the other outputs.
-    c.log.append(AuditEvent::CeremonyEnded {
-        command: format!("{}: shares", c.command),
-        outputs: hashes,
-    })?;
+    // The share files are on the media already: their hashes go with the other outputs.
+    c.written.extend(hashes);
     Ok(split.pin)
 }
 
@@ -1047,13 +1068,13 @@ fn init_root(config_path: &Path, shares: ShareArgs, attend: Attend) -> Result<()
         c.record_issued("init-root", &cert, &info.id)?;
         c.state.add_root(root_record(&cert.der, now)?)?;
         write_file(&host_copy, cert.pem.as_bytes(), false)?;
-        println!(
+        say!(
             "Root key {} ({}) created in {}",
             info.id,
             info.label,
             store.describe()
         );
-        print!("{}", inspect::describe(&cert.der, now)?);
+        say_raw!("{}", inspect::describe(&cert.der, now)?);
         c.output("root-cert.pem", cert.pem.clone());
         Ok(())
     })
@@ -1076,11 +1097,11 @@ fn sign_intermediate(
         std::fs::read(csr_path).map_err(|e| msg(format!("{}: {e}", csr_path.display())))?;
     let csr = ca::parse_csr(&csr_bytes)?;
     let root_der = root_der(&prep.config, root)?;
-    println!("CSR subject:            {}", csr.subject);
-    println!("CSR public key:         {}", csr.key);
-    println!("CSR public key SHA-256: {}", csr.public_key_fingerprint());
-    println!("Signing root:           {}", describe_root(&root_der)?);
-    println!(
+    say!("CSR subject:            {}", csr.subject);
+    say!("CSR public key:         {}", csr.key);
+    say!("CSR public key SHA-256: {}", csr.public_key_fingerprint());
+    say!("Signing root:           {}", describe_root(&root_der)?);
+    say!(
         "Intermediate for trust domain {} valid {} days (capped at the root's expiry)",
         prep.config.trust_domain,
         prep.config.intermediate.validity.as_secs() / 86400
@@ -1094,7 +1115,7 @@ fn sign_intermediate(
         let now = OffsetDateTime::now_utc();
         let cert = authority::sign_intermediate(&root, &csr, &c.config, now)?;
         c.record_issued("sign-intermediate", &cert, root.key().id())?;
-        print!("{}", inspect::describe(&cert.der, now)?);
+        say_raw!("{}", inspect::describe(&cert.der, now)?);
         c.output("intermediate-cert.pem", cert.pem.clone());
         Ok(())
     })
@@ -1129,15 +1150,12 @@ fn sign_root_crl(c: &mut Ceremony, root: &IssuingCa, valid_days: u32) -> Result<
         revoked: entries.len() as u64,
         next_update: rfc3339(next_update),
     })?;
-    println!(
+    say!(
         "Root CRL number {number}: {} revoked certificate(s), next update {}",
         entries.len(),
         rfc3339(next_update)
     );
-    c.output(
-        "root-crl.pem",
-        pem::encode(&pem::Pem::new("X509 CRL", der)),
-    );
+    c.output("root-crl.pem", pem::encode(&pem::Pem::new("X509 CRL", der)));
     Ok(())
 }
 
@@ -1167,11 +1185,11 @@ fn revoke_intermediate(
     })?;
     let parsed = parse_certificate(&cert_der)?;
     let serial = serial_hex(parsed.raw_serial());
-    println!("Revoke:          {}", parsed.subject());
-    println!("Serial:          {serial}");
-    println!("Certificate:     SHA-256 {}", fingerprint(&cert_der));
-    println!("Reason:          {}", reason.name());
-    println!("Issued by root:  {}", describe_root(&root_der)?);
+    say!("Revoke:          {}", parsed.subject());
+    say!("Serial:          {serial}");
+    say!("Certificate:     SHA-256 {}", fingerprint(&cert_der));
+    say!("Reason:          {}", reason.name());
+    say!("Issued by root:  {}", describe_root(&root_der)?);
     let prep = prep.shares(&shares)?;
     confirm(prep.attend.yes, "Revoke this intermediate?")?;
     let c = prep.start()?;
@@ -1194,7 +1212,7 @@ fn revoke_intermediate(
                 reason: reason.name().into(),
             })?;
         } else {
-            println!("Serial {serial} was revoked already; signing the CRL again.");
+            say!("Serial {serial} was revoked already; signing the CRL again.");
         }
         sign_root_crl(c, &root, valid_days)
     })
@@ -1209,8 +1227,8 @@ fn crl(
 ) -> Result<(), CliError> {
     let prep = Prep::new(config_path, "crl", attend, &["root-crl.pem"])?;
     let root_der = root_der(&prep.config, root)?;
-    println!("Sign the CRL of root {}", describe_root(&root_der)?);
-    println!("Valid for {valid_days} days");
+    say!("Sign the CRL of root {}", describe_root(&root_der)?);
+    say!("Valid for {valid_days} days");
     let prep = prep.shares(&shares)?;
     confirm(prep.attend.yes, "Sign the root CRL?")?;
     let c = prep.start()?;
@@ -1234,10 +1252,10 @@ fn rotate_root(
         &["root-cert.pem", "cross-signed-root.pem", "trust-bundle.pem"],
     )?;
     let old_der = root_der(&prep.config, root)?;
-    println!("Current root:    {}", describe_root(&old_der)?);
-    println!("New root:");
+    say!("Current root:    {}", describe_root(&old_der)?);
+    say!("New root:");
     print_root_plan(&prep.config);
-    println!("The current root cross-signs the new root (same subject and key).");
+    say!("The current root cross-signs the new root (same subject and key).");
     let prep = prep.shares(&shares)?;
     confirm(
         prep.attend.yes,
@@ -1262,13 +1280,13 @@ fn rotate_root(
         check_issued_by(&cross.der, &old_der)?;
         c.record_issued("cross-sign", &cross, old.key().id())?;
         c.state.add_root(root_record(&new_cert.der, now)?)?;
-        println!(
+        say!(
             "New root key {} ({}) created in {}",
             info.id,
             info.label,
             store.describe()
         );
-        print!("{}", inspect::describe(&new_cert.der, now)?);
+        say_raw!("{}", inspect::describe(&new_cert.der, now)?);
         c.output("root-cert.pem", new_cert.pem.clone());
         c.output("cross-signed-root.pem", cross.pem.clone());
         let mut bundle = ca::certificate_pem(&old_der);
@@ -1312,15 +1330,15 @@ fn transcript(
         .iter()
         .filter_map(|l| serde_json::from_slice(l).ok())
         .collect();
-    print!("{}", render(&records));
-    println!();
+    say_raw!("{}", render(&records));
+    say!();
     if summary.signatures_checked {
-        println!(
+        say!(
             "Verified: {} records; {} checkpoint(s) signed by the given root(s); {} record(s) after the last.",
             summary.records, summary.checkpoints, summary.unsigned_tail
         );
     } else {
-        println!(
+        say!(
             "Chain intact ({} records); signatures not checked (give --root-cert).",
             summary.records
         );

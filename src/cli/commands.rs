@@ -79,6 +79,33 @@ pub fn inspect(file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The production appliance: the config's keystore, state and audit log, served until stopped.
+pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result<(), CliError> {
+    let mut config = Config::load(config_path)?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let store = keystore::open(&config.keystore)?;
+    let state = CaState::open(&config.data_dir)?;
+    if state.active()?.is_none() {
+        return Err(CliError::Message(
+            "no intermediate is installed: `hsm-ca intermediate new`, have it signed in a \
+             ceremony, then `hsm-ca intermediate install`"
+                .into(),
+        ));
+    }
+    super::dev::run_appliance(config, store, state, |server| {
+        format!(
+            "Serving istio.v1.auth.IstioCertificateService on {}\nAdmin API on {}\n",
+            server.local_addr,
+            server
+                .admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(disabled)".into())
+        )
+    })
+}
+
 pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> {
     let (config, store) = open(config_path)?;
     if out.exists() {

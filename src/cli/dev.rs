@@ -7,26 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// Prints a line; a closed stdout (the starter stopped reading) must not stop the appliance.
-macro_rules! say {
-    () => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout());
-    }};
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// [`say!`] without the newline.
-macro_rules! say_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 use time::OffsetDateTime;
 
 use super::commands::format_keys;
@@ -362,6 +342,30 @@ fn serve(
     if let Some(addr) = admin_listen {
         config.admin.listen = addr;
     }
+    let dir = dir.display().to_string();
+    run_appliance(config, store, state, move |server| {
+        format!(
+            "\nServing istio.v1.auth.IstioCertificateService on {addr} (TLS; server name localhost)\n\
+             Admin API on https://{admin} (client certificate admin-cert.pem, key admin-key.pem)\n\
+             Request a workload certificate from another shell:\n  \
+             cargo run --quiet -- request --dev {dir} --addr {addr} --ns default --sa web --out web-certs\n\
+             Stop with Ctrl-C.\n",
+            addr = server.local_addr,
+            admin = server
+                .admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(disabled)".into()),
+        )
+    })
+}
+
+/// Starts the appliance and serves until Ctrl-C or SIGTERM; `banner` says where it listens.
+pub(super) fn run_appliance(
+    config: Config,
+    store: keystore::KeyStore,
+    state: CaState,
+    banner: impl FnOnce(&crate::server::RunningServer) -> String,
+) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,19 +377,7 @@ fn serve(
         // Whoever started us may stop reading stdout once it knows the address: a closed
         // pipe must not take the appliance down, so write errors are ignored here.
         use std::io::Write;
-        let banner = format!(
-            "\nServing istio.v1.auth.IstioCertificateService on {addr} (TLS; server name localhost)\n\
-             Admin API on https://{admin} (client certificate admin-cert.pem, key admin-key.pem)\n\
-             Request a workload certificate from another shell:\n  \
-             cargo run --quiet -- request --dev {dir} --addr {addr} --ns default --sa web --out web-certs\n\
-             Stop with Ctrl-C.\n",
-            addr = server.local_addr,
-            admin = server
-                .admin_addr
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(disabled)".into()),
-            dir = dir.display(),
-        );
+        let banner = banner(&server);
         let mut out = std::io::stdout();
         let _ = out.write_all(banner.as_bytes());
         let _ = out.flush();

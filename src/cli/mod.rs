@@ -1,6 +1,27 @@
 //! The command line: thin wrappers that load the config, call [`crate::authority`] and print
 //! what happened. Every failure is one line on stderr and a non-zero exit code.
 
+/// Prints a line to stdout; a closed stdout (a pipe whose reader went away) is not an error,
+/// so that printing can never abort a command halfway through.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod audit;
 mod ceremony;
 mod commands;
@@ -46,6 +67,12 @@ pub enum Command {
     Inspect {
         /// PEM file with one or more certificates.
         file: PathBuf,
+    },
+    /// Run the appliance: the Istio certificate API and the admin API, until SIGTERM or Ctrl-C.
+    Serve {
+        /// Serve gRPC on this address instead of server.listen (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Run the whole appliance locally on an embedded SoftHSM token.
     Dev(dev::DevArgs),
@@ -131,6 +158,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect { file } => commands::inspect(&file),
         Command::Dev(args) => dev::run(args),
+        Command::Serve { listen } => commands::serve(&cli.config, listen),
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
@@ -145,5 +173,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Intermediate(IntermediateCommand::List) => {
             commands::intermediate_list(&cli.config)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

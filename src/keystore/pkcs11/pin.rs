@@ -34,7 +34,10 @@ pub fn init_user_pin(
         .open_rw_session(slot)
         .map_err(|e| fail("open session", e))?;
     session
-        .login(UserType::So, Some(&AuthPin::from(so_pin.expose().to_string())))
+        .login(
+            UserType::So,
+            Some(&AuthPin::from(so_pin.expose().to_string())),
+        )
         .map_err(|e| fail("SO login", e))?;
     let result = session
         .init_pin(&AuthPin::from(new_pin.expose().to_string()))
