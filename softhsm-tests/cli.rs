@@ -12,10 +12,10 @@ fn last_line(stderr: &str) -> &str {
 #[test]
 fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
     let env = CliEnv::new("");
-    let out = env.run(&["ceremony", "init-root"]);
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
     assert!(out.ok, "{out:?}");
     assert!(
-        out.stdout.contains("Root certificate written to"),
+        out.stdout.contains("Wrote media/root-cert.pem"),
         "{}",
         out.stdout
     );
@@ -30,13 +30,12 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
         .expect("fingerprint")
         .to_string();
 
-    let out = env.run(&[
-        "ceremony",
+    let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",
         "inter.csr",
-        "--out",
-        "inter.pem",
+        "--out-dir",
+        "inter",
         "--yes",
     ]);
     assert!(out.ok, "{out:?}");
@@ -53,10 +52,19 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
         "{}",
         out.stdout
     );
-    let (ok, text) = openssl_verify(&env.path("root-cert.pem"), None, &env.path("inter.pem"));
+    let (ok, text) = openssl_verify(
+        &env.path("root-cert.pem"),
+        None,
+        &env.path("inter/intermediate-cert.pem"),
+    );
     assert!(ok, "{text}");
 
-    let out = env.run(&["intermediate", "install", "--cert", "inter.pem"]);
+    let out = env.run(&[
+        "intermediate",
+        "install",
+        "--cert",
+        "inter/intermediate-cert.pem",
+    ]);
     assert!(out.ok, "{out:?}");
     assert!(out.stdout.contains("as Active"), "{}", out.stdout);
     let out = env.run(&["intermediate", "list"]);
@@ -76,7 +84,7 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
         );
     }
 
-    let out = env.run(&["inspect", "inter.pem"]);
+    let out = env.run(&["inspect", "inter/intermediate-cert.pem"]);
     assert!(out.ok, "{out:?}");
     for want in [
         "SPIFFE ID:    spiffe://example.org",
@@ -124,7 +132,14 @@ fn a_pin_from_the_environment_works_and_stays_out_of_logs() {
         .current_dir(env.dir.path())
         .env("HSM_CA_LOG", "trace")
         .env("TEST_HSM_PIN", &env.pin)
-        .args(["--config", "hsm-ca.toml", "ceremony", "init-root"])
+        .args([
+            "--config",
+            "hsm-ca.toml",
+            "intermediate",
+            "new",
+            "--out",
+            "x.csr",
+        ])
         .output()
         .expect("run");
     let (stdout, stderr) = (
@@ -156,7 +171,10 @@ fn a_token_that_is_not_there_is_named() {
 #[test]
 fn a_tampered_csr_is_refused_and_nothing_is_written() {
     let env = CliEnv::new("");
-    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(
+        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
+            .ok
+    );
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
     let pem = std::fs::read_to_string(env.path("inter.csr")).expect("csr");
     let mut der = pem::parse(&pem).expect("pem").into_contents();
@@ -170,13 +188,12 @@ fn a_tampered_csr_is_refused_and_nothing_is_written() {
         pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der)),
     )
     .expect("write");
-    let out = env.run(&[
-        "ceremony",
+    let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",
         "bad.csr",
-        "--out",
-        "bad.pem",
+        "--out-dir",
+        "bad",
         "--yes",
     ]);
     assert!(!out.ok);
@@ -184,25 +201,27 @@ fn a_tampered_csr_is_refused_and_nothing_is_written() {
         last_line(&out.stderr),
         "error: CSR signature invalid: the requester does not hold the private key"
     );
-    assert!(!env.path("bad.pem").exists());
+    assert!(!env.path("bad/intermediate-cert.pem").exists());
 }
 
 #[test]
 fn signing_needs_a_confirmation_when_not_scripted() {
     let env = CliEnv::new("");
-    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(
+        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
+            .ok
+    );
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
-    let out = env.run(&[
-        "ceremony",
+    let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",
         "inter.csr",
-        "--out",
-        "inter.pem",
+        "--out-dir",
+        "inter",
     ]);
     assert!(!out.ok);
     assert!(out.stderr.contains("pass --yes"), "{out:?}");
-    assert!(!env.path("inter.pem").exists());
+    assert!(!env.path("inter/intermediate-cert.pem").exists());
 }
 
 #[test]
@@ -210,23 +229,25 @@ fn install_refuses_certificates_without_a_key_or_chain() {
     let a = CliEnv::new("");
     let b = CliEnv::new("");
     for env in [&a, &b] {
-        assert!(env.run(&["ceremony", "init-root"]).ok);
+        assert!(
+            env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
+                .ok
+        );
         assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
         assert!(
-            env.run(&[
-                "ceremony",
+            env.ceremony(&[
                 "sign-intermediate",
                 "--csr",
                 "inter.csr",
-                "--out",
-                "inter.pem",
+                "--out-dir",
+                "inter",
                 "--yes"
             ])
             .ok
         );
     }
     // b's intermediate chains to b's root, and its key is in b's token, not a's.
-    std::fs::copy(b.path("inter.pem"), a.path("foreign.pem")).expect("copy");
+    std::fs::copy(b.path("inter/intermediate-cert.pem"), a.path("foreign.pem")).expect("copy");
     let out = a.run(&["intermediate", "install", "--cert", "foreign.pem"]);
     assert!(!out.ok);
     assert!(
@@ -260,9 +281,12 @@ fn install_refuses_certificates_without_a_key_or_chain() {
 #[test]
 fn init_root_never_overwrites_an_existing_root() {
     let env = CliEnv::new("");
-    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(
+        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
+            .ok
+    );
     let before = std::fs::read(env.path("root-cert.pem")).expect("root");
-    let out = env.run(&["ceremony", "init-root"]);
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
     assert!(!out.ok);
     assert!(out.stderr.contains("already exists"), "{out:?}");
     assert_eq!(
@@ -289,21 +313,23 @@ fn config_errors_name_the_key() {
 #[test]
 fn inspect_describes_each_certificate_of_a_bundle_and_rejects_garbage() {
     let env = CliEnv::new("");
-    assert!(env.run(&["ceremony", "init-root"]).ok);
+    assert!(
+        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
+            .ok
+    );
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
     assert!(
-        env.run(&[
-            "ceremony",
+        env.ceremony(&[
             "sign-intermediate",
             "--csr",
             "inter.csr",
-            "--out",
-            "inter.pem",
+            "--out-dir",
+            "inter",
             "--yes"
         ])
         .ok
     );
-    let bundle = std::fs::read_to_string(env.path("inter.pem")).expect("inter")
+    let bundle = std::fs::read_to_string(env.path("inter/intermediate-cert.pem")).expect("inter")
         + &std::fs::read_to_string(env.path("root-cert.pem")).expect("root");
     std::fs::write(env.path("bundle.pem"), bundle).expect("bundle");
     let out = env.run(&["inspect", "bundle.pem"]);

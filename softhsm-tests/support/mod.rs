@@ -141,6 +141,17 @@ SOFTHSM2_CONF = "{conf}"
         self.dir.path().join(name)
     }
 
+    /// Runs `hsm-ca --config <dir>/hsm-ca.toml ceremony ARGS` in the folder, offline: in a
+    /// network namespace of its own, where no interface is up.
+    pub fn ceremony(&self, args: &[&str]) -> Output {
+        offline(
+            self.dir.path(),
+            &self.path("hsm-ca.toml"),
+            &[&["ceremony"], args].concat(),
+            None,
+        )
+    }
+
     /// Runs `hsm-ca --config <dir>/hsm-ca.toml ARGS` in the folder.
     pub fn run(&self, args: &[&str]) -> Output {
         run_in(self.dir.path(), &self.path("hsm-ca.toml"), args)
@@ -168,6 +179,41 @@ pub fn run_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `hsm-ca --config CONFIG ARGS` in `cwd` inside `unshare -rn` (a new user and network
+/// namespace: only a loopback interface, down), feeding `stdin` when given.
+pub fn offline(cwd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("unshare")
+        .args(["--map-root-user", "--net"])
+        .arg(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(cwd)
+        .env("HSM_CA_LOG", "trace")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare runs (util-linux; unprivileged user namespaces)");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("hsm-ca runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.starts_with("unshare:"),
+        "this test runs ceremonies in a network namespace of their own: {stderr}"
+    );
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
     }
 }
 

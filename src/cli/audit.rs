@@ -68,9 +68,10 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 }
                 None if roots.is_some() => {
                     let config = Config::load(config_path)?;
-                    let summary = audit::verify_store_with_keys(&config.data_dir, &root_refs)?;
+                    let host = super::ceremony::host_dir(&config);
+                    let summary = audit::verify_store_with_keys(&host, &root_refs)?;
                     let mut lines = Vec::new();
-                    audit::HostLog::open(&config.data_dir)?.export(&mut lines)?;
+                    audit::HostLog::open(&host)?.export(&mut lines)?;
                     (summary, lines, root_note(root_refs.len()))
                 }
                 Some(file) => {

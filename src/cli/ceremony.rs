@@ -418,6 +418,12 @@ fn token_label(settings: &Pkcs11Settings) -> String {
     }
 }
 
+/// Where the ceremony host keeps its log and the roots and revocations it made: apart from an
+/// appliance's state and audit log, should both ever share a `data_dir`.
+pub fn host_dir(config: &Config) -> PathBuf {
+    config.data_dir.join("ceremony")
+}
+
 /// The quorum this host split last (id and time), from its log.
 fn current_quorum(data_dir: &Path) -> Result<Option<(String, String)>, CliError> {
     let log = HostLog::open(data_dir)?;
@@ -495,7 +501,7 @@ impl Prep {
         }
         let label = token_label(pkcs11_settings(&self.config)?);
         let (pin, opened) = combine_shares(&shares.shares, &label)?;
-        if let Some((current, when)) = current_quorum(&self.config.data_dir)? {
+        if let Some((current, when)) = current_quorum(&host_dir(&self.config))? {
             if opened[0].quorum_id() != current {
                 return Err(msg(format!(
                     "these shares belong to quorum {}, which this host replaced by quorum \
@@ -517,8 +523,8 @@ impl Prep {
             network,
             pin,
         } = self;
-        let mut log = HostLog::open(&config.data_dir)?;
-        let state = CaState::open(&config.data_dir)?;
+        let mut log = HostLog::open(&host_dir(&config))?;
+        let state = CaState::open(&host_dir(&config))?;
         let mut officers = attend.attending.clone();
         for s in pin.iter().flat_map(|(_, shares)| shares) {
             if !officers.contains(&s.holder) {
@@ -718,7 +724,7 @@ fn root_der(config: &Config, explicit: Option<PathBuf>) -> Result<Vec<u8>, CliEr
     if let Some(path) = explicit {
         return first_cert(&path);
     }
-    let state = CaState::open(&config.data_dir)?;
+    let state = CaState::open(&host_dir(config))?;
     let mut roots = state.roots()?;
     drop(state);
     roots.sort_by(|a, b| a.added_at.cmp(&b.added_at));
@@ -1032,7 +1038,7 @@ fn reshare(
 fn init_root(config_path: &Path, shares: ShareArgs, attend: Attend) -> Result<(), CliError> {
     let prep = Prep::new(config_path, "init-root", attend, &["root-cert.pem"])?;
     {
-        let state = CaState::open(&prep.config.data_dir)?;
+        let state = CaState::open(&host_dir(&prep.config))?;
         if !state.roots()?.is_empty() {
             return Err(msg(
                 "this host has made a root already; use `ceremony rotate-root` for another",
@@ -1310,7 +1316,7 @@ fn transcript(
             .collect(),
         None => {
             let config = Config::load(config_path)?;
-            let log = HostLog::open(&config.data_dir)?;
+            let log = HostLog::open(&host_dir(&config))?;
             let mut out = Vec::new();
             log.export(&mut out)?;
             out.split(|b| *b == b'\n')
