@@ -520,3 +520,100 @@ fn the_dev_appliance_survives_a_closed_stdout() {
         String::from_utf8_lossy(&request.stderr)
     );
 }
+
+/// Every `hsm-ca …` command line in the README, SECURITY.md and the ops/ runbooks names a
+/// command that exists, with options that command has.
+#[test]
+fn documented_command_lines_match_the_binary() {
+    const WITH_SUBCOMMANDS: &[&str] = &["ceremony", "intermediate", "keys", "audit"];
+    const COMMANDS: &[&str] = &[
+        "ceremony",
+        "intermediate",
+        "keys",
+        "inspect",
+        "dev",
+        "request",
+        "audit",
+        "bundle",
+        "serve",
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];
+    let mut dirs = vec![root.join("ops"), root.join("hsm-config")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    let mut help_cache = std::collections::BTreeMap::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices("hsm-ca ") {
+                let rest = &line[at + "hsm-ca ".len()..];
+                let rest = rest.split(['#', '`', '|', ';', ')']).next().unwrap_or("");
+                let mut words = rest.split_whitespace().peekable();
+                // Global options before the command.
+                while words.peek().is_some_and(|w| *w == "--config" || *w == "-c") {
+                    words.next();
+                    words.next();
+                }
+                let Some(command) = words.next() else {
+                    continue;
+                };
+                if !COMMANDS.contains(&command) {
+                    continue;
+                }
+                let mut argv = vec![command.to_string()];
+                if WITH_SUBCOMMANDS.contains(&command) {
+                    match words.peek() {
+                        Some(sub) if !sub.starts_with('-') && !sub.starts_with('[') => {
+                            argv.push(sub.to_string());
+                            words.next();
+                        }
+                        _ => continue,
+                    }
+                }
+                let help = help_cache.entry(argv.clone()).or_insert_with(|| {
+                    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+                        .args(&argv)
+                        .arg("--help")
+                        .output()
+                        .expect("help");
+                    assert!(
+                        out.status.success(),
+                        "{}:{}: `hsm-ca {}` is not a command",
+                        file.display(),
+                        n + 1,
+                        argv.join(" ")
+                    );
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                });
+                for word in words {
+                    let word = word.trim_start_matches('[');
+                    if let Some(flag) = word.strip_prefix("--") {
+                        let flag: String = flag
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                            .collect();
+                        assert!(
+                            help.contains(&format!("--{flag}")),
+                            "{}:{}: `hsm-ca {}` has no option --{flag}",
+                            file.display(),
+                            n + 1,
+                            argv.join(" ")
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} command lines found");
+}
