@@ -158,10 +158,14 @@ fn checkpoints_are_signed_in_the_device_and_tampering_is_found() {
         tree.insert(k, text.as_bytes()).expect("insert");
         db.flush().expect("flush");
     }
-    assert!(matches!(
-        audit::verify_store(dir.path(), Some(&key.spki)),
-        Err(AuditError::Chain(ChainError::Link { seq: 8, .. }))
-    ));
+    let found = audit::verify_store(dir.path(), Some(&key.spki));
+    assert!(
+        matches!(
+            found,
+            Err(AuditError::Chain(ChainError::Link { seq: 8, .. }))
+        ),
+        "{found:?}"
+    );
     assert!(AuditLog::open_signed(dir.path(), &store, options(10)).is_err());
 }
 

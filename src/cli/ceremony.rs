@@ -1367,7 +1367,18 @@ pub fn root_keys(path: &Path) -> Result<Vec<Vec<u8>>, CliError> {
 /// The transcript as people read it.
 pub fn render(records: &[AuditRecord]) -> String {
     let mut out = String::from("hsm-ca ceremony transcript\n==========================\n");
-    for r in records {
+    // Whole seconds read better on paper; the JSON keeps the full times.
+    let records: Vec<AuditRecord> = records
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if r.time.len() > 20 && r.time.as_bytes()[19] == b'.' {
+                r.time = format!("{}Z", &r.time[..19]);
+            }
+            r
+        })
+        .collect();
+    for r in &records {
         let line = match &r.event {
             AuditEvent::CeremonyStarted {
                 command,
@@ -1375,9 +1386,9 @@ pub fn render(records: &[AuditRecord]) -> String {
                 host,
                 version,
             } => format!(
-                "\n## {command}\n{time}  ceremony `{command}` started on {host} (hsm-ca {version})\n{pad}attending: {who}",
+                "{time}  ceremony `{command}` started on {host} (hsm-ca {version})\n{pad}attending: {who}",
                 time = r.time,
-                pad = " ".repeat(r.time.len() + 2),
+                pad = " ".repeat(r.time.len() + 9),
                 who = if officers.is_empty() {
                     "(no names given)".to_string()
                 } else {
@@ -1439,7 +1450,7 @@ pub fn render(records: &[AuditRecord]) -> String {
                 r.time,
                 method.trim_start_matches("ceremony:"),
                 certificate_sha256.as_deref().unwrap_or("-"),
-                pad = " ".repeat(r.time.len() + 2),
+                pad = " ".repeat(r.time.len() + 9),
             ),
             AuditEvent::Revoked { serial, reason, issuer_key, .. } => format!(
                 "{}  revoked serial {serial} ({reason}) under root {issuer_key}",
@@ -1459,7 +1470,7 @@ pub fn render(records: &[AuditRecord]) -> String {
                 for (name, hash) in outputs {
                     s.push_str(&format!(
                         "\n{}{name}  SHA-256 {hash}",
-                        " ".repeat(r.time.len() + 4)
+                        " ".repeat(r.time.len() + 11)
                     ));
                 }
                 s
@@ -1473,6 +1484,9 @@ pub fn render(records: &[AuditRecord]) -> String {
             ),
             other => format!("{}  {}", r.time, serde_json::to_string(other).unwrap_or_default()),
         };
+        if let AuditEvent::CeremonyStarted { command, .. } = &r.event {
+            out.push_str(&format!("\n## {command}\n"));
+        }
         out.push_str(&format!("[{:>4}] {line}\n", r.seq));
     }
     out
