@@ -624,15 +624,7 @@ impl HostLog {
 
     /// Every record, as stored (one JSON line each).
     pub fn export(&self, out: &mut dyn Write) -> Result<u64, AuditError> {
-        let mut n = 0;
-        for value in self.tree.iter().values() {
-            let value = value.map_err(storage)?;
-            out.write_all(&value).map_err(storage)?;
-            out.write_all(b"\n").map_err(storage)?;
-            n += 1;
-        }
-        out.flush().map_err(storage)?;
-        Ok(n)
+        write_lines(&self.tree, out)
     }
 
     /// Records from sequence number `from` on.
@@ -678,6 +670,11 @@ pub fn export(dir: &Path, out: &mut dyn Write) -> Result<u64, AuditError> {
     let (db, tree) = records_tree(dir)?;
     let stored = stored_key(&db)?;
     verify_tree(&tree, stored.as_ref().map(|k| k.spki.as_slice()))?;
+    write_lines(&tree, out)
+}
+
+/// Writes every record of `tree` as one line (its exact stored bytes); returns how many.
+fn write_lines(tree: &sled::Tree, out: &mut dyn Write) -> Result<u64, AuditError> {
     let mut n = 0;
     for value in tree.iter().values() {
         let value = value.map_err(storage)?;

@@ -60,6 +60,24 @@ pub struct ShareArgs {
     pub shares: Vec<PathBuf>,
 }
 
+/// How the PIN is split.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitArgs {
+    /// Number of officers (shares).
+    #[arg(long)]
+    pub officers: u8,
+    /// Shares needed to log in.
+    #[arg(long)]
+    pub threshold: u8,
+    /// The officers' names, one per share, in order (default officer-1 … officer-N).
+    #[arg(long = "holder", value_name = "NAME")]
+    pub holders: Vec<String>,
+    /// Encrypt each share to a passphrase its officer types (on a non-terminal: one line per
+    /// officer on stdin).
+    #[arg(long)]
+    pub encrypt: bool,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     Unspecified,
@@ -87,19 +105,8 @@ impl Reason {
 pub enum CeremonyCommand {
     /// Give the token a random user PIN and split it among officers (M of N).
     InitQuorum {
-        /// Number of officers (shares).
-        #[arg(long)]
-        officers: u8,
-        /// Shares needed to log in.
-        #[arg(long)]
-        threshold: u8,
-        /// The officers' names, one per share, in order (default officer-1 … officer-N).
-        #[arg(long = "holder", value_name = "NAME")]
-        holders: Vec<String>,
-        /// Encrypt each share to a passphrase its officer types (on a non-terminal: one line
-        /// per officer on stdin).
-        #[arg(long)]
-        encrypt: bool,
+        #[command(flatten)]
+        split: SplitArgs,
         /// File holding the token's security-officer PIN.
         #[arg(long, value_name = "FILE")]
         so_pin_file: Option<PathBuf>,
@@ -111,14 +118,8 @@ pub enum CeremonyCommand {
     },
     /// Replace the PIN and its shares (officer change, lost share, routine rotation).
     Reshare {
-        #[arg(long)]
-        officers: u8,
-        #[arg(long)]
-        threshold: u8,
-        #[arg(long = "holder", value_name = "NAME")]
-        holders: Vec<String>,
-        #[arg(long)]
-        encrypt: bool,
+        #[command(flatten)]
+        split: SplitArgs,
         #[command(flatten)]
         shares: ShareArgs,
         #[command(flatten)]
@@ -196,10 +197,7 @@ pub enum CeremonyCommand {
 pub fn run(config_path: &Path, command: CeremonyCommand) -> Result<(), CliError> {
     match command {
         CeremonyCommand::InitQuorum {
-            officers,
-            threshold,
-            holders,
-            encrypt,
+            split,
             so_pin_file,
             so_pin_env,
             attend,
@@ -213,30 +211,13 @@ pub fn run(config_path: &Path, command: CeremonyCommand) -> Result<(), CliError>
                     ))
                 }
             };
-            let plan = QuorumPlan {
-                officers,
-                threshold,
-                holders,
-                encrypt,
-            };
-            init_quorum(config_path, plan, so, attend)
+            init_quorum(config_path, split, so, attend)
         }
         CeremonyCommand::Reshare {
-            officers,
-            threshold,
-            holders,
-            encrypt,
+            split,
             shares,
             attend,
-        } => {
-            let plan = QuorumPlan {
-                officers,
-                threshold,
-                holders,
-                encrypt,
-            };
-            reshare(config_path, plan, shares, attend)
-        }
+        } => reshare(config_path, split, shares, attend),
         CeremonyCommand::InitRoot { shares, attend } => init_root(config_path, shares, attend),
         CeremonyCommand::SignIntermediate {
             csr,
@@ -787,14 +768,7 @@ fn print_root_plan(config: &Config) {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-struct QuorumPlan {
-    officers: u8,
-    threshold: u8,
-    holders: Vec<String>,
-    encrypt: bool,
-}
-
-impl QuorumPlan {
+impl SplitArgs {
     fn holders(&self) -> Result<Vec<String>, CliError> {
         if self.holders.is_empty() {
             return Ok((1..=self.officers)
@@ -879,7 +853,7 @@ impl QuorumPlan {
 /// fails the share files are removed again, so no share exists for a PIN the token lacks.
 fn make_shares(
     c: &mut Ceremony,
-    plan: &QuorumPlan,
+    plan: &SplitArgs,
     holders: &[String],
     passes: &[Option<Secret>],
     replaces: Option<String>,
@@ -889,7 +863,7 @@ fn make_shares(
     let token = token_label(&settings);
     let split = quorum::split(plan.threshold, holders, &token).map_err(|e| msg(e.to_string()))?;
     let created = rfc3339(OffsetDateTime::now_utc());
-    let names = QuorumPlan::file_names(holders);
+    let names = SplitArgs::file_names(holders);
     let mut written = Vec::new();
     let mut hashes = Vec::new();
     for ((share, name), pass) in split.shares.iter().zip(&names).zip(passes) {
@@ -959,14 +933,14 @@ fn relogin(c: &mut Ceremony, pin: Secret) -> Result<(), CliError> {
 
 fn init_quorum(
     config_path: &Path,
-    plan: QuorumPlan,
+    plan: SplitArgs,
     so: SecretSource,
     attend: Attend,
 ) -> Result<(), CliError> {
     let prep = Prep::new(config_path, "init-quorum", attend, &[])?;
     let settings = pkcs11_settings(&prep.config)?.clone();
     let (holders, passes) = plan.prepare(&token_label(&settings))?;
-    for name in QuorumPlan::file_names(&holders) {
+    for name in SplitArgs::file_names(&holders) {
         if prep.attend.out_dir.join(&name).exists() {
             return Err(msg(format!(
                 "{} already exists",
@@ -996,7 +970,7 @@ fn init_quorum(
 
 fn reshare(
     config_path: &Path,
-    plan: QuorumPlan,
+    plan: SplitArgs,
     shares: ShareArgs,
     attend: Attend,
 ) -> Result<(), CliError> {
@@ -1008,7 +982,7 @@ fn reshare(
     let prep = Prep::new(config_path, "reshare", attend, &[])?.shares(&shares)?;
     let settings = pkcs11_settings(&prep.config)?.clone();
     let (holders, passes) = plan.prepare(&token_label(&settings))?;
-    for name in QuorumPlan::file_names(&holders) {
+    for name in SplitArgs::file_names(&holders) {
         if prep.attend.out_dir.join(&name).exists() {
             return Err(msg(format!(
                 "{} already exists",

@@ -3,7 +3,7 @@
 //! the ceremony commands that split the PIN among officers.
 
 use cryptoki::error::{Error as P11Error, RvError};
-use cryptoki::session::UserType;
+use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
 use super::{find_slot, rv_name, LibraryUse, Pkcs11Settings};
@@ -21,18 +21,24 @@ fn fail(operation: &str, e: P11Error) -> KeystoreError {
     }
 }
 
+/// A read-write session on the token (the library stays loaded while the session lives).
+fn session(settings: &Pkcs11Settings) -> Result<(Session, LibraryUse), KeystoreError> {
+    let library = LibraryUse::acquire(&settings.module)?;
+    let slot = find_slot(library.ctx(), &settings.token)?;
+    let session = library
+        .ctx()
+        .open_rw_session(slot)
+        .map_err(|e| fail("open session", e))?;
+    Ok((session, library))
+}
+
 /// Sets the user PIN as the security officer, whose PIN is `so_pin`.
 pub fn init_user_pin(
     settings: &Pkcs11Settings,
     so_pin: &Secret,
     new_pin: &Secret,
 ) -> Result<(), KeystoreError> {
-    let library = LibraryUse::acquire(&settings.module)?;
-    let ctx = library.ctx();
-    let slot = find_slot(ctx, &settings.token)?;
-    let session = ctx
-        .open_rw_session(slot)
-        .map_err(|e| fail("open session", e))?;
+    let (session, _library) = session(settings)?;
     session
         .login(
             UserType::So,
@@ -52,12 +58,7 @@ pub fn change_user_pin(
     old: &Secret,
     new: &Secret,
 ) -> Result<(), KeystoreError> {
-    let library = LibraryUse::acquire(&settings.module)?;
-    let ctx = library.ctx();
-    let slot = find_slot(ctx, &settings.token)?;
-    let session = ctx
-        .open_rw_session(slot)
-        .map_err(|e| fail("open session", e))?;
+    let (session, _library) = session(settings)?;
     let old_pin = AuthPin::from(old.expose().to_string());
     session
         .login(UserType::User, Some(&old_pin))
