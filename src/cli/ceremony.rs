@@ -624,6 +624,28 @@ impl Ceremony {
         Ok(())
     }
 
+    /// Generates a root key, self-signs the root, records both and the root on this host, and
+    /// makes the new root the one that signs the chain head.
+    fn new_root(
+        &mut self,
+        method: &str,
+        now: OffsetDateTime,
+    ) -> Result<(crate::keystore::KeyInfo, IssuedCert), CliError> {
+        let store = self.store()?.clone();
+        let (info, cert) = authority::create_root(&store, &self.config, now)?;
+        self.log.append(AuditEvent::KeyGenerated {
+            actor: self.actor.clone(),
+            key_id: info.id.to_string(),
+            algorithm: self.config.root.key_algorithm.to_string(),
+            label: info.label.clone(),
+        })?;
+        let root = authority::issuing_ca_for(&store, &cert.der)?;
+        self.sign_with(&root);
+        self.record_issued(method, &cert, &info.id)?;
+        self.state.add_root(root_record(&cert.der, now)?)?;
+        Ok((info, cert))
+    }
+
     /// Records a failure (signed when a root key is known) and hands the error back.
     fn fail(mut self, error: CliError) -> CliError {
         let _ = self.log.append(AuditEvent::CeremonyFailed {
@@ -1036,17 +1058,7 @@ fn init_root(config_path: &Path, shares: ShareArgs, attend: Attend) -> Result<()
     c.run(|c| {
         let now = OffsetDateTime::now_utc();
         let store = c.store()?.clone();
-        let (info, cert) = authority::create_root(&store, &c.config, now)?;
-        c.log.append(AuditEvent::KeyGenerated {
-            actor: c.actor.clone(),
-            key_id: info.id.to_string(),
-            algorithm: c.config.root.key_algorithm.to_string(),
-            label: info.label.clone(),
-        })?;
-        let root = authority::issuing_ca_for(&store, &cert.der)?;
-        c.sign_with(&root);
-        c.record_issued("init-root", &cert, &info.id)?;
-        c.state.add_root(root_record(&cert.der, now)?)?;
+        let (info, cert) = c.new_root("init-root", now)?;
         write_file(&host_copy, cert.pem.as_bytes(), false)?;
         say!(
             "Root key {} ({}) created in {}",
@@ -1246,20 +1258,10 @@ fn rotate_root(
         let store = c.store()?.clone();
         let old = authority::issuing_ca_for(&store, &old_der)?;
         let now = OffsetDateTime::now_utc();
-        let (info, new_cert) = authority::create_root(&store, &c.config, now)?;
-        c.log.append(AuditEvent::KeyGenerated {
-            actor: c.actor.clone(),
-            key_id: info.id.to_string(),
-            algorithm: c.config.root.key_algorithm.to_string(),
-            label: info.label.clone(),
-        })?;
-        let new_root = authority::issuing_ca_for(&store, &new_cert.der)?;
-        c.sign_with(&new_root);
-        c.record_issued("rotate-root", &new_cert, &info.id)?;
+        let (info, new_cert) = c.new_root("rotate-root", now)?;
         let cross = old.cross_sign(&new_cert.der, now)?;
         check_issued_by(&cross.der, &old_der)?;
         c.record_issued("cross-sign", &cross, old.key().id())?;
-        c.state.add_root(root_record(&new_cert.der, now)?)?;
         say!(
             "New root key {} ({}) created in {}",
             info.id,
