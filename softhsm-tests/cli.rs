@@ -171,10 +171,8 @@ fn a_token_that_is_not_there_is_named() {
 #[test]
 fn a_tampered_csr_is_refused_and_nothing_is_written() {
     let env = CliEnv::new("");
-    assert!(
-        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
-            .ok
-    );
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
     let pem = std::fs::read_to_string(env.path("inter.csr")).expect("csr");
     let mut der = pem::parse(&pem).expect("pem").into_contents();
@@ -207,10 +205,8 @@ fn a_tampered_csr_is_refused_and_nothing_is_written() {
 #[test]
 fn signing_needs_a_confirmation_when_not_scripted() {
     let env = CliEnv::new("");
-    assert!(
-        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
-            .ok
-    );
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
     let out = env.ceremony(&[
         "sign-intermediate",
@@ -229,10 +225,8 @@ fn install_refuses_certificates_without_a_key_or_chain() {
     let a = CliEnv::new("");
     let b = CliEnv::new("");
     for env in [&a, &b] {
-        assert!(
-            env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
-                .ok
-        );
+        let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+        assert!(out.ok, "{out:?}");
         assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
         assert!(
             env.ceremony(&[
@@ -281,10 +275,8 @@ fn install_refuses_certificates_without_a_key_or_chain() {
 #[test]
 fn init_root_never_overwrites_an_existing_root() {
     let env = CliEnv::new("");
-    assert!(
-        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
-            .ok
-    );
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
     let before = std::fs::read(env.path("root-cert.pem")).expect("root");
     let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
     assert!(!out.ok);
@@ -313,10 +305,8 @@ fn config_errors_name_the_key() {
 #[test]
 fn inspect_describes_each_certificate_of_a_bundle_and_rejects_garbage() {
     let env = CliEnv::new("");
-    assert!(
-        env.ceremony(&["init-root", "--out-dir", "media", "--yes"])
-            .ok
-    );
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
     assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
     assert!(
         env.ceremony(&[

@@ -652,13 +652,6 @@ pub fn verify_store(dir: &Path, key: Option<&[u8]>) -> Result<ChainSummary, Audi
     verify_tree(&tree, key)
 }
 
-/// Verifies the log under `dir/audit` with every checkpoint signed by one of `keys` (a
-/// ceremony host's log, signed by its roots).
-pub fn verify_store_with_keys(dir: &Path, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
-    let (_db, tree) = records_tree(dir)?;
-    verify_tree_with_keys(&tree, keys)
-}
-
 /// The audit key recorded in the log under `dir`.
 pub fn recorded_key(dir: &Path) -> Result<Option<AuditKey>, AuditError> {
     let (db, _) = records_tree(dir)?;

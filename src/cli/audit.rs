@@ -68,10 +68,14 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 }
                 None if roots.is_some() => {
                     let config = Config::load(config_path)?;
-                    let host = super::ceremony::host_dir(&config);
-                    let summary = audit::verify_store_with_keys(&host, &root_refs)?;
                     let mut lines = Vec::new();
-                    audit::HostLog::open(&host)?.export(&mut lines)?;
+                    audit::HostLog::open(&super::ceremony::host_dir(&config))?
+                        .export(&mut lines)?;
+                    let summary = audit::record::verify_chain_with_keys(
+                        lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()),
+                        &root_refs,
+                    )
+                    .map_err(AuditError::from)?;
                     (summary, lines, root_note(root_refs.len()))
                 }
                 Some(file) => {

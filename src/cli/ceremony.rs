@@ -406,8 +406,7 @@ pub fn host_dir(config: &Config) -> PathBuf {
 }
 
 /// The quorum this host split last (id and time), from its log.
-fn current_quorum(data_dir: &Path) -> Result<Option<(String, String)>, CliError> {
-    let log = HostLog::open(data_dir)?;
+fn current_quorum(log: &HostLog) -> Result<Option<(String, String)>, CliError> {
     Ok(log
         .records_from(1)?
         .into_iter()
@@ -425,6 +424,10 @@ type QuorumPin = (Secret, Vec<Share>);
 struct Prep {
     command: &'static str,
     config: Config,
+    /// Opened once and kept: sled releases a database lock only some time after the handle
+    /// is dropped, so opening it again at once in the same process can fail.
+    log: HostLog,
+    state: CaState,
     attend: Attend,
     network: Vec<String>,
     pin: Option<QuorumPin>,
@@ -456,9 +459,13 @@ impl Prep {
                 )));
             }
         }
+        let log = HostLog::open(&host_dir(&config))?;
+        let state = CaState::open(&host_dir(&config))?;
         Ok(Prep {
             command,
             config,
+            log,
+            state,
             attend,
             network,
             pin: None,
@@ -482,7 +489,7 @@ impl Prep {
         }
         let label = token_label(pkcs11_settings(&self.config)?);
         let (pin, opened) = combine_shares(&shares.shares, &label)?;
-        if let Some((current, when)) = current_quorum(&host_dir(&self.config))? {
+        if let Some((current, when)) = current_quorum(&self.log)? {
             if opened[0].quorum_id() != current {
                 return Err(msg(format!(
                     "these shares belong to quorum {}, which this host replaced by quorum \
@@ -500,12 +507,12 @@ impl Prep {
         let Prep {
             command,
             config,
+            mut log,
+            state,
             attend,
             network,
             pin,
         } = self;
-        let mut log = HostLog::open(&host_dir(&config))?;
-        let state = CaState::open(&host_dir(&config))?;
         let mut officers = attend.attending.clone();
         for s in pin.iter().flat_map(|(_, shares)| shares) {
             if !officers.contains(&s.holder) {
@@ -723,13 +730,11 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 // Roots on the host
 
 /// The root to sign with: `--root`, else the newest root this host made, else the config's.
-fn root_der(config: &Config, explicit: Option<PathBuf>) -> Result<Vec<u8>, CliError> {
+fn root_der(prep: &Prep, explicit: Option<PathBuf>) -> Result<Vec<u8>, CliError> {
     if let Some(path) = explicit {
         return first_cert(&path);
     }
-    let state = CaState::open(&host_dir(config))?;
-    let mut roots = state.roots()?;
-    drop(state);
+    let mut roots = prep.state.roots()?;
     roots.sort_by(|a, b| a.added_at.cmp(&b.added_at));
     if let Some(newest) = roots.last() {
         return ca::certificates_from_pem(newest.certificate_pem.as_bytes())?
@@ -737,7 +742,7 @@ fn root_der(config: &Config, explicit: Option<PathBuf>) -> Result<Vec<u8>, CliEr
             .next()
             .ok_or_else(|| msg("the host's root record is empty"));
     }
-    first_cert(&config.root.certificates[0])
+    first_cert(&prep.config.root.certificates[0])
 }
 
 fn first_cert(path: &Path) -> Result<Vec<u8>, CliError> {
@@ -1034,8 +1039,7 @@ fn reshare(
 fn init_root(config_path: &Path, shares: ShareArgs, attend: Attend) -> Result<(), CliError> {
     let prep = Prep::new(config_path, "init-root", attend, &["root-cert.pem"])?;
     {
-        let state = CaState::open(&host_dir(&prep.config))?;
-        if !state.roots()?.is_empty() {
+        if !prep.state.roots()?.is_empty() {
             return Err(msg(
                 "this host has made a root already; use `ceremony rotate-root` for another",
             ));
@@ -1088,7 +1092,7 @@ fn sign_intermediate(
     let csr_bytes =
         std::fs::read(csr_path).map_err(|e| msg(format!("{}: {e}", csr_path.display())))?;
     let csr = ca::parse_csr(&csr_bytes)?;
-    let root_der = root_der(&prep.config, root)?;
+    let root_der = root_der(&prep, root)?;
     say!("CSR subject:            {}", csr.subject);
     say!("CSR public key:         {}", csr.key);
     say!("CSR public key SHA-256: {}", csr.public_key_fingerprint());
@@ -1167,7 +1171,7 @@ fn revoke_intermediate(
         &["root-crl.pem"],
     )?;
     let cert_der = first_cert(cert_path)?;
-    let root_der = root_der(&prep.config, root)?;
+    let root_der = root_der(&prep, root)?;
     check_issued_by(&cert_der, &root_der).map_err(|_| {
         msg(format!(
             "{} was not signed by root {}",
@@ -1218,7 +1222,7 @@ fn crl(
     attend: Attend,
 ) -> Result<(), CliError> {
     let prep = Prep::new(config_path, "crl", attend, &["root-crl.pem"])?;
-    let root_der = root_der(&prep.config, root)?;
+    let root_der = root_der(&prep, root)?;
     say!("Sign the CRL of root {}", describe_root(&root_der)?);
     say!("Valid for {valid_days} days");
     let prep = prep.shares(&shares)?;
@@ -1243,7 +1247,7 @@ fn rotate_root(
         attend,
         &["root-cert.pem", "cross-signed-root.pem", "trust-bundle.pem"],
     )?;
-    let old_der = root_der(&prep.config, root)?;
+    let old_der = root_der(&prep, root)?;
     say!("Current root:    {}", describe_root(&old_der)?);
     say!("New root:");
     print_root_plan(&prep.config);
