@@ -154,18 +154,14 @@ fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
 
 /// Verifies the chain stored in a tree, in key (= sequence) order.
 fn verify_tree(tree: &sled::Tree, key: Option<&[u8]>) -> Result<ChainSummary, AuditError> {
-    verify_tree_with_keys(tree, key.as_slice())
-}
-
-fn verify_tree_with_keys(tree: &sled::Tree, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
     let values = tree
         .iter()
         .values()
         .collect::<Result<Vec<_>, _>>()
         .map_err(storage)?;
-    Ok(record::verify_chain_with_keys(
+    Ok(record::verify_chain_with_key(
         values.iter().map(|v| v.as_ref()),
-        keys,
+        key,
     )?)
 }
 

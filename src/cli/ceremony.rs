@@ -438,7 +438,7 @@ impl Prep {
         config_path: &Path,
         command: &'static str,
         attend: Attend,
-        outputs: &[&str],
+        outputs: &[impl AsRef<str>],
     ) -> Result<Self, CliError> {
         let config = Config::load(config_path)?;
         let network = interfaces_up();
@@ -450,7 +450,7 @@ impl Prep {
             )));
         }
         for name in outputs {
-            let path = attend.out_dir.join(name);
+            let path = attend.out_dir.join(name.as_ref());
             if path.exists() {
                 return Err(msg(format!(
                     "{} already exists; a ceremony never replaces an earlier output (choose \
@@ -554,18 +554,13 @@ impl Prep {
     fn start(self) -> Result<Ceremony, CliError> {
         let (mut c, pin) = self.begin()?;
         let opened = (|| {
-            if let Some((secret, shares)) = &pin {
-                if let BackendSettings::Pkcs11(s) = &mut c.keystore_config.backend {
-                    s.pin = SecretSource::Given(secret.clone());
-                }
-                c.store = Some(keystore::open(&c.keystore_config)?);
+            c.login(pin.as_ref().map(|(secret, _)| secret))?;
+            if let Some((_, shares)) = &pin {
                 c.log.append(AuditEvent::QuorumLogin {
                     quorum: shares[0].quorum_id(),
                     shares: shares.iter().map(|s| s.index as u32).collect(),
                     holders: shares.iter().map(|s| s.holder.clone()).collect(),
                 })?;
-            } else {
-                c.store = Some(keystore::open(&c.keystore_config)?);
             }
             Ok(())
         })();
@@ -595,6 +590,16 @@ struct Ceremony {
 }
 
 impl Ceremony {
+    /// Opens the token, with `pin` (rebuilt from shares) in place of the config's PIN source.
+    fn login(&mut self, pin: Option<&Secret>) -> Result<(), CliError> {
+        self.store = None;
+        if let (Some(pin), BackendSettings::Pkcs11(s)) = (pin, &mut self.keystore_config.backend) {
+            s.pin = SecretSource::Given(pin.clone());
+        }
+        self.store = Some(keystore::open(&self.keystore_config)?);
+        Ok(())
+    }
+
     fn store(&self) -> Result<&KeyStore, CliError> {
         self.store
             .as_ref()
@@ -734,15 +739,24 @@ fn root_der(prep: &Prep, explicit: Option<PathBuf>) -> Result<Vec<u8>, CliError>
     if let Some(path) = explicit {
         return first_cert(&path);
     }
-    let mut roots = prep.state.roots()?;
-    roots.sort_by(|a, b| a.added_at.cmp(&b.added_at));
-    if let Some(newest) = roots.last() {
-        return ca::certificates_from_pem(newest.certificate_pem.as_bytes())?
-            .into_iter()
-            .next()
-            .ok_or_else(|| msg("the host's root record is empty"));
+    if let Some(der) = newest_root(&prep.state)? {
+        return Ok(der);
     }
     first_cert(&prep.config.root.certificates[0])
+}
+
+/// The root this host made last, if any.
+fn newest_root(state: &CaState) -> Result<Option<Vec<u8>>, CliError> {
+    let roots = state.roots()?;
+    match roots.iter().max_by(|a, b| a.added_at.cmp(&b.added_at)) {
+        Some(newest) => Ok(Some(
+            ca::certificates_from_pem(newest.certificate_pem.as_bytes())?
+                .into_iter()
+                .next()
+                .ok_or_else(|| msg("the host's root record is empty"))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 fn first_cert(path: &Path) -> Result<Vec<u8>, CliError> {
@@ -938,23 +952,12 @@ fn make_shares(
 /// After the PIN changed: log in with the new one (proving it works) and pick the host's
 /// newest root, when its key is in this token, to sign the chain head.
 fn relogin(c: &mut Ceremony, pin: Secret) -> Result<(), CliError> {
-    c.store = None;
-    if let BackendSettings::Pkcs11(s) = &mut c.keystore_config.backend {
-        s.pin = SecretSource::Given(pin);
-    }
-    let store = keystore::open(&c.keystore_config)?;
-    let roots = c.state.roots()?;
-    if let Some(newest) = roots.iter().max_by(|a, b| a.added_at.cmp(&b.added_at)) {
-        if let Some(der) = ca::certificates_from_pem(newest.certificate_pem.as_bytes())?
-            .into_iter()
-            .next()
-        {
-            if let Ok(root) = authority::issuing_ca_for(&store, &der) {
-                c.sign_with(&root);
-            }
+    c.login(Some(&pin))?;
+    if let Some(der) = newest_root(&c.state)? {
+        if let Ok(root) = authority::issuing_ca_for(c.store()?, &der) {
+            c.sign_with(&root);
         }
     }
-    c.store = Some(store);
     Ok(())
 }
 
@@ -964,17 +967,10 @@ fn init_quorum(
     so: SecretSource,
     attend: Attend,
 ) -> Result<(), CliError> {
-    let prep = Prep::new(config_path, "init-quorum", attend, &[])?;
+    let names = SplitArgs::file_names(&plan.holders()?);
+    let prep = Prep::new(config_path, "init-quorum", attend, &names)?;
     let settings = pkcs11_settings(&prep.config)?.clone();
     let (holders, passes) = plan.prepare(&token_label(&settings))?;
-    for name in SplitArgs::file_names(&holders) {
-        if prep.attend.out_dir.join(&name).exists() {
-            return Err(msg(format!(
-                "{} already exists",
-                prep.attend.out_dir.join(name).display()
-            )));
-        }
-    }
     let so_pin = so.load().map_err(|e| msg(e.to_string()))?;
     confirm(
         prep.attend.yes,
@@ -982,17 +978,13 @@ fn init_quorum(
     )?;
     keystore::apply_module_env(&prep.config.keystore);
     // No login: the security officer replaces whatever user PIN the token had.
-    let (mut c, _) = prep.begin()?;
-    let work = (|| {
-        let pin = make_shares(&mut c, &plan, &holders, &passes, None, |new| {
+    let (c, _) = prep.begin()?;
+    c.run(|c| {
+        let pin = make_shares(c, &plan, &holders, &passes, None, |new| {
             token_pin::init_user_pin(&settings, &so_pin, new)
         })?;
-        relogin(&mut c, pin)
-    })();
-    match work {
-        Ok(()) => c.finish(),
-        Err(e) => Err(c.fail(e)),
-    }
+        relogin(c, pin)
+    })
 }
 
 fn reshare(
@@ -1006,17 +998,10 @@ fn reshare(
             "give the current shares with --share FILE (as many as the quorum needs)",
         ));
     }
-    let prep = Prep::new(config_path, "reshare", attend, &[])?.shares(&shares)?;
+    let names = SplitArgs::file_names(&plan.holders()?);
+    let prep = Prep::new(config_path, "reshare", attend, &names)?.shares(&shares)?;
     let settings = pkcs11_settings(&prep.config)?.clone();
     let (holders, passes) = plan.prepare(&token_label(&settings))?;
-    for name in SplitArgs::file_names(&holders) {
-        if prep.attend.out_dir.join(&name).exists() {
-            return Err(msg(format!(
-                "{} already exists",
-                prep.attend.out_dir.join(name).display()
-            )));
-        }
-    }
     let (old_pin, old_quorum) = match &prep.pin {
         Some((pin, shares)) => (pin.clone(), shares[0].quorum_id()),
         None => return Err(msg("the current shares did not give a PIN")),
