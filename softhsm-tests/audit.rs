@@ -148,7 +148,7 @@ fn checkpoints_are_signed_in_the_device_and_tampering_is_found() {
 
     // Edits in the sled files themselves are found, and the log refuses to open.
     {
-        let db = sled::open(dir.path().join("audit")).expect("sled");
+        let db = hsm_ca::store::open(&dir.path().join("audit")).expect("sled");
         let tree = db.open_tree("records").expect("tree");
         let k = 7u64.to_be_bytes();
         let v = tree.get(k).expect("get").expect("record");

@@ -459,6 +459,20 @@ fn the_readme_flow_dev_appliance_then_request() {
     );
     assert!(String::from_utf8_lossy(&request.stdout)
         .contains("spiffe://cluster.local/ns/default/sa/web"));
+
+    // The running appliance holds its audit log; verifying it from another process waits a
+    // moment, then says who holds it instead of failing with a bare lock error.
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args(["audit", "verify", "--config"])
+        .arg(dev_dir.join("hsm-ca.toml"))
+        .output()
+        .expect("audit verify");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success());
+    assert!(
+        last_line(&stderr).contains("another process holds it open"),
+        "{stderr}"
+    );
     drop(guard);
 }
 

@@ -19,4 +19,5 @@ pub mod quorum;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tls;

@@ -121,7 +121,7 @@ impl CaState {
             reason,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::open(&path).map_err(|e| open_err(e.to_string()))?;
+        let db = crate::store::open(&path).map_err(|e| open_err(crate::store::explain(&e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let (intermediates, roots, revocations, meta) = (
             tree("intermediates")?,

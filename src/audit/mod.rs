@@ -140,14 +140,10 @@ fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
     let path = dir.join("audit");
     let open = |reason: String| AuditError::Open {
         path: path.display().to_string(),
-        reason: if reason.contains("lock") || reason.contains("WouldBlock") {
-            format!("{reason} (is the appliance running? it holds the log open)")
-        } else {
-            reason
-        },
+        reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
-    let db = sled::open(&path).map_err(|e| open(e.to_string()))?;
+    let db = crate::store::open(&path).map_err(|e| open(crate::store::explain(&e)))?;
     let tree = db.open_tree("records").map_err(|e| open(e.to_string()))?;
     Ok((db, tree))
 }
