@@ -665,6 +665,125 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
     app.server.shutdown().await;
 }
 
+/// A workload identity as a VM agent keeps it for renewal: chain (leaf, intermediate), key,
+/// and the leaf's serial.
+struct Renewable {
+    chain: Vec<Vec<u8>>,
+    key: Vec<u8>,
+    serial: String,
+}
+
+/// A certificate for default/web, obtained with a service-account token.
+async fn web_certificate(app: &Appliance) -> Renewable {
+    let csr = client::workload_csr(WorkloadKey::P256, STRANGER).expect("csr");
+    let mut grpc = app.client(None, false).await;
+    let token = app.token_for("default", "web");
+    let chain = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .expect("issued")
+        .cert_chain;
+    let chain: Vec<Vec<u8>> = chain[..2].iter().flat_map(|p| der(p)).collect();
+    let serial = hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&chain[0])
+            .expect("leaf")
+            .raw_serial(),
+    );
+    Renewable {
+        chain,
+        key: csr.key_pkcs8.to_vec(),
+        serial,
+    }
+}
+
+/// Renews with the certificate alone (mTLS, no token); the refusal's code and message.
+async fn renew(app: &Appliance, with: &Renewable) -> Result<(), (tonic::Code, String)> {
+    let mut grpc = app.client(Some((&with.chain, &with.key)), false).await;
+    let csr = client::workload_csr(WorkloadKey::P256, STRANGER).expect("csr");
+    match client::create_certificate(&mut grpc, &csr.csr_pem, 600, None, None, None).await {
+        Ok(_) => Ok(()),
+        Err(client::ClientError::Refused { code, message }) => Err((code, message)),
+        Err(other) => panic!("not a refusal: {other}"),
+    }
+}
+
+/// Proposes with officer A and approves with officer B.
+async fn approved(a: &AdminClient, b: &AdminClient, path: &str, body: serde_json::Value) {
+    let proposed = a.post(path, body).await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_and_leaves_of_revoked_intermediates_no_longer_authenticate() {
+    let app = Appliance::start(&admin_config(0, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+
+    // A leaf revoked by serial: its renewal is refused, a sibling's is not, and the workload's
+    // token still works (it is the certificate that is no longer trusted, not the workload).
+    let (stolen, sibling) = (web_certificate(&app).await, web_certificate(&app).await);
+    assert_eq!(renew(&app, &stolen).await, Ok(()));
+    approved(&a, &b, "/v1/revocations", json!({"serial": stolen.serial})).await;
+    let (code, message) = renew(&app, &stolen).await.expect_err("revoked leaf");
+    assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+    assert!(
+        message.contains(&format!("serial {} was revoked", stolen.serial)),
+        "{message}"
+    );
+    assert_eq!(renew(&app, &sibling).await, Ok(()));
+    let _ = web_certificate(&app).await;
+
+    // An intermediate revoked after rotation: every leaf under it is refused, including the
+    // officers' own admin certificates; leaves of its successor are not.
+    let old = web_certificate(&app).await;
+    let (next, _) = prepare(&a, None).await;
+    let act = a
+        .post(&format!("/v1/intermediates/{next}/activate"), json!({}))
+        .await;
+    assert_eq!(act.status, 200, "{}", act.text());
+    let state = a.get("/v1/state").await.json();
+    let retired = state["intermediates"]
+        .as_array()
+        .expect("intermediates")
+        .iter()
+        .find(|i| i["status"] == "retired")
+        .expect("the first intermediate, retired")["key_id"]
+        .as_str()
+        .expect("key id")
+        .to_string();
+    assert_eq!(renew(&app, &old).await, Ok(()));
+    approved(&a, &b, "/v1/revocations", json!({"intermediate": retired})).await;
+    let (code, message) = renew(&app, &old).await.expect_err("leaf of a revoked CA");
+    assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+    assert!(message.contains("issuing CA"), "{message}");
+    assert!(message.contains("was revoked"), "{message}");
+    let refused = a.get("/v1/state").await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (401, "revoked"),
+        "{}",
+        refused.text()
+    );
+    let current = web_certificate(&app).await;
+    assert_eq!(renew(&app, &current).await, Ok(()));
+    let a2 = admin(&app, OFFICER_A);
+    assert_eq!(a2.get("/v1/state").await.status, 200);
+
+    // The revocations are in the CA state: after a restart they still hold.
+    let app = app.restart().await;
+    let (code, _) = renew(&app, &stolen).await.expect_err("still revoked");
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    assert!(renew(&app, &old).await.is_err());
+    assert_eq!(renew(&app, &current).await, Ok(()));
+    app.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_signed_new_root_lets_old_root_clients_verify_new_leaves() {
     let app = Appliance::start(&admin_config(0, 600)).await;

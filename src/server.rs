@@ -133,6 +133,7 @@ pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
         registration_authorities: config.authorization.registration_authorities.clone(),
         trusted_node_accounts: config.authorization.trusted_node_accounts.clone(),
         verified_tokens: Default::default(),
+        revocations: Default::default(),
     })
 }
 
@@ -193,6 +194,10 @@ pub async fn start(
     }
     let view = Arc::new(IssuerView::new(IssuerSnapshot::new(issuer, roots.clone())));
     let auth = Arc::new(authenticator(&config)?);
+    tokio::task::block_in_place(|| {
+        crate::admin::control::load_revocations(&auth.revocations, &state, &roots)
+    })?;
+    let revocations = auth.revocations.clone();
 
     let (first, mut renew_at) = issue_serving(&view, &config).await?;
     let serving = Arc::new(ServingCert::new(first));
@@ -307,6 +312,7 @@ pub async fn start(
         admin_tls,
         renew.clone(),
         issuance_metrics,
+        revocations,
     ));
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {

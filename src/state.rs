@@ -311,6 +311,17 @@ impl CaState {
             .collect()
     }
 
+    /// Every revocation, of every CA.
+    pub fn all_revocations(&self) -> Result<Vec<RevocationRecord>, StateError> {
+        self.revocations
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(storage)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     /// The next CRL number for the CA whose certificate fingerprint is `issuer` (1, 2, …).
     /// Durable on return.
     pub fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {

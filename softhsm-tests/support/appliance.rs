@@ -122,6 +122,39 @@ jwks_file = "east-jwks.json"
         self.dir.path().join(name)
     }
 
+    /// Stops the server and starts it again on the same token, config and data directory
+    /// (new listening ports).
+    #[allow(dead_code)]
+    pub async fn restart(self) -> Appliance {
+        let Appliance {
+            token,
+            dir,
+            server,
+            store,
+            config,
+            roots,
+            signer,
+            east_signer,
+        } = self;
+        server.shutdown().await;
+        let state = tokio::task::block_in_place(|| CaState::open(&config.data_dir))
+            .expect("state after restart");
+        let server =
+            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
+                .await
+                .expect("server after restart");
+        Appliance {
+            token,
+            dir,
+            server,
+            store,
+            config,
+            roots,
+            signer,
+            east_signer,
+        }
+    }
+
     /// A token for `ns`/`sa` from the default cluster's issuer, audience istio-ca.
     pub fn token_for(&self, ns: &str, sa: &str) -> String {
         self.mint(&self.signer, TOKEN_ISSUER, "istio-ca", ns, sa, 600, 0)

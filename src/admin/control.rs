@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use crate::audit::{AuditEvent, AuditLog};
+use crate::auth::revoked::Revocations;
 use crate::authority::{self, AuthorityError};
 use crate::ca::inspect::{check_issued_by, parse_certificate, serial_hex};
 use crate::ca::{certificate_pem, certificates_from_pem, fingerprint_id, CaError, IssuingCa};
@@ -128,6 +129,8 @@ pub struct Control {
     /// Wakes the serving-certificate renewal (after the issuer changed).
     pub renew: Arc<tokio::sync::Notify>,
     pub issuance: Arc<crate::metrics::IssuanceMetrics>,
+    /// What client certificates are checked against; reloaded with every change.
+    pub revocations: Arc<Revocations>,
     /// State changes run one at a time.
     changes: tokio::sync::Mutex<()>,
     proposals: Mutex<BTreeMap<String, Proposal>>,
@@ -174,9 +177,11 @@ impl Control {
         admin_tls: Arc<ArcSwap<rustls::ServerConfig>>,
         renew: Arc<tokio::sync::Notify>,
         issuance: Arc<crate::metrics::IssuanceMetrics>,
+        revocations: Arc<Revocations>,
     ) -> Self {
         Control {
             issuance,
+            revocations,
             config,
             store,
             state,
@@ -230,6 +235,7 @@ impl Control {
     /// Makes the current state visible: issuer view, TLS client verification, bundle file.
     pub fn publish(&self) -> Result<(), ApiError> {
         let roots = self.roots_der()?;
+        load_revocations(&self.revocations, &self.state, &roots)?;
         let issuer = blocking(|| authority::active_issuer(&self.store, &self.state))?;
         let issuer_changed = self.view.load().ca.key().id() != issuer.key().id();
         self.view
@@ -1023,6 +1029,7 @@ impl Control {
             ));
         }
         lock(&self.crls).remove(&issuer_fp);
+        load_revocations(&self.revocations, &self.state, &self.roots_der()?)?;
         self.record(AuditEvent::Revoked {
             actor: caller.identity.clone(),
             issuer_key: issuer_fp.clone(),
@@ -1164,6 +1171,25 @@ pub fn admin_client_roots(
 }
 
 /// Seeds the bundle from the config's root files the first time, then publishes the file.
+/// Loads into `index` every bundle root (`roots`) and installed intermediate, and every
+/// revocation recorded against them, for checking client certificates.
+pub fn load_revocations(
+    index: &Revocations,
+    state: &CaState,
+    roots: &[Vec<u8>],
+) -> Result<(), AuthorityError> {
+    let mut cas = roots.to_vec();
+    for rec in state.intermediates()? {
+        cas.extend(
+            certificates_from_pem(rec.certificate_pem.as_bytes())?
+                .into_iter()
+                .next(),
+        );
+    }
+    index.replace(&cas, &state.all_revocations()?);
+    Ok(())
+}
+
 pub fn load_roots(config: &Config, state: &CaState) -> Result<Vec<Vec<u8>>, AuthorityError> {
     if state.roots()?.is_empty() {
         let now = rfc3339(OffsetDateTime::now_utc());

@@ -41,6 +41,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// URI SANs first, then `CN=<common name>`; empty without a client certificate.
     pub identities: Vec<String>,
+    /// The client certificate (DER), checked against revocations on every request.
+    pub leaf: Option<Arc<[u8]>>,
 }
 
 /// The identities a client certificate (leaf, DER) presents.
@@ -130,14 +132,11 @@ impl axum::serve::Listener for TlsListener {
 impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
         let (_, conn) = stream.io().get_ref();
-        let identities = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|leaf| identities(leaf))
-            .unwrap_or_default();
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
         Peer {
             addr: *stream.remote_addr(),
-            identities,
+            identities: leaf.map(|l| identities(l)).unwrap_or_default(),
+            leaf: leaf.map(|l| Arc::from(l.as_ref())),
         }
     }
 }
@@ -169,6 +168,19 @@ async fn authorize(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "a client certificate is required".into(),
+        )
+        .await;
+    }
+    let revoked = peer.leaf.as_deref().and_then(|der| {
+        let cert = crate::ca::inspect::parse_certificate(der).ok()?;
+        ctl.revocations.check(&cert).err()
+    });
+    if let Some(reason) = revoked {
+        return refuse(
+            peer.identities.first().cloned(),
+            StatusCode::UNAUTHORIZED,
+            "revoked",
+            format!("client certificate: {reason}"),
         )
         .await;
     }

@@ -7,6 +7,7 @@
 
 pub mod devtoken;
 pub mod jwt;
+pub mod revoked;
 pub mod spiffe;
 
 use x509_parser::extensions::GeneralName;
@@ -80,6 +81,8 @@ pub struct Authenticator {
     pub trusted_node_accounts: Vec<(String, String)>,
     /// Recently verified tokens.
     pub verified_tokens: jwt::VerifiedTokens,
+    /// Revoked certificates and CAs: their client certificates no longer authenticate.
+    pub revocations: std::sync::Arc<revoked::Revocations>,
 }
 
 /// The default `clusterid` when a caller sends none (what istio-agent assumes).
@@ -163,6 +166,9 @@ impl Authenticator {
                 self.trust_domain
             )));
         }
+        self.revocations
+            .check(&cert)
+            .map_err(AuthError::ClientCertificate)?;
         Ok(id)
     }
 
