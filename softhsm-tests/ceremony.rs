@@ -151,6 +151,7 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
         Some(&passes),
     );
     assert!(out.ok, "{out:?}");
+    assert!(!out.stderr.contains("Failed to close session"), "{out:?}");
     for (i, name) in OFFICERS.iter().enumerate() {
         let path = host.path(&format!("media/quorum/share-{}-{name}.txt", i + 1));
         let text = std::fs::read_to_string(&path).expect("share file");

@@ -156,6 +156,87 @@ fn a_pin_from_the_environment_works_and_stays_out_of_logs() {
 }
 
 #[test]
+fn change_pin_replaces_the_pin_records_it_and_refuses_what_would_lose_the_token() {
+    let env = CliEnv::new("");
+    let new_pin = "a-new-pin-of-the-appliance-7f3a9c";
+    let change = |file: &str, content: &str| {
+        std::fs::write(env.path(file), content).expect("new pin");
+        env.run(&["keys", "change-pin", "--new-pin-file", file])
+    };
+    let old_still_works = || assert!(env.run(&["keys", "list"]).ok, "the old PIN stopped working");
+
+    let out = change("short", "1234567\n");
+    assert!(!out.ok);
+    assert!(
+        last_line(&out.stderr).contains("has 7 characters; use 8 to 255"),
+        "{out:?}"
+    );
+    old_still_works();
+    let out = change("same", &format!("{}\n", env.pin));
+    assert!(
+        last_line(&out.stderr).contains("the new PIN is the current one"),
+        "{out:?}"
+    );
+    old_still_works();
+
+    // While another process holds the appliance's audit log (a running appliance), nothing
+    // changes.
+    {
+        let _held = hsm_ca::store::open(&env.path("data").join("audit")).expect("audit store");
+        let out = change("new-pin", new_pin);
+        assert!(!out.ok);
+        assert!(
+            last_line(&out.stderr).contains("stop the appliance first, nothing was changed"),
+            "{out:?}"
+        );
+    }
+    old_still_works();
+
+    let out = change("new-pin", &format!("{new_pin}\n"));
+    assert!(out.ok, "{out:?}");
+    assert!(out.stdout.contains("was changed"), "{out:?}");
+    // The token's session is closed before the library is let go (no error after success).
+    assert!(!out.stderr.contains("Failed to close session"), "{out:?}");
+    for text in [&out.stdout, &out.stderr] {
+        assert!(
+            !text.contains(new_pin) && !text.contains(&env.pin),
+            "{text}"
+        );
+    }
+    // The old PIN is refused now; the new one opens the token.
+    let out = env.run(&["keys", "list"]);
+    assert_eq!(
+        last_line(&out.stderr),
+        "error: the PIN was refused by the token",
+        "{out:?}"
+    );
+    std::fs::write(env.path("pin"), new_pin).expect("pin");
+    assert!(env.run(&["keys", "list"]).ok);
+
+    // The change is in the appliance's audit log, signed, without either PIN.
+    let out = env.run(&["audit", "export", "--out", "exported"]);
+    assert!(out.ok, "{out:?}");
+    let log = std::fs::read_to_string(env.path("exported/audit.jsonl")).expect("export");
+    assert!(log.contains(r#""kind":"pin_changed""#), "{log}");
+    assert!(!log.contains(new_pin) && !log.contains(&env.pin));
+    let verify = env.run(&["audit", "verify"]);
+    assert!(verify.ok, "{verify:?}");
+
+    // A token whose PIN officers hold is changed only by a ceremony.
+    let config = std::fs::read_to_string(env.path("hsm-ca.toml")).expect("config");
+    std::fs::write(
+        env.path("hsm-ca.toml"),
+        config.replace("pin_file = \"pin\"", "pin_shares = true"),
+    )
+    .expect("config");
+    let out = change("another", "another-pin-123");
+    assert!(
+        last_line(&out.stderr).contains("ceremony reshare"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_token_that_is_not_there_is_named() {
     let env = CliEnv::new("");
     let config = std::fs::read_to_string(env.path("hsm-ca.toml")).expect("config");

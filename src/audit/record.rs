@@ -151,6 +151,8 @@ pub enum AuditEvent {
     },
     /// A ceremony stopped before it finished.
     CeremonyFailed { command: String, error: String },
+    /// The token's user PIN was changed (`hsm-ca keys change-pin`).
+    PinChanged { token: String, actor: String },
     /// The appliance started.
     Started { version: String },
     /// The appliance stopped cleanly.

@@ -122,6 +122,21 @@ pub enum IntermediateCommand {
 pub enum KeysCommand {
     /// List the keys in the device with the attributes that prove they cannot leave it.
     List,
+    /// Change the token's user PIN: log in with the PIN the config names and set a new one
+    /// (the appliance must be stopped; afterwards put the new PIN where the config reads it).
+    ChangePin {
+        /// File holding the new PIN (a trailing newline is not part of it).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "new_pin_env",
+            required_unless_present = "new_pin_env"
+        )]
+        new_pin_file: Option<PathBuf>,
+        /// Environment variable holding the new PIN.
+        #[arg(long, value_name = "VAR")]
+        new_pin_env: Option<String>,
+    },
 }
 
 /// A command failure: printed as one line.
@@ -163,6 +178,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
+        Command::Keys(KeysCommand::ChangePin {
+            new_pin_file,
+            new_pin_env,
+        }) => {
+            let new = match (new_pin_file, new_pin_env) {
+                (Some(f), _) => crate::secret::SecretSource::File(f),
+                (None, Some(v)) => crate::secret::SecretSource::Env(v),
+                (None, None) => {
+                    return Err(CliError::Message(
+                        "give --new-pin-file or --new-pin-env".into(),
+                    ))
+                }
+            };
+            commands::keys_change_pin(&cli.config, &new)
+        }
         Command::Ceremony(cmd) => ceremony::run(&cli.config, cmd),
         Command::Intermediate(IntermediateCommand::New { out }) => {
             commands::intermediate_new(&cli.config, &out)

@@ -21,15 +21,44 @@ fn fail(operation: &str, e: P11Error) -> KeystoreError {
     }
 }
 
-/// A read-write session on the token (the library stays loaded while the session lives).
-fn session(settings: &Pkcs11Settings) -> Result<(Session, LibraryUse), KeystoreError> {
+/// A read-write session on the token. The fields drop in this order: the session is closed
+/// while the library is still initialised.
+struct TokenSession {
+    session: Session,
+    _library: LibraryUse,
+}
+
+fn session(settings: &Pkcs11Settings) -> Result<TokenSession, KeystoreError> {
     let library = LibraryUse::acquire(&settings.module)?;
     let slot = find_slot(library.ctx(), &settings.token)?;
     let session = library
         .ctx()
         .open_rw_session(slot)
         .map_err(|e| fail("open session", e))?;
-    Ok((session, library))
+    Ok(TokenSession {
+        session,
+        _library: library,
+    })
+}
+
+/// Refuses a PIN the token would not take, before anything is sent to it.
+fn check_length(token: &TokenSession, pin: &Secret) -> Result<(), KeystoreError> {
+    let info = token
+        .session
+        .get_session_info()
+        .and_then(|s| token._library.ctx().get_token_info(s.slot_id()))
+        .map_err(|e| fail("token info", e))?;
+    let (min, max) = (info.min_pin_length(), info.max_pin_length());
+    let len = pin.expose().len();
+    if len < min || len > max {
+        return Err(KeystoreError::Device {
+            operation: "set PIN".into(),
+            reason: format!(
+                "the token takes PINs of {min} to {max} characters; the new one has {len}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Sets the user PIN as the security officer, whose PIN is `so_pin`.
@@ -38,7 +67,8 @@ pub fn init_user_pin(
     so_pin: &Secret,
     new_pin: &Secret,
 ) -> Result<(), KeystoreError> {
-    let (session, _library) = session(settings)?;
+    let token = session(settings)?;
+    let session = &token.session;
     session
         .login(
             UserType::So,
@@ -58,7 +88,9 @@ pub fn change_user_pin(
     old: &Secret,
     new: &Secret,
 ) -> Result<(), KeystoreError> {
-    let (session, _library) = session(settings)?;
+    let token = session(settings)?;
+    check_length(&token, new)?;
+    let session = &token.session;
     let old_pin = AuthPin::from(old.expose().to_string());
     session
         .login(UserType::User, Some(&old_pin))
