@@ -178,6 +178,26 @@ fn active_key(state: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// Proposes with officer `a` and approves with officer `b`: the approval's reply (200).
+async fn propose_and_approve(
+    a: &AdminClient,
+    b: &AdminClient,
+    path: &str,
+    body: serde_json::Value,
+) -> support::http::Reply {
+    let proposed = a.post(path, body).await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = b
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    done
+}
+
 /// Prepares an intermediate through the API: key in the device, CSR, signed by `root`
 /// (when given) with the online root key, installed. Returns (key id, certificate PEM).
 async fn prepare(a: &AdminClient, root: Option<&str>) -> (String, String) {
@@ -303,18 +323,13 @@ async fn intermediate_and_root_rotation_under_continuous_issuance_drop_no_reques
     );
     let wait = Duration::from_secs(WINDOW + 1).saturating_sub(root_added.elapsed());
     tokio::time::sleep(wait).await;
-    let proposed = a
-        .post(&format!("/v1/intermediates/{key3}/activate"), json!({}))
-        .await;
-    assert_eq!(proposed.status, 202, "{}", proposed.text());
-    let pid = proposed.json()["pending_approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let done = b
-        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
-        .await;
-    assert_eq!(done.status, 200, "{}", done.text());
+    propose_and_approve(
+        &a,
+        &b,
+        &format!("/v1/intermediates/{key3}/activate"),
+        json!({}),
+    )
+    .await;
     load.more(10).await;
     let newest = load.more(10).await;
     assert_eq!(der(&newest[1]), der(&pem3));
@@ -588,21 +603,13 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
     );
     let inter_fp = fingerprint_id(&der(&chain[1])[0]);
 
-    let proposed = a
-        .post(
-            "/v1/revocations",
-            json!({"serial": serial, "reason": "keyCompromise"}),
-        )
-        .await;
-    assert_eq!(proposed.status, 202, "{}", proposed.text());
-    let pid = proposed.json()["pending_approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let done = b
-        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
-        .await;
-    assert_eq!(done.status, 200, "{}", done.text());
+    let done = propose_and_approve(
+        &a,
+        &b,
+        "/v1/revocations",
+        json!({"serial": serial, "reason": "keyCompromise"}),
+    )
+    .await;
     assert_eq!(done.json()["crl"], format!("/crl/{inter_fp}.crl"));
 
     let crl = public.get(&format!("/crl/{inter_fp}.crl")).await;
@@ -706,20 +713,6 @@ async fn renew(app: &Appliance, with: &Renewable) -> Result<(), (tonic::Code, St
     }
 }
 
-/// Proposes with officer A and approves with officer B.
-async fn approved(a: &AdminClient, b: &AdminClient, path: &str, body: serde_json::Value) {
-    let proposed = a.post(path, body).await;
-    assert_eq!(proposed.status, 202, "{}", proposed.text());
-    let pid = proposed.json()["pending_approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let done = b
-        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
-        .await;
-    assert_eq!(done.status, 200, "{}", done.text());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_certificates_and_leaves_of_revoked_intermediates_no_longer_authenticate() {
     let app = Appliance::start(&admin_config(0, 600)).await;
@@ -729,7 +722,7 @@ async fn revoked_certificates_and_leaves_of_revoked_intermediates_no_longer_auth
     // token still works (it is the certificate that is no longer trusted, not the workload).
     let (stolen, sibling) = (web_certificate(&app).await, web_certificate(&app).await);
     assert_eq!(renew(&app, &stolen).await, Ok(()));
-    approved(&a, &b, "/v1/revocations", json!({"serial": stolen.serial})).await;
+    propose_and_approve(&a, &b, "/v1/revocations", json!({"serial": stolen.serial})).await;
     let (code, message) = renew(&app, &stolen).await.expect_err("revoked leaf");
     assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
     assert!(
@@ -758,7 +751,7 @@ async fn revoked_certificates_and_leaves_of_revoked_intermediates_no_longer_auth
         .expect("key id")
         .to_string();
     assert_eq!(renew(&app, &old).await, Ok(()));
-    approved(&a, &b, "/v1/revocations", json!({"intermediate": retired})).await;
+    propose_and_approve(&a, &b, "/v1/revocations", json!({"intermediate": retired})).await;
     let (code, message) = renew(&app, &old).await.expect_err("leaf of a revoked CA");
     assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
     assert!(message.contains("issuing CA"), "{message}");

@@ -640,9 +640,7 @@ fn a_ceremony_refuses_to_run_with_a_network_route() {
         .skip(1)
         .any(|l| l.split_whitespace().next().is_some_and(|i| i != "lo"));
     let host = Host::new();
-    // Outside the namespace, on this machine's own network.
-    let out = host.run(&[
-        "ceremony",
+    const INIT_QUORUM: &[&str] = &[
         "init-quorum",
         "--officers",
         "2",
@@ -653,27 +651,15 @@ fn a_ceremony_refuses_to_run_with_a_network_route() {
         "--out-dir",
         "media/q",
         "--yes",
-    ]);
+    ];
+    // Outside the namespace, on this machine's own network.
+    let out = host.run(&[&["ceremony"], INIT_QUORUM].concat());
     if has_route {
         assert!(!out.ok);
         assert!(out.stderr.contains("A ceremony runs offline"), "{out:?}");
         assert!(!host.path("media/q").exists());
     }
     // In a namespace without network it runs.
-    let out = host.ceremony(
-        &[
-            "init-quorum",
-            "--officers",
-            "2",
-            "--threshold",
-            "2",
-            "--so-pin-file",
-            "so-pin",
-            "--out-dir",
-            "media/q",
-            "--yes",
-        ],
-        None,
-    );
+    let out = host.ceremony(INIT_QUORUM, None);
     assert!(out.ok, "{out:?}");
 }

@@ -102,10 +102,7 @@ jwks_file = "east-jwks.json"
             .expect("install");
             (vec![root.der], state)
         });
-        let server =
-            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
-                .await
-                .expect("server");
+        let server = serve(&config, &store, state).await;
         Appliance {
             token,
             dir,
@@ -126,33 +123,11 @@ jwks_file = "east-jwks.json"
     /// (new listening ports).
     #[allow(dead_code)]
     pub async fn restart(self) -> Appliance {
-        let Appliance {
-            token,
-            dir,
-            server,
-            store,
-            config,
-            roots,
-            signer,
-            east_signer,
-        } = self;
-        server.shutdown().await;
-        let state = tokio::task::block_in_place(|| CaState::open(&config.data_dir))
+        self.server.shutdown().await;
+        let state = tokio::task::block_in_place(|| CaState::open(&self.config.data_dir))
             .expect("state after restart");
-        let server =
-            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
-                .await
-                .expect("server after restart");
-        Appliance {
-            token,
-            dir,
-            server,
-            store,
-            config,
-            roots,
-            signer,
-            east_signer,
-        }
+        let server = serve(&self.config, &self.store, state).await;
+        Appliance { server, ..self }
     }
 
     /// A token for `ns`/`sa` from the default cluster's issuer, audience istio-ca.
@@ -197,4 +172,11 @@ jwks_file = "east-jwks.json"
             .await
             .expect("connect")
     }
+}
+
+/// Serves `config` with the CA keys in `store` and the CA state `state`.
+async fn serve(config: &Config, store: &KeyStore, state: CaState) -> RunningServer {
+    hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
+        .await
+        .expect("server")
 }

@@ -138,7 +138,8 @@ impl Index {
             return Ok(());
         }
         let serial = serial_hex(cert.raw_serial());
-        for ca in self.issuers(&issuer_ref(cert)) {
+        let issued_by = issuer_ref(cert);
+        for ca in self.issuers(&issued_by) {
             if self
                 .revoked
                 .contains(&(ca.fingerprint.clone(), serial.clone()))
@@ -148,7 +149,7 @@ impl Index {
         }
         // Walk up: every CA that may have issued it, and theirs, each checked once.
         let mut seen = HashSet::new();
-        let mut level: Vec<&Ca> = self.issuers(&issuer_ref(cert)).collect();
+        let mut level: Vec<&Ca> = self.issuers(&issued_by).collect();
         for _ in 0..MAX_DEPTH {
             let mut next = Vec::new();
             for ca in level {
