@@ -236,6 +236,29 @@ fn change_pin_replaces_the_pin_records_it_and_refuses_what_would_lose_the_token(
     );
 }
 
+/// Output piped into a reader that went away (`| head -1`) ends the command quietly: no
+/// panic, the work is done.
+#[test]
+fn commands_survive_a_closed_stdout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    // Enough certificates that the output outgrows the pipe's buffer.
+    let bundle = cert.cert.pem().repeat(200);
+    std::fs::write(dir.path().join("bundle.pem"), bundle).expect("bundle");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(dir.path())
+        .args(["inspect", "bundle.pem"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("inspect");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
 #[test]
 fn a_token_that_is_not_there_is_named() {
     let env = CliEnv::new("");

@@ -119,7 +119,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             report(&summary, &key_note);
             if let Some((seq, hash)) = expect {
                 check_head(&lines, seq, &hash)?;
-                println!("Head {seq}:{hash} is in the log.");
+                say!("Head {seq}:{hash} is in the log.");
             }
             if summary.unsigned_tail > 0 && !allow_unsigned_tail {
                 return Err(CliError::Message(format!(
@@ -138,17 +138,17 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             let mut buf = Vec::new();
             let n = audit::export(&config.data_dir, &mut buf)?;
             crate::authority::write_file(&jsonl, &buf, false)?;
-            println!("Wrote {n} records to {}", jsonl.display());
+            say!("Wrote {n} records to {}", jsonl.display());
             if let Some(key) = key {
                 let pem_path = out.join("audit-public-key.pem");
                 crate::authority::write_file(&pem_path, key.public_pem().as_bytes(), false)?;
-                println!(
+                say!(
                     "Wrote the audit public key to {} (SHA-256 {})",
                     pem_path.display(),
                     key_fingerprint(&key.spki)
                 );
             }
-            println!(
+            say!(
                 "Verify offline: hsm-ca audit verify --file {} --public-key {}",
                 jsonl.display(),
                 out.join("audit-public-key.pem").display()
@@ -163,8 +163,8 @@ fn key_fingerprint(spki: &[u8]) -> String {
 }
 
 fn report(summary: &ChainSummary, key_note: &str) {
-    println!("The audit chain verifies: {} records.", summary.records);
-    println!(
+    say!("The audit chain verifies: {} records.", summary.records);
+    say!(
         "Checkpoints: {} ({}).",
         summary.checkpoints,
         if summary.signatures_checked {
@@ -174,13 +174,13 @@ fn report(summary: &ChainSummary, key_note: &str) {
         }
     );
     if let Some((seq, time)) = &summary.last_checkpoint {
-        println!("Last checkpoint: record {seq} at {time}.");
+        say!("Last checkpoint: record {seq} at {time}.");
     }
-    println!(
+    say!(
         "Records after the last checkpoint: {}.",
         summary.unsigned_tail
     );
-    println!(
+    say!(
         "Head (keep it to detect a cut later): {}:{}",
         summary.records,
         hex::encode(summary.head)

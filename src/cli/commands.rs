@@ -59,9 +59,9 @@ pub fn format_keys(keys: &[KeyInfo]) -> String {
 pub fn keys_list(config_path: &Path) -> Result<(), CliError> {
     let (_, store) = open(config_path)?;
     let keys = store.list_blocking()?;
-    print!("{}", format_keys(&keys));
+    say_raw!("{}", format_keys(&keys));
     if keys.is_empty() {
-        println!("(no keys in {})", store.describe());
+        say!("(no keys in {})", store.describe());
     }
     Ok(())
 }
@@ -164,11 +164,11 @@ pub fn inspect(file: &Path) -> Result<(), CliError> {
     let now = OffsetDateTime::now_utc();
     for (i, der) in certs.iter().enumerate() {
         if certs.len() > 1 {
-            println!("Certificate {} of {}", i + 1, certs.len());
+            say!("Certificate {} of {}", i + 1, certs.len());
         }
-        print!("{}", inspect::describe(der, now)?);
+        say_raw!("{}", inspect::describe(der, now)?);
         if i + 1 < certs.len() {
-            println!();
+            say!();
         }
     }
     Ok(())
@@ -212,14 +212,14 @@ pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> 
     let (info, csr_pem) =
         authority::new_intermediate_csr(&store, &config, OffsetDateTime::now_utc())?;
     write_file(out, csr_pem.as_bytes(), false)?;
-    println!(
+    say!(
         "Intermediate key {} ({}) created in {}",
         info.id,
         info.label,
         store.describe()
     );
-    println!("CSR written to {}", out.display());
-    println!("Public key SHA-256: {}", ca::fingerprint(&info.public_key));
+    say!("CSR written to {}", out.display());
+    say!("Public key SHA-256: {}", ca::fingerprint(&info.public_key));
     Ok(())
 }
 
@@ -256,9 +256,12 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
         &cert_der,
         OffsetDateTime::now_utc(),
     )?;
-    println!(
+    say!(
         "Installed intermediate {} (key {}) as {:?}, valid until {}",
-        record.subject, record.key_id, record.status, record.not_after
+        record.subject,
+        record.key_id,
+        record.status,
+        record.not_after
     );
     Ok(())
 }
@@ -268,10 +271,10 @@ pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
     let state = CaState::open(&config.data_dir)?;
     let records = state.intermediates()?;
     if records.is_empty() {
-        println!("(no intermediates installed)");
+        say!("(no intermediates installed)");
     }
     for r in records {
-        println!(
+        say!(
             "{:<9} {}  key {}  until {}",
             format!("{:?}", r.status).to_lowercase(),
             r.subject,
@@ -316,6 +319,6 @@ pub fn bundle(
             serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
         }
     };
-    print!("{text}");
+    say_raw!("{text}");
     Ok(())
 }

@@ -158,11 +158,11 @@ pub fn run(args: RequestArgs) -> Result<(), CliError> {
     client::write_credentials(&args.out, &csr.key_pkcs8, &response.cert_chain)
         .map_err(|e| CliError::Message(e.to_string()))?;
     let leaf = crate::ca::certificates_from_pem(response.cert_chain[0].as_bytes())?;
-    println!(
+    say!(
         "Issued {identity}; wrote key.pem, cert-chain.pem, root-cert.pem to {}",
         args.out.display()
     );
-    print!(
+    say_raw!(
         "{}",
         inspect::describe(&leaf[0], time::OffsetDateTime::now_utc())?
     );
