@@ -332,3 +332,48 @@ fn a_token_can_be_chosen_by_serial() {
         key.public_key
     );
 }
+
+/// Logs the application out of `token` from another session, as an operator's tool would.
+fn log_out_from_outside(token: &TestToken) {
+    let ctx = cryptoki::context::Pkcs11::new(support::module()).expect("module");
+    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
+    let slot = support::slot_by_label(&ctx, &token.label);
+    ctx.open_ro_session(slot)
+        .expect("session")
+        .logout()
+        .expect("logout");
+}
+
+#[test]
+fn every_worker_signs_again_after_repeated_logouts() {
+    // Two workers' sessions, driven in a fixed order: worker one recovers from the first logout;
+    // worker two's session predates that recovery and must still recover from the second one.
+    let token = TestToken::new();
+    let device = Pkcs11Device::open(token.settings()).expect("open token");
+    let mut one = hsm_ca::keystore::KeyDevice::open_session(&device).expect("session one");
+    let mut two = hsm_ca::keystore::KeyDevice::open_session(&device).expect("session two");
+    let key = one
+        .generate(&KeyRequest {
+            algorithm: KeyAlgorithm::EcdsaP256,
+            label: "workers".into(),
+        })
+        .expect("generate");
+    let scheme = SignatureScheme::EcdsaSha256;
+    for (name, session) in [("one", &mut one), ("two", &mut two)] {
+        session.sign(&key.id, scheme, b"before").expect(name);
+    }
+    for round in 0..3 {
+        let session = if round == 1 { &mut two } else { &mut one };
+        log_out_from_outside(&token);
+        let message = format!("after logout {round}");
+        let sig = session
+            .sign(&key.id, scheme, message.as_bytes())
+            .unwrap_or_else(|e| panic!("sign after logout {round}: {e}"));
+        assert!(verify_signature(
+            &key.public_key,
+            scheme,
+            message.as_bytes(),
+            &sig
+        ));
+    }
+}

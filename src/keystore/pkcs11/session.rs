@@ -40,13 +40,6 @@ impl Pkcs11Session {
         }
     }
 
-    fn generation(&self) -> u64 {
-        match &self.session {
-            Some((_, g)) => *g,
-            None => self.token.current().1,
-        }
-    }
-
     fn ensure_session(&mut self) -> Result<(), KeystoreError> {
         // Another worker recovered the token since this session was opened: a session from
         // before a library re-initialisation is dead (forget it, its number may be reused);
@@ -81,11 +74,15 @@ impl Pkcs11Session {
     ) -> Result<T, KeystoreError> {
         let mut attempt = 0;
         loop {
-            let seen = self.generation();
-            let result = {
+            // The generation this attempt runs under, read inside the gate (no recovery can
+            // bump it until the gate is released). Not the session's own: a session opened
+            // before another worker's recovery would name a generation already recovered
+            // from, and its failure would then never lead to a recovery of its own.
+            let (seen, result) = {
                 let token = self.token.clone();
                 let _gate = token.call_gate();
-                self.ensure_session().and_then(|()| op(self))
+                let (_, seen) = token.current();
+                (seen, self.ensure_session().and_then(|()| op(self)))
             };
             let lost = match &result {
                 Err(KeystoreError::SessionLost(_)) => true,
