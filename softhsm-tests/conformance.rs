@@ -314,8 +314,9 @@ fn signing_recovers_after_the_device_is_disrupted<B: Backend>() {
             .sign_blocking(&info.id, *scheme, b"before")
             .expect("sign before");
     }
-    // Two rounds: the second one hits a worker whose session predates the first recovery. (A
-    // TPM killed three times counts that as dictionary attacks and locks keys out.)
+    // Two rounds: the second one may reach a worker whose session predates the first recovery
+    // (keystore.rs drives that case in a fixed order). A TPM killed three times counts that as
+    // dictionary attacks and locks keys out.
     for round in 0..2 {
         backend.disrupt();
         for (info, scheme) in &keys {
