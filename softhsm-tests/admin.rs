@@ -962,3 +962,188 @@ async fn a_separate_admin_ca_keeps_workload_certificates_out() {
     );
     app.server.shutdown().await;
 }
+
+/// POSTs, and approves with officer `b` when the call waits for approval.
+async fn post_approved(
+    a: &AdminClient,
+    b: &AdminClient,
+    path: &str,
+    body: serde_json::Value,
+) -> support::http::Reply {
+    let first = a.post(path, body).await;
+    if first.status != 202 {
+        return first;
+    }
+    let pid = first.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    b.post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await
+}
+
+/// A root CRL as a ceremony signs it: `root` signs, listing `serials` (hex).
+fn root_crl(root: &hsm_ca::ca::IssuingCa, serials: &[&str], number: u64) -> (Vec<u8>, String) {
+    let now = OffsetDateTime::now_utc();
+    let entries: Vec<_> = serials
+        .iter()
+        .map(|s| (hex::decode(s).expect("hex serial"), now))
+        .collect();
+    let der = tokio::task::block_in_place(|| {
+        root.sign_crl(&entries, number, now, now + time::Duration::days(30))
+    })
+    .expect("crl");
+    let pem = pem::encode(&pem::Pem::new("X509 CRL", der.clone()));
+    (der, pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_crl_signed_offline_revokes_what_it_lists_once_imported_and_is_served() {
+    let mut app = Appliance::start(&admin_config(0, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+
+    // An offline root: its key is in another token (the ceremony's), not in the appliance's.
+    let ceremony = support::TestToken::new();
+    let ceremony_store = ceremony.keystore(1);
+    let mut cfg = app.config.clone();
+    cfg.root.common_name = "hsm-ca offline root".into();
+    let now = OffsetDateTime::now_utc();
+    let (_, offline) =
+        tokio::task::block_in_place(|| hsm_ca::authority::create_root(&ceremony_store, &cfg, now))
+            .expect("offline root");
+    let offline_fp = fingerprint_id(&offline.der);
+    propose_and_approve(&a, &b, "/v1/roots", json!({"certificate_pem": offline.pem})).await;
+    app.roots.push(offline.der.clone());
+    // Clients that trust both roots: the appliance's own certificates will come from either.
+    let (a, b, public) = (
+        admin(&app, OFFICER_A),
+        admin(&app, OFFICER_B),
+        anonymous(&app),
+    );
+    let offline_ca =
+        hsm_ca::authority::issuing_ca_for(&ceremony_store, &offline.der).expect("offline CA");
+
+    // An intermediate signed offline, installed and activated; a workload certificate from it.
+    let csr = a.post("/v1/intermediates", json!({})).await.json();
+    let parsed = hsm_ca::ca::parse_csr(csr["csr_pem"].as_str().expect("csr").as_bytes())
+        .expect("csr parses");
+    let inter = tokio::task::block_in_place(|| {
+        hsm_ca::authority::sign_intermediate(&offline_ca, &parsed, &app.config, now)
+    })
+    .expect("signed offline");
+    let inter_serial = hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&inter.der)
+            .expect("intermediate")
+            .raw_serial(),
+    );
+    let installed = a
+        .post(
+            "/v1/intermediates/install",
+            json!({"certificate_pem": inter.pem}),
+        )
+        .await;
+    assert_eq!(installed.status, 200, "{}", installed.text());
+    let key = csr["key_id"].as_str().expect("key id");
+    let act = post_approved(
+        &a,
+        &b,
+        &format!("/v1/intermediates/{key}/activate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(act.status, 200, "{}", act.text());
+    let workload = web_certificate(&app).await;
+    assert!(check_issued_by(&workload.chain[1], &offline.der).is_ok());
+    assert_eq!(renew(&app, &workload).await, Ok(()));
+    let before = public.get(&format!("/crl/{offline_fp}.crl")).await;
+    assert_eq!(
+        (before.status, before.code().as_str()),
+        (404, "key_not_in_device")
+    );
+
+    // A CRL revoking the intermediate in use is refused, and nothing of it is kept.
+    let (_, revokes_active) = root_crl(&offline_ca, &[&inter_serial], 1);
+    let refused = a.post("/v1/crls", json!({"crl_pem": revokes_active})).await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (409, "refused"),
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("activate a successor"));
+    assert_eq!(renew(&app, &workload).await, Ok(()));
+    assert_eq!(
+        public.get(&format!("/crl/{offline_fp}.crl")).await.status,
+        404
+    );
+
+    // After rotating away, the same revocation takes effect on import: the old intermediate's
+    // workload certificates no longer renew, and the CRL is served as signed.
+    let (next, _) = prepare(&a, None).await;
+    let act = post_approved(
+        &a,
+        &b,
+        &format!("/v1/intermediates/{next}/activate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(act.status, 200, "{}", act.text());
+    let (crl_der, crl_pem) = root_crl(&offline_ca, &[&inter_serial], 2);
+    let auditor = admin(&app, AUDITOR);
+    let forbidden = auditor.post("/v1/crls", json!({"crl_pem": crl_pem})).await;
+    assert_eq!(forbidden.status, 403, "{}", forbidden.text());
+    let imported = a.post("/v1/crls", json!({"crl_pem": crl_pem})).await;
+    assert_eq!(imported.status, 200, "{}", imported.text());
+    let reply = imported.json();
+    assert_eq!(reply["issuer"], offline_fp);
+    assert_eq!(reply["crl_number"], 2);
+    assert_eq!(reply["newly_revoked"], json!([inter_serial]));
+    let (code, message) = renew(&app, &workload).await.expect_err("revoked CA");
+    assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+    assert!(message.contains("issuing CA"), "{message}");
+    let served = public.get(&format!("/crl/{offline_fp}.crl")).await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.body, crl_der);
+    let bundle = public.get("/ca-crl.pem").await.text();
+    assert!(bundle.contains(crl_pem.trim()), "{bundle}");
+
+    // Replays and older CRLs, CRLs not signed by a bundle root, and non-CRLs are refused.
+    let again = a.post("/v1/crls", json!({"crl_pem": crl_pem})).await;
+    assert_eq!((again.status, again.code().as_str()), (409, "stale_crl"));
+    let older = a.post("/v1/crls", json!({"crl_pem": revokes_active})).await;
+    assert_eq!((older.status, older.code().as_str()), (409, "stale_crl"));
+    let stranger_store = support::TestToken::new().keystore(1);
+    let (_, stranger) =
+        tokio::task::block_in_place(|| hsm_ca::authority::create_root(&stranger_store, &cfg, now))
+            .expect("stranger root");
+    let stranger_ca =
+        hsm_ca::authority::issuing_ca_for(&stranger_store, &stranger.der).expect("stranger CA");
+    let (_, forged) = root_crl(&stranger_ca, &[&workload.serial], 9);
+    let forged = a.post("/v1/crls", json!({"crl_pem": forged})).await;
+    assert_eq!(
+        (forged.status, forged.code().as_str()),
+        (400, "chain_invalid"),
+        "{}",
+        forged.text()
+    );
+    let junk = a
+        .post("/v1/crls", json!({"crl_pem": offline.pem.clone()}))
+        .await;
+    assert_eq!(junk.status, 400, "{}", junk.text());
+
+    // The import is in the audit log, and it all holds after a restart.
+    let page = auditor.get("/v1/audit?from=1&limit=1000").await.json();
+    let imports: Vec<_> = page["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["event"]["kind"] == "crl_imported")
+        .collect();
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    assert_eq!(imports[0]["event"]["newly_revoked"], json!([inter_serial]));
+    let app = app.restart().await;
+    assert!(renew(&app, &workload).await.is_err());
+    let served = anonymous(&app).get(&format!("/crl/{offline_fp}.crl")).await;
+    assert_eq!(served.body, crl_der);
+    app.server.shutdown().await;
+}

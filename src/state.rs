@@ -78,6 +78,21 @@ pub struct RevocationRecord {
     pub revoked_at: String,
 }
 
+/// A root's CRL, signed offline in a ceremony and imported through the admin API. Served for
+/// roots whose key is not in this device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedCrl {
+    pub version: u32,
+    /// Hex SHA-256 fingerprint of the root that signed it.
+    pub issuer: String,
+    pub number: u64,
+    /// The CRL as signed (PEM, `X509 CRL`).
+    pub crl_pem: String,
+    pub this_update: String,
+    pub next_update: Option<String>,
+    pub imported_at: String,
+}
+
 /// The CA state store.
 pub struct CaState {
     db: sled::Db,
@@ -330,6 +345,43 @@ impl CaState {
         Ok(next)
     }
 
+    /// The last CRL imported for the root whose fingerprint is `issuer`.
+    pub fn imported_crl(&self, issuer: &str) -> Result<Option<ImportedCrl>, StateError> {
+        let key = format!("imported_crl/{issuer}");
+        self.meta
+            .get(key.as_bytes())
+            .map_err(storage)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Stores an imported CRL if its number is greater than the stored one's; otherwise
+    /// returns the stored one and changes nothing. Durable on return.
+    pub fn store_imported_crl(
+        &self,
+        mut record: ImportedCrl,
+    ) -> Result<Result<(), ImportedCrl>, StateError> {
+        record.version = RECORD_VERSION;
+        let key = format!("imported_crl/{}", record.issuer);
+        loop {
+            let old = self.meta.get(key.as_bytes()).map_err(storage)?;
+            if let Some(bytes) = &old {
+                let stored: ImportedCrl = decode(key.as_bytes(), bytes)?;
+                if stored.number >= record.number {
+                    return Ok(Err(stored));
+                }
+            }
+            let swapped = self
+                .meta
+                .compare_and_swap(key.as_bytes(), old, Some(encode(&record)?))
+                .map_err(storage)?;
+            if swapped.is_ok() {
+                self.flush()?;
+                return Ok(Ok(()));
+            }
+        }
+    }
+
     /// Records an intermediate; it becomes active when no other is. Durable on return.
     pub fn install(
         &self,
@@ -415,6 +467,34 @@ mod tests {
             Some(KeyId(vec![1]))
         );
         assert!(all.iter().all(|r| r.version == RECORD_VERSION));
+    }
+
+    #[test]
+    fn an_imported_crl_is_replaced_only_by_a_higher_number_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crl = |number: u64| ImportedCrl {
+            version: 0,
+            issuer: "ab".into(),
+            number,
+            crl_pem: format!("crl {number}"),
+            this_update: "t".into(),
+            next_update: None,
+            imported_at: "t".into(),
+        };
+        {
+            let state = CaState::open(dir.path()).expect("open");
+            assert_eq!(state.imported_crl("ab").expect("get"), None);
+            assert_eq!(state.store_imported_crl(crl(2)).expect("store"), Ok(()));
+            let kept = state.store_imported_crl(crl(2)).expect("store");
+            assert_eq!(kept.map_err(|c| c.number), Err(2));
+            let kept = state.store_imported_crl(crl(1)).expect("store");
+            assert_eq!(kept.map_err(|c| c.crl_pem), Err("crl 2".to_string()));
+            assert_eq!(state.store_imported_crl(crl(3)).expect("store"), Ok(()));
+            assert_eq!(state.imported_crl("other").expect("get"), None);
+        }
+        let state = CaState::open(dir.path()).expect("reopen");
+        let stored = state.imported_crl("ab").expect("get").expect("kept");
+        assert_eq!((stored.number, stored.version), (3, RECORD_VERSION));
     }
 
     #[test]

@@ -1040,6 +1040,103 @@ impl Control {
         Ok(json!({"issuer": issuer_fp, "serial": serial, "crl": format!("/crl/{issuer_fp}.crl")}))
     }
 
+    /// Imports a root's CRL signed offline (a ceremony's `root-crl.pem`). The root's signature
+    /// is the authority: the revocations it lists were decided by the root's officer quorum,
+    /// so no approvals are asked here. The CRL must be signed by a root in the bundle and be
+    /// newer (by CRL number) than any imported before; it may not revoke the active
+    /// intermediate (activate a successor first). Its entries join the appliance's
+    /// revocations at once; a prepared intermediate it revokes is retired. Nothing is written
+    /// when a check fails.
+    pub async fn import_crl(&self, caller: &Caller, crl_pem: &str) -> Result<Value, ApiError> {
+        let der = crl_der(crl_pem)?;
+        let _g = self.changes.lock().await;
+        let now = OffsetDateTime::now_utc();
+        let crl = RootCrl::parse(&der, &self.roots()?)?;
+        let root = crl.root;
+        if let Some(active) = self.state.active()? {
+            let active_der = record_der(&active)?;
+            let serial = serial_hex(
+                parse_certificate(&active_der)
+                    .map_err(ApiError::from)?
+                    .raw_serial(),
+            );
+            let under_root = check_issued_by(&active_der, &first_cert(&root.certificate_pem)?);
+            if under_root.is_ok() && crl.entries.iter().any(|e| e.serial == serial) {
+                return Err(ApiError::refused(format!(
+                    "this CRL revokes the active intermediate {}; activate a successor, then \
+                     import it again",
+                    active.key_id
+                )));
+            }
+        }
+        if let Some(stored) = self.state.imported_crl(&root.fingerprint)? {
+            if stored.number >= crl.number {
+                return Err(stale_crl(crl.number, stored.number));
+            }
+        }
+        let mut retired = Vec::new();
+        for record in self.state.intermediates()? {
+            if record.status != IntermediateStatus::Prepared {
+                continue;
+            }
+            let der = record_der(&record)?;
+            let serial = serial_hex(
+                parse_certificate(&der)
+                    .map_err(ApiError::from)?
+                    .raw_serial(),
+            );
+            if crl.entries.iter().any(|e| e.serial == serial)
+                && check_issued_by(&der, &first_cert(&root.certificate_pem)?).is_ok()
+            {
+                self.state.retire(&record.key_id, &rfc3339(now))?;
+                retired.push(record.key_id.to_string());
+            }
+        }
+        let mut newly_revoked = Vec::new();
+        for entry in &crl.entries {
+            let fresh = self.state.revoke(RevocationRecord {
+                version: crate::state::RECORD_VERSION,
+                issuer: root.fingerprint.clone(),
+                serial: entry.serial.clone(),
+                reason: entry.reason.to_string(),
+                revoked_at: rfc3339(entry.revoked_at),
+            })?;
+            if fresh {
+                newly_revoked.push(entry.serial.clone());
+            }
+        }
+        let stored = self.state.store_imported_crl(crate::state::ImportedCrl {
+            version: crate::state::RECORD_VERSION,
+            issuer: root.fingerprint.clone(),
+            number: crl.number,
+            crl_pem: pem::encode(&pem::Pem::new("X509 CRL", der.clone())),
+            this_update: rfc3339(crl.this_update),
+            next_update: crl.next_update.map(rfc3339),
+            imported_at: rfc3339(now),
+        })?;
+        if let Err(newer) = stored {
+            return Err(stale_crl(crl.number, newer.number));
+        }
+        lock(&self.crls).remove(&root.fingerprint);
+        load_revocations(&self.revocations, &self.state, &self.roots_der()?)?;
+        self.record(AuditEvent::CrlImported {
+            actor: caller.identity.clone(),
+            issuer: root.fingerprint.clone(),
+            number: crl.number,
+            revoked: crl.entries.len() as u64,
+            newly_revoked: newly_revoked.clone(),
+        })
+        .await?;
+        Ok(json!({
+            "issuer": root.fingerprint,
+            "crl_number": crl.number,
+            "revoked": crl.entries.len(),
+            "newly_revoked": newly_revoked,
+            "retired": retired,
+            "next_update": crl.next_update.map(rfc3339),
+        }))
+    }
+
     /// Every CA certificate this appliance knows: bundle roots and installed intermediates.
     fn ca_certificates(&self) -> Result<Vec<Vec<u8>>, ApiError> {
         let mut all = self.roots_der()?;
@@ -1064,15 +1161,24 @@ impl Control {
             .into_iter()
             .find(|d| fingerprint_id(d) == fp)
             .ok_or_else(|| ApiError::not_found(format!("no CA certificate {fp}")))?;
-        let ca =
-            blocking(|| authority::issuing_ca_for(&self.store, &ca_der)).map_err(|e| match e {
-                AuthorityError::NoMatchingKey(_) => ApiError::new(
-                    axum::http::StatusCode::NOT_FOUND,
-                    "key_not_in_device",
-                    format!("the key of CA {fp} is not in this device; its CRL is signed offline"),
-                ),
-                other => other.into(),
-            })?;
+        let ca = match blocking(|| authority::issuing_ca_for(&self.store, &ca_der)) {
+            Ok(ca) => ca,
+            Err(AuthorityError::NoMatchingKey(_)) => {
+                // A root kept offline: serve the CRL its ceremony signed, once imported.
+                return match self.state.imported_crl(fp)? {
+                    Some(imported) => crl_der(&imported.crl_pem),
+                    None => Err(ApiError::new(
+                        axum::http::StatusCode::NOT_FOUND,
+                        "key_not_in_device",
+                        format!(
+                            "the key of CA {fp} is not in this device; its CRL is signed \
+                             offline (import it with POST /v1/crls)"
+                        ),
+                    )),
+                };
+            }
+            Err(other) => return Err(other.into()),
+        };
         let entries = revoked
             .iter()
             .map(|r| {
@@ -1106,6 +1212,146 @@ impl Control {
             }
         }
         Ok(out)
+    }
+}
+
+fn stale_crl(number: u64, stored: u64) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "stale_crl",
+        format!("CRL number {number} is not newer than the imported CRL number {stored}"),
+    )
+}
+
+/// The one CRL in `text` (PEM `X509 CRL`), as DER.
+fn crl_der(text: &str) -> Result<Vec<u8>, ApiError> {
+    let blocks = pem::parse_many(text.as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("crl_pem is not PEM: {e}")))?;
+    let mut crls: Vec<_> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "X509 CRL")
+        .map(pem::Pem::into_contents)
+        .collect();
+    match crls.len() {
+        1 => Ok(crls.remove(0)),
+        0 => Err(ApiError::bad_request("no X509 CRL block in crl_pem")),
+        n => Err(ApiError::bad_request(format!(
+            "crl_pem holds {n} CRLs; send one"
+        ))),
+    }
+}
+
+/// One revoked certificate of an imported CRL.
+struct CrlEntry {
+    serial: String,
+    reason: &'static str,
+    revoked_at: OffsetDateTime,
+}
+
+/// A CRL checked against the trust bundle: which root signed it and what it revokes.
+struct RootCrl {
+    root: RootRecord,
+    number: u64,
+    this_update: OffsetDateTime,
+    next_update: Option<OffsetDateTime>,
+    entries: Vec<CrlEntry>,
+}
+
+impl RootCrl {
+    fn parse(der: &[u8], roots: &[RootRecord]) -> Result<Self, ApiError> {
+        let invalid =
+            |why: String| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_crl", why);
+        let (rest, crl) =
+            x509_parser::parse_x509_crl(der).map_err(|e| invalid(format!("not a CRL: {e}")))?;
+        if !rest.is_empty() {
+            return Err(invalid(format!("{} bytes after the CRL", rest.len())));
+        }
+        if let Some(ext) = crl.extensions().iter().find(|e| e.critical) {
+            // A delta CRL, or one whose issuing distribution point limits its scope: neither
+            // is the complete list a root ceremony signs.
+            return Err(invalid(format!(
+                "the CRL carries a critical extension {}; send the root's complete CRL",
+                ext.oid
+            )));
+        }
+        if crl
+            .extensions()
+            .iter()
+            .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_DELTA_CRL_INDICATOR)
+        {
+            return Err(invalid("a delta CRL; send the root's complete CRL".into()));
+        }
+        let root = roots
+            .iter()
+            .find(|r| {
+                let Ok(root_der) = first_cert(&r.certificate_pem) else {
+                    return false;
+                };
+                let Ok(cert) = parse_certificate(&root_der) else {
+                    return false;
+                };
+                cert.subject().as_raw() == crl.issuer().as_raw()
+                    && crl.verify_signature(cert.public_key()).is_ok()
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "chain_invalid",
+                    format!(
+                        "the CRL of {} is not signed by a root in the trust bundle",
+                        crl.issuer()
+                    ),
+                )
+            })?;
+        let number = crl
+            .crl_number()
+            .map(|n| n.to_bytes_be())
+            .filter(|b| b.len() <= 8)
+            .map(|b| b.iter().fold(0u64, |n, byte| (n << 8) | u64::from(*byte)))
+            .ok_or_else(|| invalid("the CRL has no CRL number (or one beyond 64 bits)".into()))?;
+        if crl
+            .iter_revoked_certificates()
+            .any(|e| e.reason_code().is_some_and(|(_, code)| code.0 == 8))
+        {
+            return Err(invalid(
+                "an entry says removeFromCRL, which only delta CRLs use; send the root's \
+                 complete CRL"
+                    .into(),
+            ));
+        }
+        let entries = crl
+            .iter_revoked_certificates()
+            .map(|entry| CrlEntry {
+                serial: serial_hex(entry.raw_serial()),
+                reason: entry
+                    .reason_code()
+                    .map_or("unspecified", |(_, code)| reason_name(code.0)),
+                revoked_at: entry.revocation_date.to_datetime(),
+            })
+            .collect();
+        Ok(RootCrl {
+            root,
+            number,
+            this_update: crl.last_update().to_datetime(),
+            next_update: crl.next_update().map(|t| t.to_datetime()),
+            entries,
+        })
+    }
+}
+
+/// RFC 5280 CRLReason names, spelled as the ceremony spells them.
+fn reason_name(code: u8) -> &'static str {
+    match code {
+        1 => "key-compromise",
+        2 => "ca-compromise",
+        3 => "affiliation-changed",
+        4 => "superseded",
+        5 => "cessation-of-operation",
+        6 => "certificate-hold",
+        9 => "privilege-withdrawn",
+        10 => "aa-compromise",
+        _ => "unspecified",
     }
 }
 

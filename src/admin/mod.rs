@@ -486,6 +486,24 @@ async fn revoke(State(ctl): Ctl, ConnectInfo(peer): Who, raw: axum::body::Bytes)
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrlBody {
+    crl_pem: String,
+}
+
+async fn import_crl(State(ctl): Ctl, ConnectInfo(peer): Who, raw: axum::body::Bytes) -> Response {
+    let caller = match authorize(&ctl, &peer, Some(Role::Officer), "POST /v1/crls").await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let b: CrlBody = match body(&raw) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    json_result(ctl.import_crl(&caller, &b.crl_pem).await)
+}
+
 async fn proposals(State(ctl): Ctl, ConnectInfo(peer): Who) -> Response {
     if let Err(e) = authorize(&ctl, &peer, None, "GET /v1/proposals").await {
         return e.into_response();
@@ -612,6 +630,7 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/v1/roots/{fingerprint}", delete(remove_root))
         .route("/v1/roots/{fingerprint}/cross-sign", post(cross_sign))
         .route("/v1/revocations", post(revoke))
+        .route("/v1/crls", post(import_crl))
         .route("/v1/audit", get(audit_page))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/public-key", get(audit_key))

@@ -144,6 +144,15 @@ pub enum AuditEvent {
         revoked: u64,
         next_update: String,
     },
+    /// A root's CRL, signed offline, was imported into the appliance; `newly_revoked` lists
+    /// the serials the appliance had not known as revoked.
+    CrlImported {
+        actor: String,
+        issuer: String,
+        number: u64,
+        revoked: u64,
+        newly_revoked: Vec<String>,
+    },
     /// A ceremony wrote its outputs (file name and SHA-256 of each).
     CeremonyEnded {
         command: String,
