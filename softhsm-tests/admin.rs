@@ -982,6 +982,18 @@ async fn post_approved(
         .await
 }
 
+/// Activates intermediate `key`, with officer `b`'s approval when it changes the root.
+async fn activate(a: &AdminClient, b: &AdminClient, key: &str) {
+    let done = post_approved(
+        a,
+        b,
+        &format!("/v1/intermediates/{key}/activate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}
+
 /// A root CRL as a ceremony signs it: `root` signs, listing `serials` (hex).
 fn root_crl(root: &hsm_ca::ca::IssuingCa, serials: &[&str], number: u64) -> (Vec<u8>, String) {
     let now = OffsetDateTime::now_utc();
@@ -1044,14 +1056,7 @@ async fn a_root_crl_signed_offline_revokes_what_it_lists_once_imported_and_is_se
         .await;
     assert_eq!(installed.status, 200, "{}", installed.text());
     let key = csr["key_id"].as_str().expect("key id");
-    let act = post_approved(
-        &a,
-        &b,
-        &format!("/v1/intermediates/{key}/activate"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(act.status, 200, "{}", act.text());
+    activate(&a, &b, key).await;
     let workload = web_certificate(&app).await;
     assert!(check_issued_by(&workload.chain[1], &offline.der).is_ok());
     assert_eq!(renew(&app, &workload).await, Ok(()));
@@ -1080,14 +1085,7 @@ async fn a_root_crl_signed_offline_revokes_what_it_lists_once_imported_and_is_se
     // After rotating away, the same revocation takes effect on import: the old intermediate's
     // workload certificates no longer renew, and the CRL is served as signed.
     let (next, _) = prepare(&a, None).await;
-    let act = post_approved(
-        &a,
-        &b,
-        &format!("/v1/intermediates/{next}/activate"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(act.status, 200, "{}", act.text());
+    activate(&a, &b, &next).await;
     let (crl_der, crl_pem) = root_crl(&offline_ca, &[&inter_serial], 2);
     let auditor = admin(&app, AUDITOR);
     let forbidden = auditor.post("/v1/crls", json!({"crl_pem": crl_pem})).await;
