@@ -160,6 +160,13 @@ fn record_der(record: &IntermediateRecord) -> Result<Vec<u8>, ApiError> {
     first_cert(&record.certificate_pem)
 }
 
+/// The serial number (hex) of the certificate `der`.
+fn serial_of(der: &[u8]) -> Result<String, ApiError> {
+    Ok(serial_hex(
+        parse_certificate(der).map_err(ApiError::from)?.raw_serial(),
+    ))
+}
+
 fn key_id(s: &str) -> Result<KeyId, ApiError> {
     s.parse::<KeyId>().map_err(ApiError::bad_request)
 }
@@ -286,7 +293,7 @@ impl Control {
                 "retired_at": rec.retired_at,
                 "root": self.root_of(&der)?.map(|r| r.fingerprint),
                 "fingerprint": fingerprint_id(&der),
-                "serial": serial_hex(parse_certificate(&der).map_err(ApiError::from)?.raw_serial()),
+                "serial": serial_of(&der)?,
             }));
         }
         Ok(json!({
@@ -952,11 +959,7 @@ impl Control {
         let Some(root) = self.root_of(&der)? else {
             return Ok(false);
         };
-        let serial = serial_hex(
-            parse_certificate(&der)
-                .map_err(ApiError::from)?
-                .raw_serial(),
-        );
+        let serial = serial_of(&der)?;
         Ok(self
             .state
             .revocations(&root.fingerprint)?
@@ -987,11 +990,7 @@ impl Control {
                 if record.status == IntermediateStatus::Prepared {
                     self.state.retire(&id, &rfc3339(now))?;
                 }
-                let serial = serial_hex(
-                    parse_certificate(&der)
-                        .map_err(ApiError::from)?
-                        .raw_serial(),
-                );
+                let serial = serial_of(&der)?;
                 (root.fingerprint, serial)
             }
             (None, Some(serial)) => {
@@ -1052,16 +1051,9 @@ impl Control {
         let _g = self.changes.lock().await;
         let now = OffsetDateTime::now_utc();
         let crl = RootCrl::parse(&der, &self.roots()?)?;
-        let root = crl.root;
+        let root = &crl.root;
         if let Some(active) = self.state.active()? {
-            let active_der = record_der(&active)?;
-            let serial = serial_hex(
-                parse_certificate(&active_der)
-                    .map_err(ApiError::from)?
-                    .raw_serial(),
-            );
-            let under_root = check_issued_by(&active_der, &first_cert(&root.certificate_pem)?);
-            if under_root.is_ok() && crl.entries.iter().any(|e| e.serial == serial) {
+            if crl.lists(&record_der(&active)?)? {
                 return Err(ApiError::refused(format!(
                     "this CRL revokes the active intermediate {}; activate a successor, then \
                      import it again",
@@ -1079,15 +1071,7 @@ impl Control {
             if record.status != IntermediateStatus::Prepared {
                 continue;
             }
-            let der = record_der(&record)?;
-            let serial = serial_hex(
-                parse_certificate(&der)
-                    .map_err(ApiError::from)?
-                    .raw_serial(),
-            );
-            if crl.entries.iter().any(|e| e.serial == serial)
-                && check_issued_by(&der, &first_cert(&root.certificate_pem)?).is_ok()
-            {
+            if crl.lists(&record_der(&record)?)? {
                 self.state.retire(&record.key_id, &rfc3339(now))?;
                 retired.push(record.key_id.to_string());
             }
@@ -1251,6 +1235,7 @@ struct CrlEntry {
 /// A CRL checked against the trust bundle: which root signed it and what it revokes.
 struct RootCrl {
     root: RootRecord,
+    root_der: Vec<u8>,
     number: u64,
     this_update: OffsetDateTime,
     next_update: Option<OffsetDateTime>,
@@ -1281,19 +1266,15 @@ impl RootCrl {
         {
             return Err(invalid("a delta CRL; send the root's complete CRL".into()));
         }
-        let root = roots
+        let (root, root_der) = roots
             .iter()
-            .find(|r| {
-                let Ok(root_der) = first_cert(&r.certificate_pem) else {
-                    return false;
-                };
-                let Ok(cert) = parse_certificate(&root_der) else {
-                    return false;
-                };
-                cert.subject().as_raw() == crl.issuer().as_raw()
-                    && crl.verify_signature(cert.public_key()).is_ok()
+            .find_map(|r| {
+                let root_der = first_cert(&r.certificate_pem).ok()?;
+                let cert = parse_certificate(&root_der).ok()?;
+                let signed = cert.subject().as_raw() == crl.issuer().as_raw()
+                    && crl.verify_signature(cert.public_key()).is_ok();
+                signed.then(|| (r.clone(), root_der.clone()))
             })
-            .cloned()
             .ok_or_else(|| {
                 ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
@@ -1332,11 +1313,19 @@ impl RootCrl {
             .collect();
         Ok(RootCrl {
             root,
+            root_der,
             number,
             this_update: crl.last_update().to_datetime(),
             next_update: crl.next_update().map(|t| t.to_datetime()),
             entries,
         })
+    }
+
+    /// Whether this CRL revokes the CA certificate `der` (issued by its root).
+    fn lists(&self, der: &[u8]) -> Result<bool, ApiError> {
+        let serial = serial_of(der)?;
+        Ok(self.entries.iter().any(|e| e.serial == serial)
+            && check_issued_by(der, &self.root_der).is_ok())
     }
 }
 
@@ -1416,7 +1405,6 @@ pub fn admin_client_roots(
     Ok(cas)
 }
 
-/// Seeds the bundle from the config's root files the first time, then publishes the file.
 /// Loads into `index` every bundle root (`roots`) and installed intermediate, and every
 /// revocation recorded against them, for checking client certificates.
 pub fn load_revocations(
@@ -1436,6 +1424,7 @@ pub fn load_revocations(
     Ok(())
 }
 
+/// Seeds the bundle from the config's root files the first time, then publishes the file.
 pub fn load_roots(config: &Config, state: &CaState) -> Result<Vec<Vec<u8>>, AuthorityError> {
     if state.roots()?.is_empty() {
         let now = rfc3339(OffsetDateTime::now_utc());
