@@ -81,11 +81,7 @@ impl Backend for SoftHsm {
         self.token.pin.expose().to_string()
     }
     fn disrupt(&mut self) {
-        let ctx = cryptoki::context::Pkcs11::new(support::module()).expect("module");
-        let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
-        let slot = support::slot_by_label(&ctx, &self.token.label);
-        let session = ctx.open_ro_session(slot).expect("session");
-        session.logout().expect("logout");
+        support::log_out_from_outside(&self.token.label);
     }
 }
 

@@ -333,17 +333,6 @@ fn a_token_can_be_chosen_by_serial() {
     );
 }
 
-/// Logs the application out of `token` from another session, as an operator's tool would.
-fn log_out_from_outside(token: &TestToken) {
-    let ctx = cryptoki::context::Pkcs11::new(support::module()).expect("module");
-    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
-    let slot = support::slot_by_label(&ctx, &token.label);
-    ctx.open_ro_session(slot)
-        .expect("session")
-        .logout()
-        .expect("logout");
-}
-
 #[test]
 fn every_worker_signs_again_after_repeated_logouts() {
     // Two workers' sessions, driven in a fixed order: worker one recovers from the first logout;
@@ -364,7 +353,7 @@ fn every_worker_signs_again_after_repeated_logouts() {
     }
     for round in 0..3 {
         let session = if round == 1 { &mut two } else { &mut one };
-        log_out_from_outside(&token);
+        support::log_out_from_outside(&token.label);
         let message = format!("after logout {round}");
         let sig = session
             .sign(&key.id, scheme, message.as_bytes())

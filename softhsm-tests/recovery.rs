@@ -136,10 +136,7 @@ fn signing_survives_a_forced_logout_and_a_library_reinitialisation() {
 
     // 1. Another session logs the whole application out of the token.
     disturb_and_check(&store, &keys, false, || {
-        let ctx = other_context();
-        let slot = support::slot_by_label(&ctx, &token.label);
-        let session = ctx.open_ro_session(slot).expect("session");
-        session.logout().expect("logout");
+        support::log_out_from_outside(&token.label);
     });
 
     // 2. Another part of the process finalises the library and leaves it finalised.

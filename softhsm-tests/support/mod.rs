@@ -256,6 +256,18 @@ pub fn verify_signature(
         .is_ok()
 }
 
+/// Logs this process out of the token labelled `label` from a session of its own, as an
+/// operator's tool would: every session of the process loses the login.
+pub fn log_out_from_outside(label: &str) {
+    let ctx = cryptoki::context::Pkcs11::new(module()).expect("module");
+    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
+    let slot = slot_by_label(&ctx, label);
+    ctx.open_ro_session(slot)
+        .expect("session")
+        .logout()
+        .expect("logout");
+}
+
 /// The slot of the token labelled `label`, asked of a context directly (as an outsider would).
 pub fn slot_by_label(ctx: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
     ctx.get_slots_with_token()
