@@ -2,6 +2,25 @@
 
 use std::fmt;
 
+/// SPIFFE trust domain rules: lowercase letters, digits, `.`, `-`, `_`; at most 255 bytes.
+pub fn validate_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if td.len() > 255 {
+        return Err("is longer than 255 bytes".into());
+    }
+    if let Some(c) = td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{td:?} has {c:?}; a SPIFFE trust domain has only a-z, 0-9, '.', '-', '_'"
+        ));
+    }
+    Ok(())
+}
+
 /// A validated SPIFFE ID.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SpiffeId {
@@ -27,8 +46,7 @@ impl SpiffeId {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        crate::config::validate_trust_domain(td)
-            .map_err(|p| SpiffeIdError(format!("trust domain {p}")))?;
+        validate_trust_domain(td).map_err(|p| SpiffeIdError(format!("trust domain {p}")))?;
         if !path.is_empty() {
             for segment in path[1..].split('/') {
                 if segment.is_empty() || segment == "." || segment == ".." {

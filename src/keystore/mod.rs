@@ -290,15 +290,38 @@ pub fn signature_verifies(
         .is_ok()
 }
 
+/// Which device holds the keys (`keystore.backend` in the config file).
+#[derive(Debug, Clone)]
+pub enum BackendSettings {
+    Pkcs11(pkcs11::Pkcs11Settings),
+    Tpm(tpm::TpmSettings),
+}
+
+/// Everything needed to open the device and run its workers.
+#[derive(Debug, Clone)]
+pub struct KeystoreConfig {
+    pub backend: BackendSettings,
+    /// Environment variables the PKCS#11 module reads (e.g. `SOFTHSM2_CONF`), set before loading.
+    pub module_env: std::collections::BTreeMap<String, String>,
+    pub pool: PoolOptions,
+}
+
+/// Checks a TPM TCTI string (`device:PATH`, `tabrmd`, `swtpm:host=H,port=P`) without opening it.
+pub fn check_tcti(tcti: &str) -> Result<(), String> {
+    <tss_esapi::tcti_ldr::TctiNameConf as FromStr>::from_str(tcti)
+        .map(|_| ())
+        .map_err(|_| format!("{tcti:?} is not device:PATH, tabrmd or swtpm:host=H,port=P"))
+}
+
 /// Opens the configured device and starts the keystore workers on it.
-pub fn open(config: &crate::config::KeystoreConfig) -> Result<KeyStore, KeystoreError> {
+pub fn open(config: &KeystoreConfig) -> Result<KeyStore, KeystoreError> {
     match &config.backend {
-        crate::config::BackendSettings::Pkcs11(settings) => {
+        BackendSettings::Pkcs11(settings) => {
             apply_module_env(config);
             let device = pkcs11::Pkcs11Device::open(settings.clone())?;
             KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
         }
-        crate::config::BackendSettings::Tpm(settings) => {
+        BackendSettings::Tpm(settings) => {
             let device = tpm::SharedTpm(tpm::TpmDevice::open(settings.clone())?);
             KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
         }
@@ -307,7 +330,7 @@ pub fn open(config: &crate::config::KeystoreConfig) -> Result<KeyStore, Keystore
 
 /// Sets the environment variables the PKCS#11 module reads when it initialises. Call before the
 /// module is loaded, while the process has no other threads reading the environment.
-pub fn apply_module_env(config: &crate::config::KeystoreConfig) {
+pub fn apply_module_env(config: &KeystoreConfig) {
     for (name, value) in &config.module_env {
         std::env::set_var(name, value);
     }
