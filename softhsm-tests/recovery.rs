@@ -150,8 +150,12 @@ fn signing_survives_a_forced_logout_and_a_library_reinitialisation() {
         other_context().finalize().expect("finalize");
         let ctx = other_context();
         let slot = support::slot_by_label(&ctx, &token.label);
-        // Open sessions so that stale handle numbers are reused by someone else.
-        std::mem::forget(ctx.open_ro_session(slot).expect("session"));
-        std::mem::forget(ctx.open_ro_session(slot).expect("session"));
+        // Open sessions so that stale handle numbers are reused by someone else, and keep
+        // them open past this closure.
+        #[allow(clippy::mem_forget, reason = "the sessions must outlive the closure")]
+        {
+            std::mem::forget(ctx.open_ro_session(slot).expect("session"));
+            std::mem::forget(ctx.open_ro_session(slot).expect("session"));
+        }
     });
 }

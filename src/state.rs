@@ -1,5 +1,6 @@
-//! The CA state on disk (sled): which intermediate certificates are installed and which one
-//! issues. Records are versioned JSON so later versions can read what earlier ones wrote.
+//! The CA state on disk (sled): the trust bundle (roots and its sequence number), the installed
+//! intermediates and which one issues, revocations, CRL numbers and imported root CRLs. Records
+//! are versioned JSON so later versions can read what earlier ones wrote.
 //!
 //! Only public material lives here: certificates and key identifiers. Keys stay in the device.
 

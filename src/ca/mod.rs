@@ -47,7 +47,7 @@ pub(crate) fn from_rcgen(e: rcgen::Error) -> CaError {
     }
 }
 
-/// SHA-256 of `der`, as lowercase hex with colons (how `openssl x509 -fingerprint` shows it).
+/// SHA-256 of `der`, as uppercase hex with colons (how `openssl x509 -fingerprint` shows it).
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
     d.as_ref()

@@ -202,7 +202,7 @@ impl Pkcs11Token {
         // The old login session is dead or unusable: forget it without closing, since after
         // a re-initialisation its handle number may belong to a new session.
         if let Some(old) = state.login_session.take() {
-            std::mem::forget(old);
+            session::abandon(old);
         }
         initialize(&self.ctx)?;
         let slot = find_slot(&self.ctx, &self.settings.token)?;

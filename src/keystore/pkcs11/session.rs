@@ -51,7 +51,7 @@ impl Pkcs11Session {
                 self.handles.clear();
                 if *opened < self.token.sessions_valid_from() {
                     if let Some((dead, _)) = self.session.take() {
-                        std::mem::forget(dead);
+                        abandon(dead);
                     }
                 } else if let Some((_, generation)) = self.session.as_mut() {
                     *generation = current;
@@ -93,7 +93,7 @@ impl Pkcs11Session {
             if lost {
                 // The handle is dead; closing it could hit a new session that reuses its number.
                 if let Some((session, _)) = self.session.take() {
-                    std::mem::forget(session);
+                    abandon(session);
                 }
             } else if let Some((session, _)) = self.session.take() {
                 // Close the session (it may hold a half-finished operation) and retry on a fresh
@@ -112,7 +112,7 @@ impl Pkcs11Session {
                 if ours {
                     drop(session);
                 } else {
-                    std::mem::forget(session);
+                    abandon(session);
                 }
             }
             if attempt > 0 {
@@ -276,4 +276,14 @@ impl DeviceSession for Pkcs11Session {
             Ok(keys)
         })
     }
+}
+
+/// Lets go of a session without closing it: after a re-initialisation or a lost session its
+/// handle number may already name another, live session, which `C_CloseSession` would close.
+pub(super) fn abandon(session: cryptoki::session::Session) {
+    #[allow(
+        clippy::mem_forget,
+        reason = "closing a stale handle could close a live session"
+    )]
+    std::mem::forget(session);
 }
