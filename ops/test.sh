@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/install-deps.sh
+# The house rules first: formatting, the module graph, lints, and the dependency policy.
+cargo fmt --check
+python3 ops/check-modules.py
+cargo clippy --locked --all-targets --quiet -- -D warnings
+ops/deny.sh
 cargo build --locked --all-targets --quiet
 # The fuzz target must keep compiling (run it with `cargo fuzz run request` in fuzz/).
 CARGO_TARGET_DIR="$PWD/target" cargo build --locked --quiet --manifest-path fuzz/Cargo.toml
