@@ -319,4 +319,5 @@ mod tests {
             verify_store(reordered.path(), None),
             Err(AuditError::Chain(_))
         ));
+    }
 }
