@@ -22,10 +22,11 @@
 //!
 //! A TPM that loses power, or a swtpm that is killed, while keys are in use counts that as a
 //! failed authorization; after a few such restarts it refuses the keys until its lockout time
-//! passes. That is reported as a plain "dictionary-attack lockout" error. When a call fails because the connection or
-//! the TPM went away (swtpm restarted, resource manager restarted), the worker reconnects,
-//! opens a new session, reloads the key handle and retries once; a second failure is a
-//! retryable error. Every signature is checked in software before it leaves.
+//! passes. That is reported as a plain "dictionary-attack lockout" error. When a call fails
+//! because the connection or the TPM went away (swtpm restarted, resource manager restarted),
+//! the worker reconnects, opens a new session, reloads the key handle and retries once; a
+//! second failure is a retryable error. Every signature is checked in software before it
+//! leaves.
 //!
 //! The parts, laid out like the PKCS#11 backend's: this file holds the settings, the device,
 //! the [`KeyDevice`] the keystore pool uses and how a TSS error is classified; `session` one
