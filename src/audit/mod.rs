@@ -17,7 +17,7 @@
 //!
 //! Refusals are rate limited per caller ([`limiter`]) and never wait for the disk.
 //!
-//! The parts, each importing only those listed before it:
+//! The parts, each importing (outside its tests) only those listed before it:
 //! - [`record`]: the record format and the hash chain; [`limiter`]: refusal rate limits.
 //! - `key`: the audit key (found or created in the device, kept in the `meta` tree) and the
 //!   checkpoint it signs.
