@@ -1,0 +1,323 @@
+//! The appliance's audit log handle, [`AuditLog`]: opening (the whole chain and every
+//! checkpoint verified first, the audit key found or created in the device), appends that
+//! return once durable, rate-limited refusals that never wait, the live figures and pages of
+//! records for the admin API.
+//!
+//! The handle never writes to the store itself: every record goes through the writer thread's
+//! queue, so the chain has one writer. Dropping the handle closes the queue and waits for the
+//! writer's last commit.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::key::{device_key, AuditKey};
+use super::limiter::{Decision, RefusalLimiter, RefusalLimits};
+use super::record::{AuditEvent, AuditRecord, ChainSummary};
+use super::verify::verify_tree;
+use super::writer::{self, AuditStats, CheckpointPolicy, Pending, Signer};
+use super::{records_tree, storage, AuditError};
+use crate::keystore::KeyStore;
+
+/// How the log behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AuditOptions {
+    pub checkpoints: CheckpointPolicy,
+    pub refusals: RefusalLimits,
+}
+
+/// An open audit log. Appends are durable when they return.
+pub struct AuditLog {
+    tx: Option<Sender<Pending>>,
+    writer: Option<JoinHandle<()>>,
+    tree: sled::Tree,
+    key: Option<AuditKey>,
+    stats: Arc<AuditStats>,
+    limiter: Arc<Mutex<RefusalLimiter>>,
+}
+
+fn unix_of(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(0)
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log under `dir/audit` without an audit key: no checkpoints.
+    /// For tests and tools; the appliance opens it with [`AuditLog::open_signed`].
+    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(dir, None, AuditOptions::default())
+    }
+
+    /// Opens the log with its audit key in `store` (created on first use), verifying the whole
+    /// chain and every checkpoint first.
+    pub fn open_signed(
+        dir: &Path,
+        store: &KeyStore,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        Self::open_with(dir, Some(store), options)
+    }
+
+    fn open_with(
+        dir: &Path,
+        store: Option<&KeyStore>,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        let (db, tree) = records_tree(dir)?;
+        let signer = match store {
+            Some(store) => Some(Signer {
+                store: store.clone(),
+                key: device_key(&db, store)?,
+            }),
+            None => None,
+        };
+        let key = signer.as_ref().map(|s| s.key.clone());
+        let summary = verify_tree(&tree, key.as_ref().map(|k| k.spki.as_slice()))?;
+        if summary.unsigned_tail > 0 && signer.is_some() {
+            tracing::warn!(
+                records = summary.unsigned_tail,
+                "the audit log does not end with a checkpoint (the last stop was not clean); \
+                 the next checkpoint covers those records"
+            );
+        }
+        let stats = Arc::new(AuditStats::default());
+        stats.records.store(summary.records, Ordering::Relaxed);
+        if let Some((_, t)) = &summary.last_checkpoint {
+            stats
+                .last_checkpoint_unix
+                .store(unix_of(t), Ordering::Relaxed);
+        }
+        let limiter = Arc::new(Mutex::new(RefusalLimiter::new(options.refusals)));
+        let (tx, writer) = writer::start(
+            db,
+            tree.clone(),
+            signer,
+            options.checkpoints,
+            &summary,
+            stats.clone(),
+            limiter.clone(),
+        )?;
+        Ok(AuditLog {
+            tx: Some(tx),
+            writer: Some(writer),
+            tree,
+            key,
+            stats,
+            limiter,
+        })
+    }
+
+    fn submit(
+        &self,
+        event: AuditEvent,
+    ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or(AuditError::Stopped)?
+            .send(Pending {
+                event,
+                done: Some(done),
+            })
+            .map_err(|_| AuditError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Appends `event`; returns its sequence number once it is on disk.
+    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.submit(event)?.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// [`AuditLog::append`] for synchronous callers.
+    pub fn append_blocking(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.submit(event)?
+            .recv()
+            .map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Records a refusal without waiting for the disk, within the caller's rate limit; what is
+    /// over the limit is counted and written later as `folded`.
+    pub fn refused(&self, caller: Option<&str>, code: &str, reason: &str) {
+        let who = caller.unwrap_or("(unauthenticated)");
+        let now = Instant::now();
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let Decision::Record { folded } = limiter.decide(who, now) else {
+            self.stats.refusals_folded.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let pending = Pending {
+            event: AuditEvent::Refused {
+                caller: caller.map(str::to_string),
+                code: code.to_string(),
+                reason: reason.to_string(),
+                folded,
+            },
+            done: None,
+        };
+        let sent = self.tx.as_ref().map(|tx| tx.try_send(pending).is_ok());
+        if sent != Some(true) {
+            limiter.unrecorded(who, folded, now);
+            self.stats.refusals_folded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The audit key (when the log has one).
+    pub fn key(&self) -> Option<&AuditKey> {
+        self.key.as_ref()
+    }
+
+    /// Live figures.
+    pub fn stats(&self) -> &AuditStats {
+        &self.stats
+    }
+
+    /// Up to `limit` records from sequence number `from` on, as stored.
+    pub fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+        self.tree
+            .range(from.max(1).to_be_bytes()..)
+            .values()
+            .take(limit)
+            .map(|v| {
+                let v = v.map_err(storage)?;
+                serde_json::from_slice(&v).map_err(storage)
+            })
+            .collect()
+    }
+
+    /// Verifies the chain and checkpoints as they are on disk now.
+    pub fn verify(&self) -> Result<ChainSummary, AuditError> {
+        verify_tree(&self.tree, self.key.as_ref().map(|k| k.spki.as_slice()))
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::ChainError;
+    use crate::audit::verify::verify_store;
+
+    fn refused(i: usize) -> AuditEvent {
+        AuditEvent::Refused {
+            caller: Some(format!("spiffe://td/ns/a/sa/w{i}")),
+            code: "PermissionDenied".into(),
+            reason: "SAN mismatch".into(),
+            folded: 0,
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_are_durable_numbered_and_chained() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = AuditLog::open(dir.path()).expect("open");
+            let seqs: Vec<u64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|t| {
+                        let log = &log;
+                        s.spawn(move || {
+                            (0..125)
+                                .map(|i| {
+                                    log.append_blocking(refused(t * 1000 + i)).expect("append")
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("thread"))
+                    .collect()
+            });
+            let mut sorted = seqs.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted, (1..=1000).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            verify_store(dir.path(), None).expect("verify").records,
+            1000
+        );
+        // Reopening continues the chain.
+        let log = AuditLog::open(dir.path()).expect("reopen");
+        assert_eq!(
+            log.append_blocking(AuditEvent::Stopped {}).expect("append"),
+            1001
+        );
+        drop(log);
+        assert_eq!(
+            verify_store(dir.path(), None).expect("verify").records,
+            1001
+        );
+    }
+
+    fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+        let (db, tree) = records_tree(dir).expect("tree");
+        f(&tree);
+        db.flush().expect("flush");
+    }
+
+    #[test]
+    fn tampering_with_the_store_is_found_and_the_log_refuses_to_open() {
+        let make = || {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = AuditLog::open(dir.path()).expect("open");
+            for i in 0..10 {
+                log.append_blocking(refused(i)).expect("append");
+            }
+            drop(log);
+            dir
+        };
+        let edited = make();
+        tamper(edited.path(), |t| {
+            let v = t.get(4u64.to_be_bytes()).expect("get").expect("record");
+            let text = String::from_utf8(v.to_vec())
+                .expect("utf8")
+                .replace("SAN mismatch", "fine");
+            t.insert(4u64.to_be_bytes(), text.as_bytes())
+                .expect("insert");
+        });
+        assert!(matches!(
+            verify_store(edited.path(), None),
+            Err(AuditError::Chain(ChainError::Link { seq: 5, .. }))
+        ));
+        assert!(matches!(
+            AuditLog::open(edited.path()),
+            Err(AuditError::Chain(_))
+        ));
+
+        let deleted = make();
+        tamper(deleted.path(), |t| {
+            t.remove(6u64.to_be_bytes()).expect("remove");
+        });
+        assert!(matches!(
+            verify_store(deleted.path(), None),
+            Err(AuditError::Chain(ChainError::Sequence { .. }))
+        ));
+
+        let reordered = make();
+        tamper(reordered.path(), |t| {
+            let a = t.get(2u64.to_be_bytes()).expect("get").expect("a");
+            let b = t.get(3u64.to_be_bytes()).expect("get").expect("b");
+            t.insert(2u64.to_be_bytes(), b).expect("insert");
+            t.insert(3u64.to_be_bytes(), a).expect("insert");
+        });
+        assert!(matches!(
+            verify_store(reordered.path(), None),
+            Err(AuditError::Chain(_))
+        ));
+    }
+}
