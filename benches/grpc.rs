@@ -299,10 +299,10 @@ fn main() {
     let csr = client::workload_csr(WorkloadKey::P256, identity).expect("csr");
     let signer_key = std::fs::read_to_string(dev_dir.join("token-signer-key.pem")).expect("signer");
     let cluster = &config.clusters[0];
-    let token = hsm_ca::auth::devtoken::mint(
+    let token = hsm_ca::dev::token::mint(
         &signer_key,
         hsm_ca::cli::DEV_TOKEN_KID,
-        &hsm_ca::auth::devtoken::TokenClaims {
+        &hsm_ca::dev::token::TokenClaims {
             issuer: &cluster.issuer,
             audiences: &cluster.audiences,
             namespace: "bench",

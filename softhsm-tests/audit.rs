@@ -289,10 +289,10 @@ fn after_sigkill_under_load_every_received_certificate_is_in_a_verifying_log() {
         .map(|i| {
             let (roots, received) = (roots.clone(), received.clone());
             let sa = format!("w{i}");
-            let token = hsm_ca::auth::devtoken::mint(
+            let token = hsm_ca::dev::token::mint(
                 &signer_key,
                 &kid,
-                &hsm_ca::auth::devtoken::TokenClaims {
+                &hsm_ca::dev::token::TokenClaims {
                     issuer: &issuer,
                     audiences: &["istio-ca".to_string()],
                     namespace: "default",

@@ -242,7 +242,7 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
     let root_der = pem_der(&root_pem);
 
     // The appliance: its own token; it makes the intermediate key and CSR.
-    let signer = hsm_ca::auth::devtoken::new_signer("k1").expect("signer");
+    let signer = hsm_ca::dev::token::new_signer("k1").expect("signer");
     let app = CliEnv::new(
         "[server]\nlisten = \"127.0.0.1:0\"\ndns_names = [\"localhost\"]\n\
          [[clusters]]\nissuer = \"https://kubernetes.test/issuer\"\njwks_file = \"jwks.json\"\n\
@@ -294,10 +294,10 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
     let out = app.run(&["intermediate", "install", "--cert", "intermediate-cert.pem"]);
     assert!(out.ok, "{out:?}");
     let (mut server, addr) = serve(&app);
-    let token = hsm_ca::auth::devtoken::mint(
+    let token = hsm_ca::dev::token::mint(
         &signer.key_pkcs8_pem,
         &signer.kid,
-        &hsm_ca::auth::devtoken::TokenClaims {
+        &hsm_ca::dev::token::TokenClaims {
             issuer: "https://kubernetes.test/issuer",
             audiences: &["istio-ca".to_string()],
             namespace: "default",

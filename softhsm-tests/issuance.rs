@@ -106,7 +106,7 @@ async fn ztunnel_and_istio_agent_csrs_get_verified_spiffe_chains() {
 async fn token_problems_are_unauthenticated_and_do_not_echo_the_token() {
     let app = Appliance::start("").await;
     let csr = client::workload_csr(WorkloadKey::P256, WEB).expect("csr");
-    let impostor = hsm_ca::auth::devtoken::new_signer("k1").expect("signer");
+    let impostor = hsm_ca::dev::token::new_signer("k1").expect("signer");
     let cases = [
         (None, "no credentials"),
         (

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use hsm_ca::auth::devtoken::{self, TokenClaims, TokenSigner};
 use hsm_ca::client;
 use hsm_ca::config::Config;
+use hsm_ca::dev::token::{self as devtoken, TokenClaims, TokenSigner};
 use hsm_ca::issuance::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use hsm_ca::keystore::KeyStore;
 use hsm_ca::server::RunningServer;

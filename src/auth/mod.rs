@@ -5,7 +5,6 @@
 //!
 //! Authentication order follows istiod: a client certificate first, then a token.
 
-pub mod devtoken;
 pub mod jwt;
 pub mod revoked;
 pub mod spiffe;

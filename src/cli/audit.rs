@@ -55,7 +55,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             let expect = expect_head.as_deref().map(parse_head).transpose()?;
             let roots = root_cert
                 .as_deref()
-                .map(super::ceremony::root_keys)
+                .map(crate::ceremony::transcript::root_keys)
                 .transpose()?;
             let root_refs: Vec<&[u8]> = roots.iter().flatten().map(Vec::as_slice).collect();
             let root_note = |n: usize| format!("the key of {n} root certificate(s)");
@@ -69,7 +69,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 None if roots.is_some() => {
                     let config = Config::load(config_path)?;
                     let mut lines = Vec::new();
-                    audit::HostLog::open(&super::ceremony::host_dir(&config))?
+                    audit::HostLog::open(&crate::ceremony::host_dir(&config))?
                         .export(&mut lines)?;
                     let summary = audit::record::verify_chain_with_keys(
                         lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()),

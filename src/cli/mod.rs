@@ -1,5 +1,8 @@
-//! The command line: thin wrappers that load the config, call [`crate::authority`] and print
-//! what happened. Every failure is one line on stderr and a non-zero exit code.
+//! The command line: clap arguments, prompting and printing. The work is done elsewhere —
+//! [`crate::authority`] for the appliance's certificates, [`crate::ceremony`] for the root
+//! ceremony, [`crate::dev`] for the development appliance — and this module only loads the
+//! config, calls it and prints what happened. Every failure is one line on stderr and a
+//! non-zero exit code.
 
 /// Prints a line to stdout; a closed stdout (a pipe whose reader went away) is not an error,
 /// so that printing can never abort a command halfway through.
@@ -26,10 +29,12 @@ mod audit;
 mod ceremony;
 mod commands;
 mod dev;
-mod dev_tpm;
+mod keys;
+mod officers;
 mod request;
+mod serve;
 
-pub use dev::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID};
+pub use crate::dev::appliance::{DEV_ADMIN_ID, DEV_TOKEN_ISSUER, DEV_TOKEN_KID};
 
 use std::path::PathBuf;
 
@@ -146,6 +151,10 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Authority(#[from] crate::authority::AuthorityError),
+    #[error(transparent)]
+    Dev(#[from] crate::dev::DevError),
+    #[error(transparent)]
+    Ceremony(#[from] crate::ceremony::CeremonyError),
     #[error("{0}")]
     Message(String),
 }
@@ -173,11 +182,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect { file } => commands::inspect(&file),
         Command::Dev(args) => dev::run(args),
-        Command::Serve { listen } => commands::serve(&cli.config, listen),
+        Command::Serve { listen } => serve::serve(&cli.config, listen),
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
-        Command::Keys(KeysCommand::List) => commands::keys_list(&cli.config),
+        Command::Keys(KeysCommand::List) => keys::keys_list(&cli.config),
         Command::Keys(KeysCommand::ChangePin {
             new_pin_file,
             new_pin_env,
@@ -191,7 +200,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 }
             };
-            commands::keys_change_pin(&cli.config, &new)
+            keys::keys_change_pin(&cli.config, &new)
         }
         Command::Ceremony(cmd) => ceremony::run(&cli.config, cmd),
         Command::Intermediate(IntermediateCommand::New { out }) => {

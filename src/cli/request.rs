@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::CliError;
-use crate::auth::devtoken::{self, TokenClaims};
 use crate::auth::SpiffeId;
 use crate::ca::inspect;
 use crate::client::{self, WorkloadKey};
 use crate::config::Config;
+use crate::dev::token::{mint, TokenClaims};
 
 #[derive(clap::Args, Debug)]
 pub struct RequestArgs {
@@ -201,9 +201,9 @@ fn dev_token(dir: &Path, config: &Config, identity: &SpiffeId) -> Result<String,
         String::from_utf8(read(&dir.join("token-signer-key.pem"))?)
             .map_err(|_| CliError::Message("token-signer-key.pem is not text".into()))?,
     );
-    devtoken::mint(
+    mint(
         &key,
-        super::dev::DEV_TOKEN_KID,
+        crate::dev::appliance::DEV_TOKEN_KID,
         &TokenClaims {
             issuer: &cluster.issuer,
             audiences: &cluster.audiences,
@@ -213,5 +213,5 @@ fn dev_token(dir: &Path, config: &Config, identity: &SpiffeId) -> Result<String,
             not_before_in: 0,
         },
     )
-    .map_err(CliError::Message)
+    .map_err(|e| CliError::Message(e.to_string()))
 }

@@ -1,10 +1,23 @@
 //! Service-account-style tokens signed by a software key: the development appliance's stand-in
 //! for a Kubernetes token issuer, and a fixture for tests. Never used to verify anything in
-//! production; the appliance only ever verifies tokens against configured JWKS files.
+//! production (the appliance only ever verifies tokens against configured JWKS files), and
+//! never imported by a production module.
 
 use base64::Engine;
 use serde::Serialize;
 use zeroize::Zeroizing;
+
+/// Why a signing key could not be made or a token not signed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    #[error("{0}")]
+    Key(String),
+    #[error("unexpected P-256 public key encoding")]
+    KeyEncoding,
+    #[error("{0}")]
+    Encoding(String),
+}
 
 /// A P-256 token-signing key and its public JWKS.
 pub struct TokenSigner {
@@ -14,12 +27,12 @@ pub struct TokenSigner {
 }
 
 /// Makes a new ES256 signing key with key id `kid`.
-pub fn new_signer(kid: &str) -> Result<TokenSigner, String> {
-    let key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+pub fn new_signer(kid: &str) -> Result<TokenSigner, TokenError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TokenError::Key(e.to_string()))?;
     let point = key.public_key_raw();
     if point.len() != 65 || point[0] != 4 {
-        return Err("unexpected P-256 public key encoding".into());
+        return Err(TokenError::KeyEncoding);
     }
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let jwks = serde_json::json!({
@@ -31,7 +44,8 @@ pub fn new_signer(kid: &str) -> Result<TokenSigner, String> {
     Ok(TokenSigner {
         key_pkcs8_pem: Zeroizing::new(key.serialize_pem()),
         kid: kid.to_string(),
-        jwks: serde_json::to_string_pretty(&jwks).map_err(|e| e.to_string())?,
+        jwks: serde_json::to_string_pretty(&jwks)
+            .map_err(|e| TokenError::Encoding(e.to_string()))?,
     })
 }
 
@@ -58,7 +72,11 @@ pub struct TokenClaims<'a> {
 }
 
 /// Signs a Kubernetes-style service-account token with the signer's PKCS#8 PEM key.
-pub fn mint(key_pkcs8_pem: &str, kid: &str, claims: &TokenClaims<'_>) -> Result<String, String> {
+pub fn mint(
+    key_pkcs8_pem: &str,
+    kid: &str,
+    claims: &TokenClaims<'_>,
+) -> Result<String, TokenError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let body = Claims {
         iss: claims.issuer,
@@ -74,8 +92,8 @@ pub fn mint(key_pkcs8_pem: &str, kid: &str, claims: &TokenClaims<'_>) -> Result<
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.to_string());
     let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pkcs8_pem.as_bytes())
-        .map_err(|e| e.to_string())?;
-    jsonwebtoken::encode(&header, &body, &key).map_err(|e| e.to_string())
+        .map_err(|e| TokenError::Key(e.to_string()))?;
+    jsonwebtoken::encode(&header, &body, &key).map_err(|e| TokenError::Encoding(e.to_string()))
 }
 
 #[cfg(test)]

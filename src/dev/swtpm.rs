@@ -1,4 +1,5 @@
-//! `hsm-ca dev --backend tpm`: the dev appliance's own swtpm, and its config.
+//! `hsm-ca dev --backend tpm`: the dev appliance's own swtpm, and its config. Never used by a
+//! production appliance, whose TPM is the host's.
 //!
 //! The swtpm keeps its state in `<dir>/tpm`, listens on a free port pair of 127.0.0.1 (the
 //! swtpm TCTI expects the control channel at port + 1), and is stopped by PID when the
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::CliError;
+use super::DevError;
 
 /// A running swtpm owned by the dev appliance.
 pub struct DevSwtpm {
@@ -18,28 +19,21 @@ pub struct DevSwtpm {
     port: u16,
 }
 
-fn free_port_pair() -> Result<u16, CliError> {
+fn free_port_pair() -> Result<u16, DevError> {
     for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| CliError::Message(format!("no free port on 127.0.0.1: {e}")))?;
-        let port = first
-            .local_addr()
-            .map_err(|e| CliError::Message(e.to_string()))?
-            .port();
+        let first = TcpListener::bind("127.0.0.1:0").map_err(DevError::NoFreePort)?;
+        let port = first.local_addr().map_err(DevError::NoFreePort)?.port();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return Ok(port);
         }
     }
-    Err(CliError::Message(
-        "no free pair of ports on 127.0.0.1 for swtpm".into(),
-    ))
+    Err(DevError::NoFreePortPair)
 }
 
 impl DevSwtpm {
     /// Starts swtpm with its state in `state_dir` and waits until it answers.
-    pub fn start(state_dir: &Path) -> Result<Self, CliError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| CliError::Message(format!("{}: {e}", state_dir.display())))?;
+    pub fn start(state_dir: &Path) -> Result<Self, DevError> {
+        std::fs::create_dir_all(state_dir).map_err(DevError::io(state_dir))?;
         let port = free_port_pair()?;
         let child = Command::new("swtpm")
             .arg("socket")
@@ -56,22 +50,16 @@ impl DevSwtpm {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| {
-                CliError::Message(format!(
-                    "cannot start swtpm ({e}); run ops/dev.sh, or apt-get install swtpm swtpm-tools"
-                ))
-            })?;
+            .map_err(DevError::SwtpmStart)?;
         let mut tpm = DevSwtpm { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
             if let Ok(Some(status)) = tpm.child.try_wait() {
-                return Err(CliError::Message(format!(
-                    "swtpm exited at start: {status}"
-                )));
+                return Err(DevError::SwtpmExited(status));
             }
             if Instant::now() > deadline {
                 tpm.stop();
-                return Err(CliError::Message("swtpm did not start within 10 s".into()));
+                return Err(DevError::SwtpmTimeout);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -119,9 +107,8 @@ pub fn tpm_config_text(softhsm_text: &str, tcti: &str) -> String {
 }
 
 /// Points the config at this start's swtpm port.
-pub fn set_tcti(config_path: &Path, tcti: &str) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(config_path)
-        .map_err(|e| CliError::Message(format!("{}: {e}", config_path.display())))?;
+pub fn set_tcti(config_path: &Path, tcti: &str) -> Result<(), DevError> {
+    let text = std::fs::read_to_string(config_path).map_err(DevError::io(config_path))?;
     let updated: Vec<String> = text
         .lines()
         .map(|l| {

@@ -1,0 +1,74 @@
+//! `hsm-ca serve`: the production appliance served until SIGTERM or Ctrl-C, and the serving
+//! loop the dev appliance shares. Never sets anything up: the keystore, state and intermediate
+//! must exist.
+
+use std::path::Path;
+
+use super::CliError;
+use crate::config::Config;
+use crate::keystore;
+use crate::state::CaState;
+
+/// The production appliance: the config's keystore, state and audit log, served until stopped.
+pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result<(), CliError> {
+    let mut config = Config::load(config_path)?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let store = keystore::open(&config.keystore)?;
+    let state = CaState::open(&config.data_dir)?;
+    if state.active()?.is_none() {
+        return Err(CliError::Message(
+            "no intermediate is installed: `hsm-ca intermediate new`, have it signed in a \
+             ceremony, then `hsm-ca intermediate install`"
+                .into(),
+        ));
+    }
+    run_appliance(config, store, state, |server| {
+        format!(
+            "Serving istio.v1.auth.IstioCertificateService on {}\nAdmin API on {}\n",
+            server.local_addr,
+            server
+                .admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(disabled)".into())
+        )
+    })
+}
+
+/// Starts the appliance and serves until Ctrl-C or SIGTERM; `banner` says where it listens.
+pub(super) fn run_appliance(
+    config: Config,
+    store: keystore::KeyStore,
+    state: CaState,
+    banner: impl FnOnce(&crate::server::RunningServer) -> String,
+) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let mut server = crate::server::start(config, store, std::sync::Arc::new(state))
+            .await
+            .map_err(|e| CliError::Message(e.to_string()))?;
+        // Whoever started us may stop reading stdout once it knows the address: a closed
+        // pipe must not take the appliance down, so write errors are ignored here.
+        use std::io::Write;
+        let banner = banner(&server);
+        let mut out = std::io::stdout();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::Message(e.to_string()))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+            r = server.wait() => {
+                return r.map_err(|e| CliError::Message(format!("server stopped: {e}")));
+            }
+        }
+        let _ = writeln!(std::io::stdout(), "Stopping.");
+        server.shutdown().await;
+        Ok(())
+    })
+}
