@@ -1,8 +1,29 @@
 //! hsm-ca: a certificate authority whose signing keys never leave hardware.
 //!
-//! The crate is organised the way a request travels: [`config`] is read and validated once,
-//! [`keystore`] owns every conversation with the HSM, [`ca`] builds and checks certificates,
-//! [`state`] records which CA certificates are installed, and [`cli`] is the officer's front door.
+//! The crate is organised the way a request travels, and imports go one way only (top to
+//! bottom below; `ops/check-modules.py` checks it). `ARCHITECTURE.md` says what each module must
+//! never do.
+//!
+//! Front doors and wiring:
+//! - [`cli`]: the command line (arguments, prompts, printing); [`dev`]: the development
+//!   appliance and test fixtures, reached only from `cli` and tests.
+//! - [`server`]: the running appliance's listeners and serving certificate; [`issuance`]: the
+//!   Istio gRPC certificate service; [`admin`]: the admin API's HTTP skin; [`metrics`]:
+//!   counters for `/metrics`; [`client`]: the istio-agent-like workload client.
+//!
+//! Domain:
+//! - [`control`]: run-time CA changes (rotation, roots, revocation, approvals) with one
+//!   [`clock`]; [`trust`]: publishing roots, revocations and TLS configs; [`ceremony`]: the
+//!   offline root ceremony; [`quorum`]: M-of-N shares of a token PIN; [`authority`]: the CA
+//!   state-change primitives they share.
+//! - [`config`]: the config file, validated once and assembled from the modules' own types.
+//! - [`auth`]: who is calling (certificates, service-account tokens, SPIFFE IDs); [`ca`]:
+//!   certificate profiles, CSR checks, signing through the keystore; [`audit`]: the
+//!   hash-chained, device-signed log; [`state`]: the CA state in sled.
+//!
+//! Foundations:
+//! - [`keystore`]: every conversation with the HSM or TPM; [`tls`]: all TLS policy;
+//!   [`store`]: opening sled; [`secret`]: PINs and auth values that never leak.
 
 pub mod admin;
 pub mod audit;
