@@ -34,8 +34,8 @@ pub struct SignedIntermediate {
 /// An activation: the intermediate now issuing and the one it replaced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Activation {
-    pub activated: IntermediateRecord,
-    pub retired: Option<IntermediateRecord>,
+    pub activated: Box<IntermediateRecord>,
+    pub retired: Option<Box<IntermediateRecord>>,
 }
 
 /// What one step of automatic rotation did.
@@ -226,8 +226,8 @@ impl Control {
         })
         .await?;
         Ok(Activation {
-            activated: *next,
-            retired: previous.map(|p| *p),
+            activated: next,
+            retired: previous,
         })
     }
 
