@@ -456,6 +456,13 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
         .post("/v1/roots", json!({"certificate_pem": ""}))
         .await;
     assert_eq!(wrong_role.status, 403);
+    let wrong_role = auditor
+        .post("/v1/intermediates/abcd/activate", json!({}))
+        .await;
+    assert_eq!(
+        (wrong_role.status, wrong_role.code().as_str()),
+        (403, "forbidden")
+    );
 
     let state = auditor.get("/v1/state").await;
     assert_eq!(state.status, 200, "{}", state.text());
@@ -480,6 +487,22 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
         assert!(
             refused.iter().any(|c| c == code),
             "{code} not audited: {refused:?}"
+        );
+    }
+    // Refusals name the route by its template, not the path the caller sent.
+    let routes: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"]["kind"] == "admin_refused")
+        .map(|r| r["event"]["route"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for route in [
+        "GET /v1/state",
+        "POST /v1/intermediates",
+        "POST /v1/intermediates/{key_id}/activate",
+    ] {
+        assert!(
+            routes.iter().any(|r| r == route),
+            "{route} not audited: {routes:?}"
         );
     }
     let verified = auditor.get("/v1/audit/verify").await.json();

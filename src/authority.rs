@@ -1,6 +1,8 @@
 //! CA state changes: create a root, prepare an intermediate key and its CSR, sign an
-//! intermediate with a root, install a signed intermediate, and load the issuing CA.
-//! The command line and (later) the admin API call these; they print nothing themselves.
+//! intermediate with a root, install a signed intermediate, and load the issuing CA; also
+//! reading certificate files and writing files atomically. The command line, the root
+//! ceremony and the control plane ([`crate::control`], driven by the admin API) call these.
+//! They print nothing, ask no one for approval and read no clock: the caller passes `now`.
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use time::OffsetDateTime;
 use crate::ca::inspect::{check_issued_by, parse_certificate};
 use crate::ca::profile::{self, IntermediateProfile, Subject};
 use crate::ca::{certificates_from_pem, CaError, IssuedCert, IssuingCa, ParsedCsr};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::keystore::{DeviceSigningKey, KeyInfo, KeyRequest, KeyStore, KeystoreError};
 use crate::state::{CaState, IntermediateRecord, IntermediateStatus, StateError};
@@ -237,17 +240,13 @@ pub fn install_intermediate(
     // Refuse to record a pair that cannot sign (e.g. a key without the algorithm we need).
     let key = DeviceSigningKey::new(store.clone(), &info)?;
     IssuingCa::new(key, cert_der.to_vec())?;
-    let fmt = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| t.to_string())
-    };
     let record = IntermediateRecord {
         version: crate::state::RECORD_VERSION,
         key_id: info.id,
         certificate_pem: crate::ca::certificate_pem(cert_der),
         status: IntermediateStatus::Prepared,
-        installed_at: fmt(now),
-        not_after: fmt(not_after),
+        installed_at: rfc3339(now),
+        not_after: rfc3339(not_after),
         subject: cert.subject().to_string(),
         activated_at: None,
         retired_at: None,

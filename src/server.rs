@@ -1,9 +1,12 @@
 //! The running appliance: the issuance service on its TLS listener, the serving certificate
-//! it renews itself, and the issuer view that rotation swaps.
+//! it renews itself, the admin API and automatic rotation, wired to the trust plane
+//! ([`crate::trust`]) and the control plane ([`crate::control`]).
 //!
 //! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
 //! each accepted connection finishes its handshake on its own task, so a slow client cannot hold
-//! up others, and is then handed to tonic.
+//! up others, and is then handed to tonic. This module starts and stops things; it must never
+//! decide a state change (the control plane does) or build TLS configs itself (the trust plane
+//! does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,18 +17,18 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use arc_swap::ArcSwap;
-
-use crate::admin::Control;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, ClusterVerifier};
 use crate::authority::{self, AuthorityError};
 use crate::ca::{profile, CaError};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::control::Control;
 use crate::issuance::{CertificateService, IssuanceRules, IssuerSnapshot, IssuerView};
 use crate::keystore::KeyStore;
 use crate::state::CaState;
 use crate::tls::{self, ServingCert};
+use crate::trust::{self, TrustError, TrustPlane};
 
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +42,8 @@ pub enum ServerError {
     Authority(#[from] AuthorityError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("cluster {cluster}: {reason}")]
     Cluster { cluster: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -185,31 +190,29 @@ pub async fn start(
     state: Arc<CaState>,
 ) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
-    let roots = tokio::task::block_in_place(|| crate::admin::control::load_roots(&config, &state))?;
+    let clock = Clock::system();
+    let roots = tokio::task::block_in_place(|| trust::load_roots(&config, &state, clock.now()))?;
     let issuer = tokio::task::block_in_place(|| authority::active_issuer(&store, &state))?;
-    if issuer.not_after() <= OffsetDateTime::now_utc() {
+    if issuer.not_after() <= clock.now() {
         return Err(
             AuthorityError::from(CaError::IssuerExpired(issuer.not_after().to_string())).into(),
         );
     }
     let view = Arc::new(IssuerView::new(IssuerSnapshot::new(issuer, roots.clone())));
     let auth = Arc::new(authenticator(&config)?);
-    tokio::task::block_in_place(|| {
-        crate::admin::control::load_revocations(&auth.revocations, &state, &roots)
-    })?;
-    let revocations = auth.revocations.clone();
 
     let (first, mut renew_at) = issue_serving(&view, &config).await?;
     let serving = Arc::new(ServingCert::new(first));
-    let grpc_tls = Arc::new(ArcSwap::from_pointee(tls::server_config(
-        &roots,
-        config.server.client_auth,
-        serving.clone(),
-    )?));
-    let admin_tls = Arc::new(ArcSwap::from_pointee(tls::admin_server_config(
-        &crate::admin::control::admin_client_roots(&config, &roots)?,
-        serving.clone(),
-    )?));
+    let trust = Arc::new(tokio::task::block_in_place(|| {
+        TrustPlane::new(
+            config.clone(),
+            &state,
+            &roots,
+            view.clone(),
+            serving.clone(),
+            auth.revocations.clone(),
+        )
+    })?);
 
     let listener = bind(config.server.listen).await?;
     let local_addr = listener
@@ -225,7 +228,7 @@ pub async fn start(
     };
 
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
-    let accept_tls = grpc_tls.clone();
+    let accept_tls = trust.grpc_tls();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -300,27 +303,19 @@ pub async fn start(
             ),
     );
 
-    let renew = Arc::new(tokio::sync::Notify::new());
-    let control = Arc::new(Control::new(
-        config.clone(),
-        store,
-        state,
-        view.clone(),
-        audit.clone(),
-        serving.clone(),
-        grpc_tls,
-        admin_tls,
-        renew.clone(),
-        issuance_metrics,
-        revocations,
-    ));
+    let renew = trust.renewal();
+    let control = Arc::new(
+        Control::new(config.clone(), store, state, trust)
+            .with_audit(audit.clone())
+            .with_clock(clock),
+    );
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let ctl = control.clone();
+            let api = crate::admin::Api::new(control.clone(), issuance_metrics);
             let stop = stopped(shutdown_rx.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = crate::admin::serve(ctl, listener, stop).await {
+                if let Err(e) = crate::admin::serve(api, listener, stop).await {
                     tracing::error!(error = %e, "the admin API stopped");
                 }
             });

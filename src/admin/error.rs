@@ -1,5 +1,8 @@
 //! Errors of the admin API: an HTTP status and a stable machine-readable code, sent as JSON
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! `{"error": {"code": "...", "message": "..."}}`. The control plane's errors become HTTP
+//! answers here and nowhere else (`From<ControlError> for ApiError`).
+//!
+//! Mapping only: nothing here may change state or decide whether a request is allowed.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,7 +10,9 @@ use axum::Json;
 
 use crate::authority::AuthorityError;
 use crate::ca::CaError;
+use crate::control::ControlError;
 use crate::keystore::KeystoreError;
+use crate::trust::TrustError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -114,5 +119,78 @@ impl From<AuthorityError> for ApiError {
 impl From<crate::state::StateError> for ApiError {
     fn from(e: crate::state::StateError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+    }
+}
+
+impl From<TrustError> for ApiError {
+    fn from(e: TrustError) -> Self {
+        match e {
+            TrustError::Authority(a) => a.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// The one place a control-plane failure becomes an HTTP answer; the codes are the admin
+/// API's stable contract (README, "Admin API").
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        use ControlError as C;
+        let message = e.to_string();
+        let (status, code) = match e {
+            C::Authority(a) => return a.into(),
+            C::Ca(c) => return c.into(),
+            C::State(s) => return s.into(),
+            C::Trust(t) => return t.into(),
+            C::NoCertificate
+            | C::ManyCertificates(_)
+            | C::InvalidKeyId(_)
+            | C::SerialNotHex(_)
+            | C::SerialLength(_)
+            | C::RevocationTarget
+            | C::CrossSignItself
+            | C::CrlNotPem(_)
+            | C::NoCrl
+            | C::ManyCrls(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            C::InvalidCrl(_) => (StatusCode::BAD_REQUEST, "invalid_crl"),
+            C::NotSelfSigned(_) | C::CrlNotFromBundle(_) => {
+                (StatusCode::BAD_REQUEST, "chain_invalid")
+            }
+            C::UnknownRoot(_)
+            | C::UnknownIntermediate(_)
+            | C::UnknownProposal(_)
+            | C::UnknownCa(_) => (StatusCode::NOT_FOUND, "not_found"),
+            // A GET of a CRL that is not here: the resource is missing (404), where an
+            // operation needing the key conflicts with where the key is (409).
+            C::CrlSignedOffline(ca) => {
+                return ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "key_not_in_device",
+                    format!(
+                        "the key of CA {ca} is not in this device; its CRL is signed offline \
+                         (import it with POST /v1/crls)"
+                    ),
+                )
+            }
+            C::RootKeyNotInDevice => (StatusCode::CONFLICT, "key_not_in_device"),
+            C::IntermediateExpired(_)
+            | C::IntermediateRevoked(_)
+            | C::NotAnchored(_)
+            | C::RevokesActive(_)
+            | C::NoActiveIntermediate
+            | C::Transition(_)
+            | C::LastRoot
+            | C::AnchorsActive { .. }
+            | C::RootExpired(_)
+            | C::CrlRevokesActive(_) => (StatusCode::CONFLICT, "refused"),
+            C::RootExists(_) | C::AlreadyRevoked { .. } => (StatusCode::CONFLICT, "exists"),
+            C::RootInUse { .. } => (StatusCode::CONFLICT, "root_in_use"),
+            C::PropagationWindow { .. } => (StatusCode::CONFLICT, "propagation_window"),
+            C::StaleCrl { .. } => (StatusCode::CONFLICT, "stale_crl"),
+            C::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
+            C::ProposalExpired(_) => (StatusCode::GONE, "proposal_expired"),
+            C::AuditFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit_failed"),
+        };
+        ApiError::new(status, code, message)
     }
 }

@@ -1,12 +1,13 @@
-//! `/metrics` in the Prometheus text format.
+//! `/metrics` in the Prometheus text format: CA certificate expiry, issuance results and
+//! latency, device calls, the audit chain and the bundle sequence. Read-only: it must never
+//! change state or fail a scrape over one unreadable value.
 
 use std::fmt::Write;
 
-use time::OffsetDateTime;
-
-use super::control::Control;
 use crate::ca::inspect::parse_certificate;
 use crate::ca::{certificates_from_pem, fingerprint_id};
+use crate::control::Control;
+use crate::metrics::IssuanceMetrics;
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -14,15 +15,15 @@ fn label(v: &str) -> String {
         .replace('\n', " ")
 }
 
-pub fn render(ctl: &Control) -> String {
+pub fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
     let mut out = String::new();
-    let now = OffsetDateTime::now_utc();
+    let now = ctl.clock().now();
     let _ = writeln!(
         out,
         "# HELP hsmca_ca_certificate_expiry_seconds Seconds until a CA certificate expires.\n\
          # TYPE hsmca_ca_certificate_expiry_seconds gauge"
     );
-    let snapshot = ctl.view.load();
+    let snapshot = ctl.trust().view().load();
     for root in &snapshot.roots {
         if let Ok(cert) = parse_certificate(root) {
             let left = (cert.validity().not_after.to_datetime() - now).whole_seconds();
@@ -34,7 +35,7 @@ pub fn render(ctl: &Control) -> String {
             );
         }
     }
-    if let Ok(records) = ctl.state.intermediates() {
+    if let Ok(records) = ctl.state().intermediates() {
         for rec in records {
             let Some(der) = certificates_from_pem(rec.certificate_pem.as_bytes())
                 .ok()
@@ -59,20 +60,20 @@ pub fn render(ctl: &Control) -> String {
         "# HELP hsmca_keystore_queue_depth Device calls waiting for a worker.\n\
          # TYPE hsmca_keystore_queue_depth gauge\n\
          hsmca_keystore_queue_depth {}",
-        ctl.store.queue_len()
+        ctl.store().queue_len()
     );
-    ctl.issuance.results.render(
+    issuance.results.render(
         &mut out,
         "hsmca_issuances_total",
         "result",
         "Certificate requests by result (ok or the gRPC code of the refusal).",
     );
-    ctl.issuance.latency.render(
+    issuance.latency.render(
         &mut out,
         "hsmca_issuance_seconds",
         "Time from request to answer, including the durable audit record.",
     );
-    if let Some(audit) = &ctl.audit {
+    if let Some(audit) = ctl.audit() {
         use std::sync::atomic::Ordering;
         let stats = audit.stats();
         let last = stats.last_checkpoint_unix.load(Ordering::Relaxed);
@@ -100,7 +101,7 @@ pub fn render(ctl: &Control) -> String {
             stats.refusals_folded.load(Ordering::Relaxed)
         );
     }
-    ctl.store.device_latency().render(
+    ctl.store().device_latency().render(
         &mut out,
         "hsmca_device_call_seconds",
         "Time a device (HSM/TPM) call takes on its worker.",
@@ -110,7 +111,7 @@ pub fn render(ctl: &Control) -> String {
         "# HELP hsmca_trust_bundle_sequence Changes of the trust bundle so far.\n\
          # TYPE hsmca_trust_bundle_sequence counter\n\
          hsmca_trust_bundle_sequence {}",
-        ctl.state.bundle_sequence().unwrap_or(0)
+        ctl.state().bundle_sequence().unwrap_or(0)
     );
     out
 }

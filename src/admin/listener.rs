@@ -1,0 +1,122 @@
+//! The admin listener: TLS connections handshaken on their own tasks (so a slow client holds
+//! up no one) with the current admin TLS config, and the peer identities each connection's
+//! client certificate presents. It must never decide what a peer may do (that is
+//! [`super::access`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::connect_info::Connected;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use x509_parser::extensions::GeneralName;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of a connection: the identities in its client certificate.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// URI SANs first, then `CN=<common name>`; empty without a client certificate.
+    pub identities: Vec<String>,
+    /// The client certificate (DER), checked against revocations on every request.
+    pub leaf: Option<Arc<[u8]>>,
+}
+
+/// The identities a client certificate (leaf, DER) presents.
+pub fn identities(leaf: &[u8]) -> Vec<String> {
+    let Ok(cert) = crate::ca::inspect::parse_certificate(leaf) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                out.push(uri.to_string());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            out.push(format!("CN={cn}"));
+        }
+    }
+    out
+}
+
+/// Accepted TLS connections, handshaken on their own tasks so a slow client holds up no one.
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `listener`, using the current config of `tls` for each handshake.
+    pub fn new(
+        listener: TcpListener,
+        tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    break;
+                }
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The acceptor task is gone: never yield another connection.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let (_, conn) = stream.io().get_ref();
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        Peer {
+            addr: *stream.remote_addr(),
+            identities: leaf.map(|l| identities(l)).unwrap_or_default(),
+            leaf: leaf.map(|l| Arc::from(l.as_ref())),
+        }
+    }
+}
