@@ -645,7 +645,7 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
         app.path("inter.pem"),
         app.path("leaf.pem"),
     );
-    std::fs::write(&root_file, hsm_ca::admin::bundle::pem(&app.roots)).expect("root");
+    std::fs::write(&root_file, hsm_ca::trust::bundle::pem(&app.roots)).expect("root");
     std::fs::write(&inter_file, &chain[1]).expect("inter");
     std::fs::write(&leaf_file, &chain[0]).expect("leaf");
     // The CRL is signed by the intermediate (in the device) and lists the serial.
@@ -864,7 +864,7 @@ async fn a_cross_signed_new_root_lets_old_root_clients_verify_new_leaves() {
         app.path("untrusted.pem"),
         app.path("leaf.pem"),
     );
-    std::fs::write(&old_root, hsm_ca::admin::bundle::pem(&app.roots)).expect("root");
+    std::fs::write(&old_root, hsm_ca::trust::bundle::pem(&app.roots)).expect("root");
     std::fs::write(&leaf_file, &leaf.pem).expect("leaf");
     // Without the cross certificate a client trusting only the old root cannot verify it…
     std::fs::write(&untrusted, &inter_pem).expect("untrusted");

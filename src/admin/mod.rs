@@ -10,8 +10,6 @@
 //! change state or decide a rule themselves.
 
 mod access;
-pub mod bundle;
-pub mod control;
 pub mod error;
 mod listener;
 mod metrics;
@@ -98,7 +96,7 @@ async fn readyz(State(api): Ctl) -> Response {
 async fn bundle_pem(State(api): Ctl) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
-        bundle::pem(&api.control.trust().roots()),
+        crate::trust::bundle::pem(&api.control.trust().roots()),
     )
         .into_response()
 }
@@ -107,7 +105,7 @@ async fn bundle_spiffe(State(api): Ctl) -> Answer {
     let ctl = &api.control;
     let seq = ctl.state().bundle_sequence()?;
     let refresh = ctl.config().admin.bundle_refresh_hint.as_secs();
-    Ok(Json(bundle::spiffe(&ctl.trust().roots(), seq, refresh)?).into_response())
+    Ok(Json(crate::trust::bundle::spiffe(&ctl.trust().roots(), seq, refresh)?).into_response())
 }
 
 async fn crl(State(api): Ctl, Path(file): Path<String>) -> Answer {

@@ -12,7 +12,7 @@ use super::officers::{Action, Officers, Plan, Step};
 use super::roots::{self, first_cert, root_der};
 use super::session::{Attendance, Finished, Prep, Session};
 use super::shares::ShareSource;
-use crate::admin::control::rfc3339;
+use crate::clock::rfc3339;
 use crate::audit::AuditEvent;
 use crate::authority::{self, write_file};
 use crate::ca::inspect::{self, check_issued_by, parse_certificate, serial_hex};

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::error::CeremonyError;
 use super::officers::{RootPlan, RootSummary};
-use crate::admin::control::rfc3339;
+use crate::clock::rfc3339;
 use crate::authority::read_certificates;
 use crate::ca::inspect::parse_certificate;
 use crate::ca::{self, fingerprint, fingerprint_id};

@@ -13,7 +13,7 @@ use super::officers::{Action, Officers, Step};
 use super::roots::newest_root;
 use super::session::{sha256, Attendance, Finished, Prep, Session};
 use super::shares::{pkcs11_settings, token_label, ShareSource, SplitPlan};
-use crate::admin::control::rfc3339;
+use crate::clock::rfc3339;
 use crate::audit::AuditEvent;
 use crate::authority::{self, write_secret_file};
 use crate::keystore::{self, pkcs11::pin as token_pin};

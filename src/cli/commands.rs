@@ -125,7 +125,7 @@ pub fn bundle(
     namespace: &str,
 ) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
-    let published = crate::admin::control::bundle_file(&config);
+    let published = crate::trust::bundle_file(&config);
     let roots = if published.exists() {
         read_certificates(&published)?
     } else {
@@ -139,11 +139,11 @@ pub fn bundle(
         return Err(CliError::Message("the trust bundle is empty".into()));
     }
     let text = match format {
-        super::BundleFormat::Pem => crate::admin::bundle::pem(&roots),
-        super::BundleFormat::Configmap => crate::admin::bundle::configmap(&roots, namespace),
+        super::BundleFormat::Pem => crate::trust::bundle::pem(&roots),
+        super::BundleFormat::Configmap => crate::trust::bundle::configmap(&roots, namespace),
         super::BundleFormat::Spiffe => {
             // The sequence number lives in the CA state; offline it is not known.
-            let value = crate::admin::bundle::spiffe(
+            let value = crate::trust::bundle::spiffe(
                 &roots,
                 0,
                 config.admin.bundle_refresh_hint.as_secs(),

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::CliError;
 use crate::audit::{AuditEvent, AuditLog};
-use crate::config::{BackendSettings, Config};
+use crate::config::Config;
+use crate::keystore::BackendSettings;
 use crate::keystore::{self, KeyInfo};
 use crate::secret::SecretSource;
 

@@ -24,7 +24,7 @@ mod ca;
 mod keystore;
 mod server;
 
-pub use crate::keystore::{BackendSettings, KeystoreConfig};
+use crate::keystore::KeystoreConfig;
 
 /// A configuration error: which key, what is wrong.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Config parsing and validation, and the annotated examples in hsm-config/.
 
 use super::*;
+use crate::keystore::BackendSettings;
 
 const MINIMAL: &str = r#"
 trust_domain = "cluster.local"
