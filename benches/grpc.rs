@@ -9,6 +9,12 @@
 //!    ztunnel-style CSRs with a service-account token, one after another; issued/s, p50, p99.
 //! 4. cfssl: `cfssl serve` over TLS with a software P-256 CA key, its HTTP sign API, the same
 //!    CSR and the same concurrency.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark prints approximate figures"
+)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

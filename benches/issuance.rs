@@ -4,6 +4,12 @@
 //! Everything runs against a fresh SoftHSM token in a temporary folder. Issuance is the whole
 //! in-process path: parse the CSR PEM and verify its signature, build the leaf, sign it in the
 //! HSM (through the keystore queue), encode PEM. Ratios are what to compare across machines.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark prints approximate figures"
+)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,6 +4,12 @@
 //! a free 127.0.0.1 port with a temporary state folder and a fresh SoftHSM token; signs ECDSA
 //! P-256 through the keystore (queue, worker, signature self-check) on one worker each, since
 //! swtpm serves one connection at a time. Prints both rates and TPM ÷ SoftHSM.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark prints approximate figures"
+)]
 
 #[path = "../softhsm-tests/conformance/swtpm.rs"]
 mod swtpm;

@@ -688,7 +688,7 @@ async fn every_issued_certificate_is_in_the_verified_audit_log() {
             .expect("issued");
         let leaf = leaf_of(&chain);
         let (_, cert) = X509Certificate::from_der(&leaf).expect("leaf");
-        serials.push(hsm_ca::ca::inspect::serial_hex(cert.raw_serial()));
+        serials.push(ca::inspect::serial_hex(cert.raw_serial()));
     }
     let data_dir = app.config.data_dir.clone();
     let Appliance { server, .. } = app;

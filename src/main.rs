@@ -12,7 +12,8 @@ fn main() {
         .init();
     let cli = hsm_ca::cli::Cli::parse();
     if let Err(e) = hsm_ca::cli::run(cli) {
-        eprintln!("error: {e}");
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "error: {e}");
         std::process::exit(1);
     }
 }

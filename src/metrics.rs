@@ -38,7 +38,7 @@ impl Histogram {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(
-            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
     }

@@ -105,7 +105,12 @@ async fn bundle_spiffe(State(api): Ctl) -> Answer {
     let ctl = &api.control;
     let seq = ctl.state().bundle_sequence()?;
     let refresh = ctl.config().admin.bundle_refresh_hint.as_secs();
-    Ok(Json(crate::trust::bundle::spiffe(&ctl.trust().roots(), seq, refresh)?).into_response())
+    Ok(Json(crate::trust::bundle::spiffe(
+        &ctl.trust().roots(),
+        seq,
+        refresh,
+    )?)
+    .into_response())
 }
 
 async fn crl(State(api): Ctl, Path(file): Path<String>) -> Answer {

@@ -12,11 +12,11 @@ use super::officers::{Action, Officers, Plan, Step};
 use super::roots::{self, first_cert, root_der};
 use super::session::{Attendance, Finished, Prep, Session};
 use super::shares::ShareSource;
-use crate::clock::rfc3339;
 use crate::audit::AuditEvent;
 use crate::authority::{self, write_file};
 use crate::ca::inspect::{self, check_issued_by, parse_certificate, serial_hex};
 use crate::ca::{self, fingerprint, fingerprint_id, IssuingCa};
+use crate::clock::rfc3339;
 use crate::state::RevocationRecord;
 
 /// How long a root CRL signed in a ceremony is valid by default.

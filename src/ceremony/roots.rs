@@ -8,10 +8,10 @@ use time::OffsetDateTime;
 
 use super::error::CeremonyError;
 use super::officers::{RootPlan, RootSummary};
-use crate::clock::rfc3339;
 use crate::authority::read_certificates;
 use crate::ca::inspect::parse_certificate;
 use crate::ca::{self, fingerprint, fingerprint_id};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::state::{CaState, RootRecord};
 

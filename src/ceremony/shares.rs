@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use super::error::CeremonyError;
 use super::officers::{Officers, PassphraseFor, Plan};
 use crate::config::Config;
-use crate::keystore::BackendSettings;
 use crate::keystore::pkcs11::{Pkcs11Settings, TokenSelector};
+use crate::keystore::BackendSettings;
 use crate::quorum::{self, QuorumError, SealedShare, Share};
 use crate::secret::Secret;
 

@@ -201,7 +201,7 @@ fn check_head(lines: &[u8], seq: u64, hash: &str) -> Result<(), CliError> {
     let line = lines
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .nth((seq - 1) as usize)
+        .nth(usize::try_from(seq - 1).unwrap_or(usize::MAX))
         .ok_or_else(|| {
             CliError::Message(format!(
                 "the log ends before record {seq}: records were cut off"

@@ -115,7 +115,7 @@ pub fn keys_change_pin(config_path: &Path, new: &SecretSource) -> Result<(), Cli
         }
     }
     keystore::apply_module_env(&config.keystore);
-    crate::keystore::pkcs11::pin::change_user_pin(settings, &old, &new_pin)?;
+    keystore::pkcs11::pin::change_user_pin(settings, &old, &new_pin)?;
     say!(
         "The user PIN of token {:?} was changed. Put the new PIN where the config reads it ({}) \
          before the appliance starts again.",

@@ -16,7 +16,7 @@ pub struct Terminal {
 fn stdin_line(prompt: &str) -> Result<String, CeremonyError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!("{prompt}");
+        let _ = write!(std::io::stderr(), "{prompt}");
         std::io::stderr().flush().ok();
     }
     let mut line = String::new();
@@ -171,7 +171,10 @@ impl Officers for Terminal {
 
     /// Reads lines until the share's END line or an empty line.
     fn typed_share(&self) -> Result<String, CeremonyError> {
-        eprintln!("Type your share (the lines between BEGIN and END), then an empty line:");
+        let _ = writeln!(
+            std::io::stderr(),
+            "Type your share (the lines between BEGIN and END), then an empty line:"
+        );
         let mut text = String::new();
         loop {
             let mut line = String::new();

@@ -145,7 +145,7 @@ impl Proposals {
                 proposal: id.to_string(),
             });
         }
-        let n = p.approvals.len() as u32;
+        let n = u32::try_from(p.approvals.len()).unwrap_or(u32::MAX);
         if n < p.threshold {
             return Ok((Approval::Pending(p.clone()), n));
         }

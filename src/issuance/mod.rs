@@ -23,7 +23,7 @@ pub use view::{IssuerSnapshot, IssuerView};
 
 /// Generated from proto/ca.proto.
 pub mod pb {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, missing_docs, unused_qualifications)]
     tonic::include_proto!("istio.v1.auth");
 }
 

@@ -14,13 +14,15 @@ const RSA_ALGORITHM_ID: &[u8] = &[
 ];
 
 fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
+    match u8::try_from(len) {
+        Ok(short) if short < 0x80 => out.push(short),
+        _ => {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            let count = u8::try_from(bytes.len() - skip).expect("a usize has at most 8 bytes");
+            out.push(0x80 | count);
+            out.extend_from_slice(&bytes[skip..]);
+        }
     }
 }
 

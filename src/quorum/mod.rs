@@ -181,7 +181,7 @@ pub fn split(threshold: u8, holders: &[String], token: &str) -> Result<Split, Qu
             quorum,
             threshold,
             officers,
-            index: i as u8 + 1,
+            index: u8::try_from(i + 1).expect("one share per officer, and officers is a u8"),
             holder: holder.clone(),
             token: token.to_string(),
             commitment,

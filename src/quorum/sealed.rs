@@ -33,9 +33,9 @@ fn sealing_key(key: &[u8; 32]) -> aead::LessSafeKey {
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    let len = bytes.len().min(255);
-    out.push(len as u8);
-    out.extend_from_slice(&bytes[..len]);
+    let len = u8::try_from(bytes.len()).unwrap_or(u8::MAX);
+    out.push(len);
+    out.extend_from_slice(&bytes[..usize::from(len)]);
 }
 
 impl Share {
@@ -276,13 +276,14 @@ fn unbase32(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut buffer, mut bits) = (0u32, 0u32);
     for c in text.chars() {
-        let c = c.to_ascii_uppercase() as u8;
-        let v = BASE32.iter().position(|x| *x == c)? as u32;
+        // Only ASCII: a wider character must not alias a letter by truncation.
+        let c = u8::try_from(c.to_ascii_uppercase()).ok()?;
+        let v = u32::try_from(BASE32.iter().position(|x| *x == c)?).ok()?;
         buffer = ((buffer << 5) | v) & 0xffff;
         bits += 5;
         if bits >= 8 {
             bits -= 8;
-            out.push((buffer >> bits) as u8);
+            out.push(((buffer >> bits) & 0xff).to_le_bytes()[0]);
         }
     }
     Some(out)

@@ -280,7 +280,7 @@ impl DeviceSession for Pkcs11Session {
 
 /// Lets go of a session without closing it: after a re-initialisation or a lost session its
 /// handle number may already name another, live session, which `C_CloseSession` would close.
-pub(super) fn abandon(session: cryptoki::session::Session) {
+pub(super) fn abandon(session: Session) {
     #[allow(
         clippy::mem_forget,
         reason = "closing a stale handle could close a live session"
