@@ -597,7 +597,7 @@ async fn a_saturated_keystore_answers_resource_exhausted() {
     let pool = hsm_ca::keystore::PoolOptions {
         workers: 1,
         queue_depth: 1,
-        call_timeout: Duration::from_secs(10),
+        call_timeout: Duration::from_secs(60),
     };
     let app = Appliance::start_with(
         "[root]\nkey_algorithm = \"rsa-4096\"\n[intermediate]\nkey_algorithm = \"rsa-4096\"\n",
