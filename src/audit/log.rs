@@ -171,6 +171,20 @@ impl AuditLog {
         self.key.as_ref()
     }
 
+    /// `Ok` when the writer's last commit succeeded; otherwise why records cannot be made
+    /// durable now (issuance waits for the log, so it cannot go on).
+    pub fn health(&self) -> Result<(), String> {
+        match &*self
+            .stats
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Live figures.
     pub fn stats(&self) -> &AuditStats {
         &self.stats

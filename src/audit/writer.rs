@@ -47,6 +47,8 @@ pub struct AuditStats {
     pub last_checkpoint_unix: AtomicI64,
     /// Refusals folded into counts instead of records of their own.
     pub refusals_folded: AtomicU64,
+    /// The storage error the writer's last commit ended in; `None` once a commit succeeds.
+    pub storage_error: Mutex<Option<String>>,
 }
 
 /// The device key that signs checkpoints.
@@ -237,6 +239,12 @@ impl Writer {
                 // What reached the disk is unknown: accept nothing more (a restart re-verifies).
                 tracing::error!(error = %e, "audit log write failed; the log is stopped");
                 self.failed = true;
+                *self
+                    .stats
+                    .storage_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("the audit log cannot be written: {e}"));
                 for p in group {
                     if let Some(done) = p.done {
                         let _ = done.send(Err(storage(&e)));

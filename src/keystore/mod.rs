@@ -233,6 +233,22 @@ pub enum KeystoreError {
 }
 
 impl KeystoreError {
+    /// True when the device itself is in trouble (not the caller's request, not the queue):
+    /// the keystore reports it as unhealthy until a call succeeds again.
+    pub fn is_device_trouble(&self) -> bool {
+        matches!(
+            self,
+            KeystoreError::Module { .. }
+                | KeystoreError::TokenNotFound(_)
+                | KeystoreError::PinIncorrect
+                | KeystoreError::PinLocked
+                | KeystoreError::Pin(_)
+                | KeystoreError::Unavailable(_)
+                | KeystoreError::SessionLost(_)
+                | KeystoreError::Device { .. }
+        )
+    }
+
     /// True when the same call may succeed if repeated later (overload, device trouble).
     pub fn is_retryable(&self) -> bool {
         matches!(

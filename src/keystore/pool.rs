@@ -6,7 +6,7 @@
 //! broke opens a new one on its next call; a panic inside a device call costs that call only.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ struct Inner {
     threads: Vec<JoinHandle<()>>,
     /// Time each device call took on its worker (not counting the queue).
     latency: Arc<crate::metrics::Histogram>,
+    /// The device trouble the last device call ended in; `None` once a call succeeds.
+    trouble: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Inner {
@@ -102,13 +104,15 @@ impl KeyStore {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(options.queue_depth.max(1));
         let mut threads = Vec::with_capacity(workers);
         let latency = Arc::new(crate::metrics::Histogram::default());
+        let trouble = Arc::new(Mutex::new(None));
         for index in 0..workers {
             let rx = rx.clone();
             let device = device.clone();
             let latency = latency.clone();
+            let trouble = trouble.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("keystore-{index}"))
-                .spawn(move || worker_loop(device, rx, &latency))
+                .spawn(move || worker_loop(device, rx, &latency, &trouble))
                 .map_err(|e| KeystoreError::Device {
                     operation: "spawn worker".into(),
                     reason: e.to_string(),
@@ -123,6 +127,7 @@ impl KeyStore {
                 workers,
                 threads,
                 latency,
+                trouble,
             }),
         })
     }
@@ -135,6 +140,16 @@ impl KeyStore {
     /// What device this keystore talks to (safe to log).
     pub fn describe(&self) -> &str {
         &self.inner.description
+    }
+
+    /// `Ok` when the device answered the last call made to it; otherwise the trouble that call
+    /// ended in (safe to show: device errors never carry a secret). A probe such as
+    /// [`KeyStore::key_info`] refreshes it.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.inner.trouble.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(trouble) => Err(trouble.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Calls waiting in the queue now.
@@ -222,6 +237,14 @@ impl KeyStore {
         }
     }
 
+    /// Describes one key without blocking the async runtime (also a cheap device probe).
+    pub async fn key_info(&self, id: &KeyId) -> Result<KeyInfo, KeystoreError> {
+        match self.call(Op::KeyInfo(id.clone())).await? {
+            Answer::Key(k) => Ok(k),
+            _ => Err(unexpected("key info")),
+        }
+    }
+
     /// Describes one key.
     pub fn key_info_blocking(&self, id: &KeyId) -> Result<KeyInfo, KeystoreError> {
         match self.call_blocking(Op::KeyInfo(id.clone()))? {
@@ -254,7 +277,20 @@ fn unexpected(operation: &str) -> KeystoreError {
     }
 }
 
-fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>, latency: &crate::metrics::Histogram) {
+fn worker_loop(
+    device: Arc<dyn KeyDevice>,
+    rx: Receiver<Job>,
+    latency: &crate::metrics::Histogram,
+    trouble: &Mutex<Option<String>>,
+) {
+    let note = |result: &Result<Answer, KeystoreError>| {
+        let mut trouble = trouble.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => *trouble = None,
+            Err(e) if e.is_device_trouble() => *trouble = Some(e.to_string()),
+            Err(_) => {}
+        }
+    };
     let mut session: Option<Box<dyn DeviceSession>> = None;
     while let Ok(job) = rx.recv() {
         if Instant::now() >= job.deadline {
@@ -266,7 +302,9 @@ fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>, latency: &crate::m
                 Ok(s) => session = Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "keystore worker could not open a session");
-                    let _ = job.reply.send(Err(e));
+                    let failed: Result<Answer, KeystoreError> = Err(e);
+                    note(&failed);
+                    let _ = job.reply.send(failed);
                     continue;
                 }
             }
@@ -285,6 +323,7 @@ fn worker_loop(device: Arc<dyn KeyDevice>, rx: Receiver<Job>, latency: &crate::m
                 Err(KeystoreError::Unavailable("device call panicked".into()))
             }
         };
+        note(&result);
         let _ = job.reply.send(result);
     }
 }

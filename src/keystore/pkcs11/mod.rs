@@ -3,18 +3,23 @@
 //! [`Pkcs11Token`] loads the module, finds the token by label or serial (never by slot number,
 //! which tokens reassign), logs in once and keeps that login session open for the life of the
 //! process. Worker sessions ([`session::Pkcs11Session`]) share the login. When a call fails
-//! because the session, the login or the library itself went away, the token is recovered once
+//! because the session, the login or the library itself went away, the token is recovered
 //! (re-initialise the library if it was finalised, find the slot again, log in again) and the
-//! call is retried once; a second failure reaches the caller as a retryable error.
+//! call is retried. When the retry fails too — the device kept a broken view of its objects,
+//! say after running out of file descriptors, so that a key it held "cannot be found" — the
+//! library is finalised and initialised again (at most once per backoff interval, which grows
+//! while re-initialising fails) and the call is retried a last time; a failure after that
+//! reaches the caller as a retryable error, and the next call tries again.
 
 pub mod pin;
 pub mod provision;
 mod session;
 mod template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
@@ -22,7 +27,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-use super::{DeviceSession, KeyDevice, KeystoreError};
+use super::{DeviceSession, KeyDevice, KeyId, KeystoreError};
 use crate::secret::{Secret, SecretSource};
 
 /// How the token is chosen.
@@ -59,8 +64,13 @@ pub struct Pkcs11Token {
     ctx: Pkcs11,
     state: Mutex<TokenState>,
     /// Held shared by every call into the library and exclusively while recovery
-    /// re-initialises it: PKCS#11 leaves a call that races C_Initialize undefined.
-    calls: RwLock<()>,
+    /// re-initialises it: PKCS#11 leaves a call that races C_Initialize undefined. One lock
+    /// per module, shared by every token of the process that uses it, since finalising the
+    /// library ends every token's sessions.
+    calls: Arc<RwLock<()>>,
+    /// Keys this token has seen: one of them missing later is device trouble, not a caller's
+    /// mistake.
+    known: Mutex<HashSet<KeyId>>,
     /// Declared last so sessions close before the library may be finalised.
     _library: LibraryUse,
 }
@@ -69,6 +79,23 @@ pub struct Pkcs11Token {
 /// SoftHSM crashes at process exit when it was never finalised, and finalising while another
 /// user still has sessions would break them.
 static LIBRARY_USERS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+/// The call gate of each loaded module (see `Pkcs11Token::calls`).
+static LIBRARY_GATES: Mutex<BTreeMap<PathBuf, Arc<RwLock<()>>>> = Mutex::new(BTreeMap::new());
+
+fn library_gate(module: &Path) -> Arc<RwLock<()>> {
+    LIBRARY_GATES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(module.to_path_buf())
+        .or_default()
+        .clone()
+}
+
+/// The shortest wait between two full re-initialisations, and the longest it grows to while
+/// re-initialising keeps failing.
+const REINIT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const REINIT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One user's claim on an initialised module; finalises it when the last claim is dropped.
 pub(crate) struct LibraryUse {
@@ -119,6 +146,10 @@ struct TokenState {
     sessions_valid_from: u64,
     /// Keeps the login alive: PKCS#11 logs out when the last session of the token closes.
     login_session: Option<Session>,
+    /// No full re-initialisation before this instant.
+    reinit_not_before: Option<Instant>,
+    /// The wait after the next failed re-initialisation.
+    reinit_backoff: Duration,
 }
 
 impl std::fmt::Debug for Pkcs11Token {
@@ -141,6 +172,7 @@ impl Pkcs11Token {
         let ctx = library.ctx().clone();
         let slot = find_slot(&ctx, &settings.token)?;
         let login_session = login(&ctx, slot, &pin)?;
+        let calls = library_gate(&settings.module);
         Ok(Arc::new(Pkcs11Token {
             settings,
             pin,
@@ -150,8 +182,11 @@ impl Pkcs11Token {
                 generation: 0,
                 sessions_valid_from: 0,
                 login_session: Some(login_session),
+                reinit_not_before: None,
+                reinit_backoff: REINIT_BACKOFF_MIN,
             }),
-            calls: RwLock::new(()),
+            calls,
+            known: Mutex::new(HashSet::new()),
             _library: library,
         }))
     }
@@ -212,6 +247,67 @@ impl Pkcs11Token {
         state.generation += 1;
         state.sessions_valid_from = state.generation;
         Ok((state.slot, state.generation))
+    }
+
+    /// The escalation when recovering did not help: finalises and initialises the library
+    /// again, finds the slot and logs in, unless another worker already recovered since `seen`
+    /// or the last re-initialisation was too recent (then the caller gets a retryable error and
+    /// a later call tries again).
+    fn reinitialize(&self, seen: u64) -> Result<(Slot, u64), KeystoreError> {
+        let _exclusive = self.calls.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        if state.generation != seen {
+            return Ok((state.slot, state.generation));
+        }
+        let now = Instant::now();
+        if state.reinit_not_before.is_some_and(|t| now < t) {
+            return Err(KeystoreError::Unavailable(
+                "the device was re-initialised moments ago and still fails".into(),
+            ));
+        }
+        tracing::warn!(token = %self.settings.token, "re-initialising the PKCS#11 library");
+        if let Some(old) = state.login_session.take() {
+            session::abandon(old);
+        }
+        // Finalising a library someone else already finalised is fine: initialise follows.
+        let _ = self.ctx.clone().finalize();
+        // Every session opened before this point is dead, whatever happens next.
+        state.generation += 1;
+        state.sessions_valid_from = state.generation;
+        let reopened = initialize(&self.ctx).and_then(|()| {
+            let slot = find_slot(&self.ctx, &self.settings.token)?;
+            Ok((slot, login(&self.ctx, slot, &self.pin)?))
+        });
+        match reopened {
+            Ok((slot, session)) => {
+                state.slot = slot;
+                state.login_session = Some(session);
+                state.reinit_not_before = Some(now + REINIT_BACKOFF_MIN);
+                state.reinit_backoff = REINIT_BACKOFF_MIN;
+                Ok((state.slot, state.generation))
+            }
+            Err(e) => {
+                state.reinit_not_before = Some(now + state.reinit_backoff);
+                state.reinit_backoff = (state.reinit_backoff * 2).min(REINIT_BACKOFF_MAX);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that the token holds key `id`.
+    fn note_known(&self, id: &KeyId) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+    }
+
+    /// Whether this token was seen holding key `id`.
+    fn is_known(&self, id: &KeyId) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// The generation sessions must have been opened at (or after) to still be alive.

@@ -1,4 +1,6 @@
-//! One worker's PKCS#11 session, with cached key handles and the retry-once rule.
+//! One worker's PKCS#11 session, with cached key handles and the recovery ladder: a failed
+//! call is retried after recovering the token (a new login, or a new session after the library
+//! was finalised), and once more after re-initialising the library if that did not help.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,8 +68,9 @@ impl Pkcs11Session {
         Ok(())
     }
 
-    /// Runs `op`; on a recoverable failure recovers the token and runs it once more. A second
-    /// failure is returned as is (retryable for the caller).
+    /// Runs `op`; on a recoverable failure recovers the token and runs it again, and when that
+    /// fails too, re-initialises the library and runs it a last time. A failure after that is
+    /// returned as is (retryable for the caller).
     fn with_recovery<T>(
         &mut self,
         mut op: impl FnMut(&mut Self) -> Result<T, KeystoreError>,
@@ -115,14 +118,22 @@ impl Pkcs11Session {
                     abandon(session);
                 }
             }
-            if attempt > 0 {
-                return result;
-            }
+            let error = result.as_ref().err().map(ToString::to_string);
+            match attempt {
+                0 => {
+                    tracing::warn!(error, "PKCS#11 call failed; recovering and retrying once");
+                    self.token.recover(seen, lost)?
+                }
+                1 => {
+                    tracing::warn!(
+                        error,
+                        "PKCS#11 call failed again; re-initialising the library and retrying"
+                    );
+                    self.token.reinitialize(seen)?
+                }
+                _ => return result,
+            };
             attempt += 1;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "PKCS#11 call failed; recovering and retrying once");
-            }
-            self.token.recover(seen, lost)?;
         }
     }
 
@@ -154,8 +165,16 @@ impl Pkcs11Session {
             if matches!(state, SessionState::RoPublic | SessionState::RwPublic) {
                 return Err(KeystoreError::Unavailable("find key: not logged in".into()));
             }
+            // A key this token held before does not vanish in normal operation: the device's
+            // view of its objects broke (e.g. it ran out of file descriptors), so recover.
+            if self.token.is_known(id) {
+                return Err(KeystoreError::Unavailable(format!(
+                    "find key: key {id} was in the device and cannot be found now"
+                )));
+            }
             return Err(KeystoreError::KeyNotFound(id.clone()));
         };
+        self.token.note_known(id);
         let info = read_key_info(session, handle).map_err(|e| classify("read key", e))?;
         let algorithm = info.algorithm.ok_or_else(|| {
             KeystoreError::Unsupported(format!("key {id}: algorithm not recognised"))
@@ -242,7 +261,9 @@ impl DeviceSession for Pkcs11Session {
             let (_public, private) = session
                 .generate_key_pair(&mechanism, &public, &private)
                 .map_err(|e| classify("generate key pair", e))?;
-            read_key_info(session, private).map_err(|e| classify("read key", e))
+            let info = read_key_info(session, private).map_err(|e| classify("read key", e))?;
+            this.token.note_known(&info.id);
+            Ok(info)
         })
     }
 
