@@ -241,6 +241,21 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
     let root_pem = host.path("media/root/root-cert.pem");
     let root_der = pem_der(&root_pem);
 
+    // Listing the token's keys on the ceremony host takes the officers' shares too.
+    let listed = offline(
+        host.env.dir.path(),
+        &host.path("hsm-ca.toml"),
+        &args(&["keys", "list"], &three),
+        Some(&three_passes),
+    );
+    assert!(listed.ok, "{listed:?}");
+    assert!(listed.stdout.contains("ecdsa-p256"), "{listed:?}");
+    let without = host.run(&["keys", "list"]);
+    assert!(
+        !without.ok && without.stderr.contains("--share"),
+        "{without:?}"
+    );
+
     // The appliance: its own token; it makes the intermediate key and CSR.
     let signer = hsm_ca::dev::token::new_signer("k1").expect("signer");
     let app = CliEnv::new(

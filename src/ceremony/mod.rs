@@ -35,6 +35,6 @@ pub use operations::{
     crl, init_root, revoke_intermediate, rotate_root, sign_intermediate, Revocation,
     RevocationReason, DEFAULT_CRL_DAYS,
 };
-pub use session::{Attendance, Finished};
+pub use session::{keystore_with_shares, Attendance, Finished};
 pub use shares::{ShareSource, SplitPlan};
 pub use split::{init_quorum, reshare};

@@ -65,6 +65,57 @@ fn current_quorum(log: &HostLog) -> Result<Option<(String, String)>, CeremonyErr
 /// A PIN rebuilt from shares, and the shares it came from.
 pub(super) type QuorumPin = (Secret, Vec<Share>);
 
+/// The PIN rebuilt from `shares` (none given: the config must supply the PIN), refusing shares
+/// of another token or of a quorum this host has since replaced; nothing reaches the token.
+fn quorum_pin(
+    config: &Config,
+    log: &HostLog,
+    shares: &[ShareSource],
+    officers: &dyn Officers,
+) -> Result<Option<QuorumPin>, CeremonyError> {
+    let held_as_shares = matches!(
+        &config.keystore.backend,
+        BackendSettings::Pkcs11(s) if s.pin == SecretSource::Shares
+    );
+    if shares.is_empty() {
+        if held_as_shares {
+            return Err(CeremonyError::SharesRequired);
+        }
+        return Ok(None);
+    }
+    let label = token_label(pkcs11_settings(config)?);
+    let (pin, opened) = combine_shares(shares, &label, officers)?;
+    if let Some((current, when)) = current_quorum(log)? {
+        if opened[0].quorum_id() != current {
+            return Err(CeremonyError::ReplacedQuorum {
+                shares: opened[0].quorum_id(),
+                current,
+                replaced_at: when,
+            });
+        }
+    }
+    Ok(Some((pin, opened)))
+}
+
+/// The keystore settings of `config` with the PIN rebuilt from officers' shares, for commands
+/// that only read the token (`keys list` on a ceremony host). Same checks as a ceremony's
+/// login; nothing is recorded. Without shares the config's own PIN source is kept.
+pub fn keystore_with_shares(
+    config: &Config,
+    shares: &[ShareSource],
+    officers: &dyn Officers,
+) -> Result<KeystoreConfig, CeremonyError> {
+    let log = HostLog::open(&host_dir(config))?;
+    let mut keystore = config.keystore.clone();
+    if let (Some((pin, _)), BackendSettings::Pkcs11(s)) = (
+        quorum_pin(config, &log, shares, officers)?,
+        &mut keystore.backend,
+    ) {
+        s.pin = SecretSource::Given(pin);
+    }
+    Ok(keystore)
+}
+
 pub(super) fn sha256(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
@@ -120,28 +171,7 @@ impl<'o> Prep<'o> {
 
     /// Rebuilds the PIN from shares, or checks that the config supplies one.
     pub(super) fn shares(mut self, shares: &[ShareSource]) -> Result<Self, CeremonyError> {
-        let held_as_shares = matches!(
-            &self.config.keystore.backend,
-            BackendSettings::Pkcs11(s) if s.pin == SecretSource::Shares
-        );
-        if shares.is_empty() {
-            if held_as_shares {
-                return Err(CeremonyError::SharesRequired);
-            }
-            return Ok(self);
-        }
-        let label = token_label(pkcs11_settings(&self.config)?);
-        let (pin, opened) = combine_shares(shares, &label, self.officers)?;
-        if let Some((current, when)) = current_quorum(&self.log)? {
-            if opened[0].quorum_id() != current {
-                return Err(CeremonyError::ReplacedQuorum {
-                    shares: opened[0].quorum_id(),
-                    current,
-                    replaced_at: when,
-                });
-            }
-        }
-        self.pin = Some((pin, opened));
+        self.pin = quorum_pin(&self.config, &self.log, shares, self.officers)?;
         Ok(self)
     }
 

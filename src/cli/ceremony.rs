@@ -186,7 +186,7 @@ impl Attend {
 
 impl ShareArgs {
     /// Each `--share`: a file, or typed in ("-").
-    fn sources(&self) -> Vec<ShareSource> {
+    pub(super) fn sources(&self) -> Vec<ShareSource> {
         self.shares
             .iter()
             .map(|p| {

@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
+use super::officers::Terminal;
 use super::CliError;
 use crate::audit::{AuditEvent, AuditLog};
+use crate::ceremony::{self, ShareSource};
 use crate::config::Config;
 use crate::keystore::BackendSettings;
 use crate::keystore::{self, KeyInfo};
@@ -47,9 +49,14 @@ pub fn format_keys(keys: &[KeyInfo]) -> String {
     out
 }
 
-pub fn keys_list(config_path: &Path) -> Result<(), CliError> {
+pub fn keys_list(config_path: &Path, shares: &[ShareSource]) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
-    let store = keystore::open(&config.keystore)?;
+    let settings = if shares.is_empty() {
+        config.keystore.clone()
+    } else {
+        ceremony::keystore_with_shares(&config, shares, &Terminal { yes: true })?
+    };
+    let store = keystore::open(&settings)?;
     let keys = store.list_blocking()?;
     say_raw!("{}", format_keys(&keys));
     if keys.is_empty() {

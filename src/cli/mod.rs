@@ -126,7 +126,12 @@ pub enum IntermediateCommand {
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// List the keys in the device with the attributes that prove they cannot leave it.
-    List,
+    List {
+        /// On a ceremony host whose PIN is held as shares (`keystore.pin_shares`): the
+        /// officers' shares that open the token.
+        #[command(flatten)]
+        shares: ceremony::ShareArgs,
+    },
     /// Change the token's user PIN: log in with the PIN the config names and set a new one
     /// (the appliance must be stopped; afterwards put the new PIN where the config reads it).
     ChangePin {
@@ -186,7 +191,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
-        Command::Keys(KeysCommand::List) => keys::keys_list(&cli.config),
+        Command::Keys(KeysCommand::List { shares }) => {
+            keys::keys_list(&cli.config, &shares.sources())
+        }
         Command::Keys(KeysCommand::ChangePin {
             new_pin_file,
             new_pin_env,
