@@ -25,6 +25,7 @@ fn admin_config(propagation_secs: u64, proposal_secs: u64) -> String {
         r#"[admin]
 listen = "127.0.0.1:0"
 propagation_window_secs = {propagation_secs}
+development_shared_ca = true
 
 [[admin.users]]
 identity = "{OFFICER_A}"
