@@ -475,10 +475,22 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     assert_eq!(state["roots"][0]["key_online"], true);
     assert_eq!(state["intermediates"][0]["status"], "active");
 
-    // Refused admin calls are in the audit log, which verifies.
-    let page = auditor.get("/v1/audit?from=1&limit=1000").await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let records = page.json()["records"].as_array().expect("records").clone();
+    // Refused admin calls are in the audit log, which verifies. Refusals are recorded
+    // without waiting for the disk: give the writer a moment.
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        let page = auditor.get("/v1/audit?from=1&limit=1000").await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        records = page.json()["records"].as_array().expect("records").clone();
+        let refused = records
+            .iter()
+            .filter(|r| r["event"]["kind"] == "refused")
+            .count();
+        if refused >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let admin_refusals = || {
         records.iter().filter(|r| {
             r["event"]["kind"] == "refused"
