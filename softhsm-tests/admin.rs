@@ -510,7 +510,12 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     }
     // Refusals name the route by its template, not the path the caller sent.
     let routes: Vec<_> = admin_refusals()
-        .map(|r| r["event"]["reason"].as_str().unwrap_or_default().to_string())
+        .map(|r| {
+            r["event"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     for route in [
         "GET /v1/state",
@@ -518,7 +523,9 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
         "POST /v1/intermediates/{key_id}/activate",
     ] {
         assert!(
-            routes.iter().any(|r| r.starts_with(&format!("admin {route}: "))),
+            routes
+                .iter()
+                .any(|r| r.starts_with(&format!("admin {route}: "))),
             "{route} not audited: {routes:?}"
         );
     }

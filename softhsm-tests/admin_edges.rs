@@ -109,7 +109,10 @@ async fn readyz_says_why_while_the_device_is_unusable_and_recovers_by_itself() {
     let app = Appliance::start("").await;
     let public = anonymous(&app);
     let ready = public.get("/readyz").await;
-    assert_eq!((ready.status, ready.json()["ready"].clone()), (200, json!(true)));
+    assert_eq!(
+        (ready.status, ready.json()["ready"].clone()),
+        (200, json!(true))
+    );
 
     // The token's PIN changes under the appliance: its next login fails.
     let pin = app.token.pin.expose().to_string();
@@ -124,7 +127,9 @@ async fn readyz_says_why_while_the_device_is_unusable_and_recovers_by_itself() {
     let body = ready.json();
     assert_eq!(body["ready"], false);
     assert!(
-        body["reason"].as_str().is_some_and(|r| r.starts_with("device: ")),
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("device: ")),
         "{body}"
     );
     assert!(!body.to_string().contains("changed-1234"), "{body}");
@@ -188,17 +193,39 @@ async fn admin_posts_take_only_json_and_errors_keep_the_json_shape() {
         None,
     ] {
         let r = a.raw("POST", "/v1/intermediates", ct, b"{}".to_vec()).await;
-        assert_eq!((r.status, r.code().as_str()), (415, "unsupported_media_type"), "{ct:?}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (415, "unsupported_media_type"),
+            "{ct:?}"
+        );
     }
-    assert_eq!(intermediates().await, before, "a non-JSON POST changed the state");
-    let r = a.raw("POST", "/v1/intermediates", Some("application/json; charset=utf-8"), b"{}".to_vec()).await;
+    assert_eq!(
+        intermediates().await,
+        before,
+        "a non-JSON POST changed the state"
+    );
+    let r = a
+        .raw(
+            "POST",
+            "/v1/intermediates",
+            Some("application/json; charset=utf-8"),
+            b"{}".to_vec(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // 405 and 413 in the documented shape.
     let r = a.get("/v1/intermediates").await;
     assert_eq!((r.status, r.code().as_str()), (405, "method_not_allowed"));
     let big = format!("{{\"crl_pem\": \"{}\"}}", "A".repeat(3 * 1024 * 1024));
-    let r = a.raw("POST", "/v1/crls", Some("application/json"), big.into_bytes()).await;
+    let r = a
+        .raw(
+            "POST",
+            "/v1/crls",
+            Some("application/json"),
+            big.into_bytes(),
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (413, "too_large"));
 
     // An approval needs a JSON body; one naming the wrong operation is refused.
@@ -219,10 +246,17 @@ async fn admin_posts_take_only_json_and_errors_keep_the_json_shape() {
         .expect("id")
         .to_string();
     let path = format!("/v1/proposals/{pid}/approve");
-    let r = b.raw("POST", &path, Some("application/json"), Vec::new()).await;
+    let r = b
+        .raw("POST", &path, Some("application/json"), Vec::new())
+        .await;
     assert_eq!((r.status, r.code().as_str()), (400, "bad_request"));
-    let r = b.raw("POST", &path, Some("text/plain"), b"{}".to_vec()).await;
-    assert_eq!((r.status, r.code().as_str()), (415, "unsupported_media_type"));
+    let r = b
+        .raw("POST", &path, Some("text/plain"), b"{}".to_vec())
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (415, "unsupported_media_type")
+    );
     let r = b.post(&path, json!({"operation": "root_add"})).await;
     assert_eq!((r.status, r.code().as_str()), (409, "operation_mismatch"));
     let r = b.post(&path, json!({"operation": "revoke"})).await;
@@ -252,14 +286,24 @@ async fn no_front_door_issues_an_admin_identity() {
         .expect_err("RA");
     assert_eq!(code, Code::PermissionDenied);
     // By a node agent impersonating it.
-    let (code, _) = ask(&app, ADMIN, &app.token_for("istio-system", "ztunnel"), Some(ADMIN))
-        .await
-        .expect_err("impersonation");
+    let (code, _) = ask(
+        &app,
+        ADMIN,
+        &app.token_for("istio-system", "ztunnel"),
+        Some(ADMIN),
+    )
+    .await
+    .expect_err("impersonation");
     assert_eq!(code, Code::PermissionDenied);
     // Other workloads are still served, and the refusals are audited.
-    ask(&app, "spiffe://cluster.local/ns/ns/sa/sa", &app.token_for("ns", "sa"), None)
-        .await
-        .expect("workload");
+    ask(
+        &app,
+        "spiffe://cluster.local/ns/ns/sa/sa",
+        &app.token_for("ns", "sa"),
+        None,
+    )
+    .await
+    .expect("workload");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let records = tokio::task::block_in_place(|| audit.page(1, 1000)).expect("page");
     let denied = records

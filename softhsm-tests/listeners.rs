@@ -31,8 +31,8 @@ fn admin_section(extra: &str) -> String {
 
 /// A CSR for `spiffe://cluster.local/ns/ns/sa/sa` and a request carrying it.
 fn request(ttl: i64) -> IstioCertificateRequest {
-    let csr = client::workload_csr(WorkloadKey::P256, "spiffe://cluster.local/ns/ns/sa/sa")
-        .expect("csr");
+    let csr =
+        client::workload_csr(WorkloadKey::P256, "spiffe://cluster.local/ns/ns/sa/sa").expect("csr");
     IstioCertificateRequest {
         csr: csr.csr_pem,
         validity_duration: ttl,
@@ -55,7 +55,10 @@ async fn idle_flood(
     addr: std::net::SocketAddr,
     roots: &[Vec<u8>],
     n: usize,
-) -> (Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, usize) {
+) -> (
+    Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    usize,
+) {
     let mut open = Vec::new();
     for _ in 0..n {
         if let Ok(conn) = idle_tls(addr, roots).await {

@@ -3,10 +3,12 @@
 //! ([`crate::trust`]) and the control plane ([`crate::control`]).
 //!
 //! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
-//! each accepted connection finishes its handshake on its own task, so a slow client cannot hold
-//! up others, and is then handed to tonic. This module starts and stops things; it must never
-//! decide a state change (the control plane does) or build TLS configs itself (the trust plane
-//! does).
+//! both listeners accept within their connection limits and the process's descriptor budget
+//! ([`crate::tls::accept`]), and each connection finishes its handshake on its own task, so a
+//! slow client cannot hold up others, before it is handed to tonic or axum. `start` refuses admin
+//! identities a workload certificate could carry unless the config says development
+//! ([`check_admin_identities`]). This module starts and stops things; it must never decide a
+//! state change (the control plane does) or build TLS configs itself (the trust plane does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +34,6 @@ use crate::trust::{self, TrustError, TrustPlane};
 
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

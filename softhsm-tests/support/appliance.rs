@@ -115,12 +115,9 @@ jwks_file = "east-jwks.json"
             .expect("install");
             (vec![root.der], state)
         });
-        let server = hsm_ca::server::start(
-            config.clone(),
-            store.clone(),
-            std::sync::Arc::new(state),
-        )
-        .await?;
+        let server =
+            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
+                .await?;
         Ok(Appliance {
             token,
             dir,

@@ -5,8 +5,9 @@
 //! `/crl/{fingerprint}.crl`, `/healthz`, `/readyz`) needs a client certificate that chains to
 //! the trust bundle and whose identity (a URI SAN such as a SPIFFE ID, or `CN=name`) is mapped
 //! to roles in `[[admin.users]]`; handlers ask for it with the [`access::Authorized`]
-//! extractor. Refused calls are audited. Errors are JSON with a stable code (see
-//! [`error::ApiError`]). Handlers parse, call the control plane and answer: they must never
+//! extractor. Refused calls are audited through the refusal limiter. POST bodies are JSON
+//! with `Content-Type: application/json` ([`body::JsonBody`]). Errors, 404, 405, 413 and 415
+//! included, are JSON with a stable code (see [`error::ApiError`]). `/readyz` is in [`ready`]. Handlers parse, call the control plane and answer: they must never
 //! change state or decide a rule themselves.
 
 mod access;
@@ -268,10 +269,7 @@ async fn approve(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "operation_mismatch",
-                format!(
-                    "proposal {id} is {}, not {expected}",
-                    p.operation.name()
-                ),
+                format!("proposal {id} is {}, not {expected}", p.operation.name()),
             ));
         }
     }

@@ -246,7 +246,11 @@ fn connection_limits(
 ) -> Result<crate::tls::ConnectionLimits, ConfigError> {
     let admin = section == "admin";
     if max_connections == 0 {
-        let key = if admin { "admin.max_connections" } else { "server.max_connections" };
+        let key = if admin {
+            "admin.max_connections"
+        } else {
+            "server.max_connections"
+        };
         return Err(ctx.invalid(key, "must be at least 1"));
     }
     if handshake_secs == 0 {
@@ -258,7 +262,11 @@ fn connection_limits(
         return Err(ctx.invalid(key, "must be at least 1"));
     }
     if idle_secs == 0 {
-        let key = if admin { "admin.idle_timeout_secs" } else { "server.idle_timeout_secs" };
+        let key = if admin {
+            "admin.idle_timeout_secs"
+        } else {
+            "server.idle_timeout_secs"
+        };
         return Err(ctx.invalid(key, "must be at least 1"));
     }
     Ok(crate::tls::ConnectionLimits {

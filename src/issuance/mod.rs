@@ -336,7 +336,13 @@ impl IstioCertificateService for CertificateService {
             answered: false,
         };
         let result = match self
-            .handle(peer_leaf, bearer, cluster, request.into_inner(), &mut progress)
+            .handle(
+                peer_leaf,
+                bearer,
+                cluster,
+                request.into_inner(),
+                &mut progress,
+            )
             .await
         {
             Ok((cert_chain, caller, identity, serial)) => {

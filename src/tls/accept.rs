@@ -300,7 +300,8 @@ mod tests {
                     Max cpu time              unlimited            unlimited            seconds   \n\
                     Max open files            256                  4096                 files     \n";
         assert_eq!(soft_open_files(text), Some(256));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(soft_open_files(unlimited), None);
         assert!(DescriptorBudget::from_process_limit().size() >= 1);
     }
