@@ -183,6 +183,53 @@ async fn oversized_requests_are_resource_exhausted() {
     app.server.shutdown().await;
 }
 
+/// A client that does not hold back headers the server advertises it would not take (curl with
+/// nghttp2, like grpc-go) gets a gRPC status for oversized headers, not HTTP 431. (40 KiB:
+/// nghttp2 itself sends no header block over 64 KiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_a_grpc_status_from_any_client() {
+    let app = Appliance::start("").await;
+    let port = app.server.local_addr.port();
+    let root = app.path("root.pem");
+    let cert = pem::Pem::new("CERTIFICATE", app.roots[0].clone());
+    std::fs::write(&root, pem::encode(&cert)).expect("root");
+    let headers = app.path("headers.txt");
+    std::fs::write(
+        &headers,
+        format!(
+            "authorization: Bearer {}\ncontent-type: application/grpc\nte: trailers\n",
+            "x".repeat(40 * 1024)
+        ),
+    )
+    .expect("headers");
+    // An empty request message: the headers alone are over the limit.
+    let body = app.path("body.bin");
+    std::fs::write(&body, [0u8; 5]).expect("body");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--http2", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(&root)
+            .arg("--resolve")
+            .arg(format!("localhost:{port}:127.0.0.1"))
+            .arg("-H")
+            .arg(format!("@{}", headers.display()))
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!(
+                "https://localhost:{port}/istio.v1.auth.IstioCertificateService/CreateCertificate"
+            ))
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.starts_with("http/2 200"), "{text}{err}");
+    assert!(text.contains("grpc-status: 8"), "{text}");
+    app.server.shutdown().await;
+}
+
 /// `hsmca_issuances_total` by result, from `/metrics`.
 async fn issuance_counts(admin: &AdminClient) -> std::collections::BTreeMap<String, u64> {
     let text = admin.get("/metrics").await.text();
