@@ -106,19 +106,12 @@ impl Connection {
 
     /// Whether the connection has been idle too long; arranges a wake-up otherwise.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            let deadline = self.last_activity + self.idle_timeout;
-            if self.timer.deadline() != deadline {
-                self.timer.as_mut().reset(deadline);
-            }
-            match self.timer.as_mut().poll(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(()) if self.last_activity + self.idle_timeout <= Instant::now() => {
-                    return true
-                }
-                Poll::Ready(()) => {}
-            }
+        let deadline = self.last_activity + self.idle_timeout;
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
         }
+        // The timer fires at the deadline or later, so once it has fired the time is up.
+        self.timer.as_mut().poll(cx).is_ready()
     }
 
     fn idle_error() -> io::Error {
