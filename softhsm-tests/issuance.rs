@@ -332,11 +332,11 @@ async fn csr_policy_refusals_have_the_right_codes() {
         .expect_err("tampered");
     assert_eq!(code, Code::InvalidArgument, "{message}");
     assert!(message.contains("signature"), "{message}");
-    // A message over the size limit is refused by the transport.
+    // A message over the size limit: larger than the server's maximum (gRPC's status table).
     let (code, _) = ask(&app, &"B".repeat(100 * 1024), Some(&token), 0)
         .await
         .expect_err("too big");
-    assert_eq!(code, Code::OutOfRange);
+    assert_eq!(code, Code::ResourceExhausted);
     app.server.shutdown().await;
 }
 

@@ -3,10 +3,12 @@
 //! ([`crate::trust`]) and the control plane ([`crate::control`]).
 //!
 //! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
-//! each accepted connection finishes its handshake on its own task, so a slow client cannot hold
-//! up others, and is then handed to tonic. This module starts and stops things; it must never
-//! decide a state change (the control plane does) or build TLS configs itself (the trust plane
-//! does).
+//! both listeners accept within their connection limits and the process's descriptor budget
+//! ([`crate::tls::accept`]), and each connection finishes its handshake on its own task, so a
+//! slow client cannot hold up others, before it is handed to tonic or axum. `start` refuses admin
+//! identities a workload certificate could carry unless the config says development
+//! ([`check_admin_identities`]). This module starts and stops things; it must never decide a
+//! state change (the control plane does) or build TLS configs itself (the trust plane does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
@@ -24,17 +25,15 @@ use crate::ca::{profile, CaError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Control;
+use crate::issuance::edge::{RequestLimitsLayer, HEADER_CEILING};
 use crate::issuance::{CertificateService, IssuanceRules, IssuerSnapshot, IssuerView};
 use crate::keystore::KeyStore;
 use crate::state::CaState;
-use crate::tls::{self, ServingCert};
+use crate::tls::{self, DescriptorBudget, ServingCert};
 use crate::trust::{self, TrustError, TrustPlane};
 
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -55,6 +54,37 @@ pub enum ServerError {
     Serving(String),
     #[error(transparent)]
     Audit(crate::audit::AuditError),
+    #[error(
+        "admin identity {0} lies in the workload trust domain and admin.client_ca_files is \
+         empty: a workload certificate for it would open the admin API. Give the admin API its \
+         own CA (admin.client_ca_files), or, for development only, set \
+         admin.development_shared_ca = true"
+    )]
+    AdminInWorkloadDomain(String),
+}
+
+/// Refuses admin identities that a workload certificate could carry (in the workload trust
+/// domain, with no admin CA of their own) unless `admin.development_shared_ca` allows them,
+/// which is logged as a warning.
+pub fn check_admin_identities(config: &Config) -> Result<(), ServerError> {
+    if !config.admin.enabled || !config.admin.client_ca_files.is_empty() {
+        return Ok(());
+    }
+    let shared = config.admin.users.keys().find(|id| {
+        crate::auth::SpiffeId::parse(id).is_ok_and(|s| s.trust_domain() == config.trust_domain)
+    });
+    match shared {
+        None => Ok(()),
+        Some(id) if config.admin.development_shared_ca => {
+            tracing::warn!(
+                identity = %id,
+                "admin.development_shared_ca = true: admin identities share the workload CA \
+                 (development only; the issuance service still refuses to issue them)"
+            );
+            Ok(())
+        }
+        Some(id) => Err(ServerError::AdminInWorkloadDomain(id.clone())),
+    }
 }
 
 /// A started appliance.
@@ -189,6 +219,7 @@ pub async fn start(
     store: KeyStore,
     state: Arc<CaState>,
 ) -> Result<RunningServer, ServerError> {
+    check_admin_identities(&config)?;
     let config = Arc::new(config);
     let clock = Clock::system();
     let roots = tokio::task::block_in_place(|| trust::load_roots(&config, &state, clock.now()))?;
@@ -227,38 +258,27 @@ pub async fn start(
         None
     };
 
-    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
-    let accept_tls = trust.grpc_tls();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            // The current TLS config: the trust bundle for client certificates can change.
-            let acceptor = TlsAcceptor::from(accept_tls.load_full());
-            let tx = conn_tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-            if conn_tx.is_closed() {
-                break;
-            }
-        }
-    });
+    let budget = DescriptorBudget::from_process_limit();
+    tracing::info!(
+        descriptor_budget = budget.size(),
+        grpc_max_connections = config.server.connections.max_connections,
+        admin_max_connections = config.admin.connections.max_connections,
+        "connection limits"
+    );
+    let conn_rx = tls::accept(
+        "issuance",
+        listener,
+        trust.grpc_tls(),
+        config.server.connections,
+        budget.clone(),
+    );
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+        |(conn, _)| Ok::<_, std::io::Error>(conn),
+    );
 
     let rules = IssuanceRules {
+        admin_identities: config.admin.users.keys().cloned().collect(),
         trust_domain: config.trust_domain.clone(),
         default_ttl: config.workload.default_ttl,
         max_ttl: config.workload.max_ttl,
@@ -296,11 +316,13 @@ pub async fn start(
     };
     let task = tokio::spawn(
         tonic::transport::Server::builder()
+            .http2_max_header_list_size(HEADER_CEILING)
+            .layer(RequestLimitsLayer::new(
+                issuance_metrics.clone(),
+                audit.clone(),
+            ))
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-                stopped(shutdown_rx.clone()),
-            ),
+            .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone())),
     );
 
     let renew = trust.renewal();
@@ -315,7 +337,7 @@ pub async fn start(
             let api = crate::admin::Api::new(control.clone(), issuance_metrics);
             let stop = stopped(shutdown_rx.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = crate::admin::serve(api, listener, stop).await {
+                if let Err(e) = crate::admin::serve(api, listener, budget, stop).await {
                     tracing::error!(error = %e, "the admin API stopped");
                 }
             });

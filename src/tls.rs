@@ -1,6 +1,13 @@
 //! All TLS policy in one place: protocol versions (1.2 and 1.3), the crypto provider (ring),
 //! ALPN `h2` (grpc-go refuses a CA without it), client-certificate verification against the
-//! trust bundle, and a serving certificate that can be replaced while the server runs.
+//! trust bundle, a serving certificate that can be replaced while the server runs, and how
+//! both listeners accept connections ([`accept`]): a cap on connections per listener and on
+//! descriptors for the whole process, a handshake timeout, and an idle timeout after the
+//! handshake. It must never read the CA state or decide who a peer is.
+
+mod accept;
+
+pub use accept::{accept, Connection, ConnectionLimits, DescriptorBudget};
 
 use std::sync::Arc;
 

@@ -36,6 +36,19 @@ impl Appliance {
     }
 
     pub async fn start_with(extra: &str, pool: Option<hsm_ca::keystore::PoolOptions>) -> Appliance {
+        Self::try_start_with(extra, pool).await.expect("server")
+    }
+
+    /// Prepares the token and CA state like [`Appliance::start`], and returns why the server
+    /// refused to start, if it did.
+    pub async fn try_start(extra: &str) -> Result<Appliance, hsm_ca::server::ServerError> {
+        Self::try_start_with(extra, None).await
+    }
+
+    async fn try_start_with(
+        extra: &str,
+        pool: Option<hsm_ca::keystore::PoolOptions>,
+    ) -> Result<Appliance, hsm_ca::server::ServerError> {
         let token = TestToken::new();
         let dir = tempfile::tempdir().expect("tempdir");
         let signer = devtoken::new_signer("k1").expect("signer");
@@ -102,8 +115,10 @@ jwks_file = "east-jwks.json"
             .expect("install");
             (vec![root.der], state)
         });
-        let server = serve(&config, &store, state).await;
-        Appliance {
+        let server =
+            hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
+                .await?;
+        Ok(Appliance {
             token,
             dir,
             server,
@@ -112,7 +127,7 @@ jwks_file = "east-jwks.json"
             roots,
             signer,
             east_signer,
-        }
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -38,6 +38,37 @@ impl Reply {
     }
 }
 
+/// Opens a TLS connection to `addr` (trusting `roots`) and holds it without sending anything.
+pub async fn idle_tls(
+    addr: SocketAddr,
+    roots: &[Vec<u8>],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = hsm_ca::tls::client_config(roots, None, false).expect("tls");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+}
+
+/// Whether the server has closed `conn`: a read returns end of file or an error within
+/// `within` (an open, idle connection gives nothing to read).
+pub async fn closed_by_server(
+    conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // Session tickets and the like: keep reading.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 impl AdminClient {
     /// A client trusting `roots`, presenting `identity` (chain, PKCS#8 key) when given.
     pub fn new(addr: SocketAddr, roots: &[Vec<u8>], identity: Option<(&[Vec<u8>], &[u8])>) -> Self {
@@ -60,6 +91,21 @@ impl AdminClient {
     }
 
     async fn call_inner(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        self.raw(method, path, Some("application/json"), bytes)
+            .await
+    }
+
+    /// One request with the given `Content-Type` (none when `None`) and body bytes.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -72,16 +118,14 @@ impl AdminClient {
             .await
             .expect("http handshake");
         tokio::spawn(conn);
-        let bytes = body
-            .map(|b| serde_json::to_vec(b).expect("json"))
-            .unwrap_or_default();
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .expect("request");
+            .header("host", "localhost");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = sender.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
         let body = resp

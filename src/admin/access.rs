@@ -1,8 +1,10 @@
 //! Who may call an admin route: one extractor, [`Authorized`], authenticates the peer's
 //! client certificate (present, not revoked, listed in `[[admin.users]]`) and checks the role
 //! the handler asks for by its type ([`AnyRole`], [`Operator`], [`Officer`]). Every refusal is
-//! audited as `admin_refused` with the route's method and path template ([`RoutePath`],
-//! attached by the router). It must never run an operation itself.
+//! audited through the audit log's refusal limiter (a `refused` record whose reason names the
+//! route's method and path template, [`RoutePath`], attached by the router), so a flood of
+//! refused calls costs at most a burst of records plus folded counts. It must never run an
+//! operation itself.
 
 use std::marker::PhantomData;
 
@@ -13,7 +15,6 @@ use axum::http::StatusCode;
 use super::error::ApiError;
 use super::listener::Peer;
 use super::Api;
-use crate::audit::AuditEvent;
 use crate::config::Role;
 use crate::control::{Caller, Control};
 
@@ -63,27 +64,22 @@ impl<R: RequiredRole> FromRequestParts<Api> for Authorized<R> {
             .extensions
             .get::<ConnectInfo<Peer>>()
             .map(|ConnectInfo(peer)| peer.clone());
-        let caller = authorize(&api.control, peer.as_ref(), R::ROLE, &route).await?;
+        let caller = authorize(&api.control, peer.as_ref(), R::ROLE, &route)?;
         Ok(Authorized(caller, PhantomData))
     }
 }
 
 /// Authenticates the peer and checks it holds `role` (`None`: any role). Refusals are audited.
-async fn authorize(
+fn authorize(
     ctl: &Control,
     peer: Option<&Peer>,
     role: Option<Role>,
     route: &str,
 ) -> Result<Caller, ApiError> {
-    let refuse = |caller: Option<String>, status, code: &'static str, reason: String| async move {
-        let _ = ctl
-            .record(AuditEvent::AdminRefused {
-                caller,
-                route: route.to_string(),
-                code: code.to_string(),
-                reason: reason.clone(),
-            })
-            .await;
+    let refuse = |caller: Option<String>, status, code: &'static str, reason: String| {
+        if let Some(audit) = ctl.audit() {
+            audit.refused(caller.as_deref(), code, &format!("admin {route}: {reason}"));
+        }
         Err(ApiError::new(status, code, reason))
     };
     let Some(peer) = peer.filter(|p| !p.identities.is_empty()) else {
@@ -92,8 +88,7 @@ async fn authorize(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "a client certificate is required".into(),
-        )
-        .await;
+        );
     };
     let revoked = peer.leaf.as_deref().and_then(|der| {
         let cert = crate::ca::inspect::parse_certificate(der).ok()?;
@@ -105,8 +100,7 @@ async fn authorize(
             StatusCode::UNAUTHORIZED,
             "revoked",
             format!("client certificate: {reason}"),
-        )
-        .await;
+        );
     }
     let known = peer
         .identities
@@ -118,8 +112,7 @@ async fn authorize(
             StatusCode::FORBIDDEN,
             "unknown_identity",
             format!("{} is not an admin user", peer.identities.join(", ")),
-        )
-        .await;
+        );
     };
     let caller = Caller {
         identity: identity.clone(),
@@ -132,8 +125,7 @@ async fn authorize(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("{} needs the {role:?} role", route).to_lowercase(),
-            )
-            .await;
+            );
         }
     }
     Ok(caller)

@@ -1,19 +1,17 @@
-//! The admin listener: TLS connections handshaken on their own tasks (so a slow client holds
-//! up no one) with the current admin TLS config, and the peer identities each connection's
-//! client certificate presents. It must never decide what a peer may do (that is
+//! The admin listener: TLS connections accepted within the admin limits (connection cap,
+//! handshake and idle timeouts: [`crate::tls::accept`]) with the current admin TLS config,
+//! and the peer identities each connection's client certificate presents. It must never decide what a peer may do (that is
 //! [`super::access`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::connect_info::Connected;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use x509_parser::extensions::GeneralName;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::{Connection, ConnectionLimits, DescriptorBudget};
 
 /// Who is on the other end of a connection: the identities in its client certificate.
 #[derive(Clone, Debug)]
@@ -46,54 +44,29 @@ pub fn identities(leaf: &[u8]) -> Vec<String> {
     out
 }
 
-/// Accepted TLS connections, handshaken on their own tasks so a slow client holds up no one.
+/// Accepted TLS connections within the admin listener's limits ([`crate::tls::accept`]).
 pub struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: tokio::sync::mpsc::Receiver<(Connection, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `listener`, using the current config of `tls` for each handshake.
+    /// Accepts on `listener` within `limits` and `budget`, using the current config of `tls`
+    /// for each handshake.
     pub fn new(
         listener: TcpListener,
         tls: Arc<ArcSwap<rustls::ServerConfig>>,
+        limits: ConnectionLimits,
+        budget: DescriptorBudget,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(128);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    break;
-                }
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
-                    }
-                });
-            }
-        });
+        let rx = crate::tls::accept("admin", listener, tls, limits, budget);
         Ok(TlsListener { rx, local })
     }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Connection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -111,7 +84,7 @@ impl axum::serve::Listener for TlsListener {
 
 impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        let (_, conn) = stream.io().get_ref();
+        let (_, conn) = stream.io().tls().get_ref();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
         Peer {
             addr: *stream.remote_addr(),

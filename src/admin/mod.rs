@@ -5,14 +5,17 @@
 //! `/crl/{fingerprint}.crl`, `/healthz`, `/readyz`) needs a client certificate that chains to
 //! the trust bundle and whose identity (a URI SAN such as a SPIFFE ID, or `CN=name`) is mapped
 //! to roles in `[[admin.users]]`; handlers ask for it with the [`access::Authorized`]
-//! extractor. Refused calls are audited. Errors are JSON with a stable code (see
-//! [`error::ApiError`]). Handlers parse, call the control plane and answer: they must never
+//! extractor. Refused calls are audited through the refusal limiter. POST bodies are JSON
+//! with `Content-Type: application/json` ([`body::JsonBody`]). Errors, 404, 405, 413 and 415
+//! included, are JSON with a stable code (see [`error::ApiError`]). `/readyz` is in [`ready`]. Handlers parse, call the control plane and answer: they must never
 //! change state or decide a rule themselves.
 
 mod access;
+mod body;
 pub mod error;
 mod listener;
 mod metrics;
+mod ready;
 
 use std::sync::Arc;
 
@@ -28,6 +31,7 @@ use tokio::net::TcpListener;
 use crate::control::{Control, ControlError, Operation, Outcome, RevokeRequest};
 use crate::metrics::IssuanceMetrics;
 use access::{AnyRole, Authorized, Officer, Operator, RoutePath};
+use body::{Empty, JsonBody};
 pub use error::ApiError;
 pub use listener::{identities, Peer, TlsListener};
 
@@ -60,37 +64,8 @@ fn json<T: Serialize>(r: Result<T, ControlError>) -> Answer {
     Ok(Json(r?).into_response())
 }
 
-/// Parses a JSON body, answering bad JSON with a typed error instead of axum's plain text.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
-}
-
 async fn healthz() -> &'static str {
     "ok\n"
-}
-
-async fn readyz(State(api): Ctl) -> Response {
-    let ctl = &api.control;
-    let snapshot = ctl.trust().view().load();
-    let now = ctl.clock().now();
-    let (nb, na) = (snapshot.ca.not_before(), snapshot.ca.not_after());
-    if na <= now {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "the active intermediate has expired"})),
-        )
-            .into_response();
-    }
-    let mut warnings = Vec::new();
-    let life = (na - nb).as_seconds_f64().max(1.0);
-    let left = (na - now).as_seconds_f64();
-    if left / life < ctl.config().admin.expiry_warning_fraction {
-        warnings.push(format!(
-            "the active intermediate expires at {}; prepare and activate its successor",
-            crate::clock::rfc3339(na)
-        ));
-    }
-    Json(json!({"ready": true, "warnings": warnings})).into_response()
 }
 
 async fn bundle_pem(State(api): Ctl) -> Response {
@@ -140,7 +115,11 @@ async fn get_state(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
     json(tokio::task::block_in_place(|| api.control.describe()))
 }
 
-async fn new_intermediate(State(api): Ctl, Authorized(caller, _): Authorized<Operator>) -> Answer {
+async fn new_intermediate(
+    State(api): Ctl,
+    Authorized(caller, _): Authorized<Operator>,
+    _: JsonBody<Empty>,
+) -> Answer {
     json(api.control.new_intermediate(&caller).await)
 }
 
@@ -155,9 +134,8 @@ struct SignBody {
 async fn sign_intermediate(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Operator>,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<SignBody>,
 ) -> Answer {
-    let b: SignBody = body(&raw)?;
     json(
         api.control
             .sign_intermediate(&caller, &b.csr_pem, b.root.as_deref())
@@ -174,9 +152,8 @@ struct CertBody {
 async fn install(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Operator>,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<CertBody>,
 ) -> Answer {
-    let b: CertBody = body(&raw)?;
     json(api.control.install(&caller, &b.certificate_pem).await)
 }
 
@@ -184,6 +161,7 @@ async fn activate(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Operator>,
     Path(id): Path<String>,
+    _: JsonBody<Empty>,
 ) -> Answer {
     Ok(outcome(api.control.request_activation(&caller, &id).await?))
 }
@@ -192,6 +170,7 @@ async fn retire(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Operator>,
     Path(id): Path<String>,
+    _: JsonBody<Empty>,
 ) -> Answer {
     json(api.control.retire(&caller, &id).await)
 }
@@ -199,9 +178,8 @@ async fn retire(
 async fn add_root(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Officer>,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<CertBody>,
 ) -> Answer {
-    let b: CertBody = body(&raw)?;
     let op = Operation::RootAdd {
         certificate_pem: b.certificate_pem,
     };
@@ -237,18 +215,16 @@ async fn cross_sign(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Officer>,
     Path(fp): Path<String>,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<CrossBody>,
 ) -> Answer {
-    let b: CrossBody = body(&raw)?;
     json(api.control.cross_sign(&caller, &fp, &b.by).await)
 }
 
 async fn revoke(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Officer>,
-    raw: axum::body::Bytes,
+    JsonBody(req): JsonBody<RevokeRequest>,
 ) -> Answer {
-    let req: RevokeRequest = body(&raw)?;
     Ok(outcome(
         api.control.gate(&caller, Operation::Revoke(req)).await?,
     ))
@@ -263,9 +239,8 @@ struct CrlBody {
 async fn import_crl(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Officer>,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<CrlBody>,
 ) -> Answer {
-    let b: CrlBody = body(&raw)?;
     json(api.control.import_crl(&caller, &b.crl_pem).await)
 }
 
@@ -273,11 +248,31 @@ async fn proposals(State(api): Ctl, _: Authorized<AnyRole>) -> Response {
     Json(json!({"proposals": api.control.proposals()})).into_response()
 }
 
+/// An approval's body: `{}`, or `{"operation": "<name>"}` to approve only if the proposal is
+/// that operation (`root_add`, `root_remove`, `revoke`, `activate_new_root`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    operation: Option<String>,
+}
+
 async fn approve(
     State(api): Ctl,
     Authorized(caller, _): Authorized<Officer>,
     Path(id): Path<String>,
+    JsonBody(b): JsonBody<ApproveBody>,
 ) -> Answer {
+    if let Some(expected) = &b.operation {
+        let proposed = api.control.proposals().into_iter().find(|p| p.id == id);
+        if let Some(p) = proposed.filter(|p| p.operation.name() != expected) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "operation_mismatch",
+                format!("proposal {id} is {}, not {expected}", p.operation.name()),
+            ));
+        }
+    }
     Ok(outcome(api.control.approve(&caller, &id).await?))
 }
 
@@ -348,6 +343,15 @@ async fn not_found() -> Response {
     ApiError::not_found("no such route").into_response()
 }
 
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+    .into_response()
+}
+
 /// Adds the route `path`; its handlers see the path template ([`RoutePath`]) that refusals
 /// are audited under.
 fn at(router: Router<Api>, path: &'static str, handlers: MethodRouter<Api>) -> Router<Api> {
@@ -358,7 +362,7 @@ fn at(router: Router<Api>, path: &'static str, handlers: MethodRouter<Api>) -> R
 pub fn router(api: Api) -> Router {
     let routes: [(&'static str, MethodRouter<Api>); 23] = [
         ("/healthz", get(healthz)),
-        ("/readyz", get(readyz)),
+        ("/readyz", get(ready::readyz)),
         ("/bundle.pem", get(bundle_pem)),
         ("/bundle.spiffe", get(bundle_spiffe)),
         ("/ca-crl.pem", get(crl_pem)),
@@ -387,16 +391,20 @@ pub fn router(api: Api) -> Router {
             at(router, path, handlers)
         })
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener` until `shutdown` resolves, within the admin
+/// connection limits and the process's descriptor `budget`.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
+    budget: crate::tls::DescriptorBudget,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let tls = TlsListener::new(listener, api.control.trust().admin_tls())?;
+    let limits = api.control.config().admin.connections;
+    let tls = TlsListener::new(listener, api.control.trust().admin_tls(), limits, budget)?;
     let app = router(api).into_make_service_with_connect_info::<Peer>();
     axum::serve(tls, app).with_graceful_shutdown(shutdown).await
 }

@@ -76,7 +76,16 @@ pub(super) fn admin(ctx: &Ctx, adm: RawAdmin) -> Result<AdminConfig, ConfigError
     if approvals.expires_secs == 0 {
         return Err(ctx.invalid("admin.approvals.expires_secs", "must be at least 1"));
     }
+    let connections = super::connection_limits(
+        ctx,
+        "admin",
+        adm.max_connections,
+        adm.handshake_timeout_secs,
+        adm.idle_timeout_secs,
+    )?;
     Ok(AdminConfig {
+        development_shared_ca: adm.development_shared_ca,
+        connections,
         enabled: adm.enabled,
         listen,
         users,

@@ -128,6 +128,11 @@ pub struct AdminConfig {
     pub approval_threshold: u32,
     pub proposal_ttl: Duration,
     pub sensitive: Vec<String>,
+    /// Development only: admin identities may lie in the workload trust domain without a
+    /// separate admin CA (`client_ca_files`); `serve` refuses that combination otherwise.
+    pub development_shared_ca: bool,
+    /// Connection caps and timeouts of the admin listener.
+    pub connections: crate::tls::ConnectionLimits,
 }
 
 /// The issuance service's listener and serving certificate.
@@ -138,6 +143,8 @@ pub struct ServerConfig {
     pub ip_addresses: Vec<std::net::IpAddr>,
     pub client_auth: crate::tls::ClientAuth,
     pub serving_cert_ttl: Duration,
+    /// Connection caps and timeouts of the issuance listener.
+    pub connections: crate::tls::ConnectionLimits,
 }
 
 /// A Kubernetes cluster whose service-account tokens are accepted.
@@ -226,6 +233,47 @@ impl Ctx<'_> {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// A listener's `max_connections`, `handshake_timeout_secs` and `idle_timeout_secs` (section
+/// `server` or `admin`): each at least 1.
+fn connection_limits(
+    ctx: &Ctx,
+    section: &str,
+    max_connections: usize,
+    handshake_secs: u64,
+    idle_secs: u64,
+) -> Result<crate::tls::ConnectionLimits, ConfigError> {
+    let admin = section == "admin";
+    if max_connections == 0 {
+        let key = if admin {
+            "admin.max_connections"
+        } else {
+            "server.max_connections"
+        };
+        return Err(ctx.invalid(key, "must be at least 1"));
+    }
+    if handshake_secs == 0 {
+        let key = if admin {
+            "admin.handshake_timeout_secs"
+        } else {
+            "server.handshake_timeout_secs"
+        };
+        return Err(ctx.invalid(key, "must be at least 1"));
+    }
+    if idle_secs == 0 {
+        let key = if admin {
+            "admin.idle_timeout_secs"
+        } else {
+            "server.idle_timeout_secs"
+        };
+        return Err(ctx.invalid(key, "must be at least 1"));
+    }
+    Ok(crate::tls::ConnectionLimits {
+        max_connections,
+        handshake_timeout: Duration::from_secs(handshake_secs),
+        idle_timeout: Duration::from_secs(idle_secs),
+    })
 }
 
 impl Config {

@@ -88,6 +88,14 @@ pub(super) struct RawAdmin {
     pub(super) expiry_warning_fraction: f64,
     #[serde(default)]
     pub(super) approvals: RawApprovals,
+    #[serde(default)]
+    pub(super) development_shared_ca: bool,
+    #[serde(default = "default_admin_max_connections")]
+    pub(super) max_connections: usize,
+    #[serde(default = "default_handshake_timeout")]
+    pub(super) handshake_timeout_secs: u64,
+    #[serde(default = "default_idle_timeout")]
+    pub(super) idle_timeout_secs: u64,
 }
 
 impl Default for RawAdmin {
@@ -101,8 +109,25 @@ impl Default for RawAdmin {
             bundle_refresh_hint_secs: default_refresh_hint(),
             expiry_warning_fraction: default_expiry_warning(),
             approvals: RawApprovals::default(),
+            development_shared_ca: false,
+            max_connections: default_admin_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
         }
     }
+}
+
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_grpc_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
 }
 
 fn default_admin_listen() -> String {
@@ -211,6 +236,12 @@ pub(super) struct RawServer {
     pub(super) client_auth: crate::tls::ClientAuth,
     #[serde(default = "default_serving_ttl")]
     pub(super) serving_cert_ttl_secs: u64,
+    #[serde(default = "default_grpc_max_connections")]
+    pub(super) max_connections: usize,
+    #[serde(default = "default_handshake_timeout")]
+    pub(super) handshake_timeout_secs: u64,
+    #[serde(default = "default_idle_timeout")]
+    pub(super) idle_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -221,6 +252,9 @@ impl Default for RawServer {
             ip_addresses: Vec::new(),
             client_auth: crate::tls::ClientAuth::Optional,
             serving_cert_ttl_secs: default_serving_ttl(),
+            max_connections: default_grpc_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
         }
     }
 }

@@ -44,7 +44,15 @@ pub(super) fn server(ctx: &Ctx, srv: RawServer) -> Result<ServerConfig, ConfigEr
     if srv.serving_cert_ttl_secs < 2 {
         return Err(ctx.invalid("server.serving_cert_ttl_secs", "must be at least 2"));
     }
+    let connections = super::connection_limits(
+        ctx,
+        "server",
+        srv.max_connections,
+        srv.handshake_timeout_secs,
+        srv.idle_timeout_secs,
+    )?;
     Ok(ServerConfig {
+        connections,
         listen,
         dns_names: srv.dns_names,
         ip_addresses,

@@ -83,6 +83,9 @@ trusted_node_accounts = ["istio-system/ztunnel"]
 [admin]
 listen = "127.0.0.1:9443"
 propagation_window_secs = 0
+# Development only: the admin identity comes from the workload CA. A production appliance
+# gives the admin API its own CA (client_ca_files) and leaves this false.
+development_shared_ca = true
 
 [[admin.users]]
 identity = "{DEV_ADMIN_ID}"

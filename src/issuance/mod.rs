@@ -3,9 +3,11 @@
 //! A request flows: decode and size limits → authenticate the caller → decide the identity to
 //! issue (own, registration authority, or impersonated by a trusted node agent) → parse the CSR
 //! and check it against that identity → clamp the TTL → sign on a blocking thread through the
-//! keystore → answer `[leaf, intermediate(s)…, trust bundle]`. Every refusal has one gRPC code,
-//! chosen in [`IssuanceError::status`].
+//! keystore → answer `[leaf, intermediate(s)…, trust bundle]`. An identity configured as an
+//! admin identity is never issued. Every refusal has one gRPC code, chosen in
+//! [`IssuanceError::status`], also for the size limits enforced in front of tonic ([`edge`]).
 
+pub mod edge;
 pub mod policy;
 pub mod view;
 
@@ -45,6 +47,9 @@ pub enum IssuanceError {
     InvalidRequest(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// Headers or message over the service's limits.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error("the issuance could not be recorded: {0}")]
@@ -62,6 +67,7 @@ impl IssuanceError {
             }
             IssuanceError::InvalidRequest(_) => Code::InvalidArgument,
             IssuanceError::PermissionDenied(_) => Code::PermissionDenied,
+            IssuanceError::TooLarge(_) => Code::ResourceExhausted,
             IssuanceError::Ca(e) => match e {
                 CaError::MalformedCsr(_) | CaError::CsrSignatureInvalid => Code::InvalidArgument,
                 CaError::Policy(_) => Code::PermissionDenied,
@@ -85,7 +91,9 @@ impl IssuanceError {
                 "the CA could not record the issuance; retry later".to_string()
             }
             Code::Unavailable => "the CA's key device is unavailable; retry later".to_string(),
-            Code::ResourceExhausted => "the CA is overloaded; retry later".to_string(),
+            Code::ResourceExhausted if !matches!(self, IssuanceError::TooLarge(_)) => {
+                "the CA is overloaded; retry later".to_string()
+            }
             Code::Internal => "internal error in the CA".to_string(),
             _ => self.to_string(),
         };
@@ -97,6 +105,8 @@ impl IssuanceError {
 #[derive(Clone, Debug)]
 pub struct IssuanceRules {
     pub trust_domain: String,
+    /// The admin API's identities (`[[admin.users]]`): never issued to anyone.
+    pub admin_identities: std::collections::BTreeSet<String>,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub clock_skew: Duration,
@@ -180,20 +190,20 @@ impl CertificateService {
         Ok(caller.id.clone())
     }
 
-    /// Issues for one request. `who` learns the caller's identity as soon as it is known, so
-    /// a refusal can be recorded against it.
+    /// Issues for one request. `progress` learns the caller's identity as soon as it is known,
+    /// so a refusal can be recorded against it, and when the issuance record is made.
     async fn handle(
         &self,
         peer_leaf: Option<Vec<u8>>,
         bearer: Option<String>,
         cluster: Option<String>,
         request: IstioCertificateRequest,
-        who: &mut Option<String>,
+        progress: &mut Progress<'_>,
     ) -> Result<(Vec<String>, Caller, SpiffeId, String), IssuanceError> {
         let caller =
             self.auth
                 .authenticate(peer_leaf.as_deref(), bearer.as_deref(), cluster.as_deref())?;
-        *who = Some(caller.id.to_string());
+        progress.who = Some(caller.id.to_string());
         if request.csr.len() > policy::MAX_CSR_PEM {
             return Err(IssuanceError::InvalidRequest(format!(
                 "CSR is larger than {} bytes",
@@ -210,6 +220,11 @@ impl CertificateService {
                 _ => None,
             });
         let identity = self.identity_to_issue(&caller, impersonated.as_deref(), &csr)?;
+        if self.rules.admin_identities.contains(&identity.to_string()) {
+            return Err(IssuanceError::PermissionDenied(format!(
+                "{identity} is an admin identity; the CA does not issue it to workloads"
+            )));
+        }
         policy::check_csr(&csr, &identity).map_err(IssuanceError::PermissionDenied)?;
         let ttl = policy::ttl(
             request.validity_duration,
@@ -235,6 +250,8 @@ impl CertificateService {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
+        // From here on the issuance is recorded even if the caller goes away.
+        progress.recorded = true;
         if let Some(audit) = &self.audit {
             audit
                 .append(AuditEvent::Issued {
@@ -256,6 +273,34 @@ impl CertificateService {
         chain.extend(issuer.intermediates_pem.iter().cloned());
         chain.push(issuer.bundle_pem.clone());
         Ok((chain, caller, identity, leaf.serial))
+    }
+}
+
+/// How far one request got. Counted in the metrics when answered, or, when the caller went
+/// away first (its stream reset, the handler dropped), as `reset` if the issuance record was
+/// already made (the audit log holds it) and `cancelled` if not.
+struct Progress<'a> {
+    metrics: &'a crate::metrics::IssuanceMetrics,
+    started: std::time::Instant,
+    who: Option<String>,
+    recorded: bool,
+    answered: bool,
+}
+
+impl Progress<'_> {
+    fn answered(&mut self, result: &str) {
+        self.answered = true;
+        self.metrics.results.inc(result);
+        self.metrics.latency.observe(self.started.elapsed());
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let result = if self.recorded { "reset" } else { "cancelled" };
+            self.metrics.results.inc(result);
+        }
     }
 }
 
@@ -283,29 +328,39 @@ impl IstioCertificateService for CertificateService {
             .get("clusterid")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let started = std::time::Instant::now();
-        let mut who = None;
+        let mut progress = Progress {
+            metrics: &self.metrics,
+            started: std::time::Instant::now(),
+            who: None,
+            recorded: false,
+            answered: false,
+        };
         let result = match self
-            .handle(peer_leaf, bearer, cluster, request.into_inner(), &mut who)
+            .handle(
+                peer_leaf,
+                bearer,
+                cluster,
+                request.into_inner(),
+                &mut progress,
+            )
             .await
         {
             Ok((cert_chain, caller, identity, serial)) => {
                 tracing::info!(%serial, %identity, caller = %caller.id, method = %caller.method, "issued");
-                self.metrics.results.inc("ok");
+                progress.answered("ok");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
             }
             Err(e) => {
                 let status = e.status();
                 tracing::info!(code = ?status.code(), reason = %e, "refused");
                 let code = format!("{:?}", status.code());
-                self.metrics.results.inc(&code);
+                progress.answered(&code);
                 if let Some(audit) = &self.audit {
-                    audit.refused(who.as_deref(), &code, status.message());
+                    audit.refused(progress.who.as_deref(), &code, status.message());
                 }
                 Err(status)
             }
         };
-        self.metrics.latency.observe(started.elapsed());
         result
     }
 }

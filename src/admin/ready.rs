@@ -1,0 +1,66 @@
+//! `/readyz`: ready (200, `{"ready": true, "warnings": [...]}`) while the device, the audit
+//! writer and the active intermediate can serve; otherwise 503 with every reason
+//! (`{"ready": false, "reason": "...", "reasons": [...], "warnings": [...]}`). A device that
+//! reported trouble on its last call is probed (the active key's info), so a recovered device
+//! is ready again without waiting for traffic. It must never change state.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::Api;
+
+/// Why the appliance cannot serve now (empty: it can), and warnings that do not stop it.
+async fn check(api: &Api) -> (Vec<String>, Vec<String>) {
+    let ctl = &api.control;
+    let snapshot = ctl.trust().view().load();
+    let now = ctl.clock().now();
+    let (mut reasons, mut warnings) = (Vec::new(), Vec::new());
+    let (nb, na) = (snapshot.ca.not_before(), snapshot.ca.not_after());
+    if na <= now {
+        reasons.push("the active intermediate has expired".to_string());
+    } else {
+        let life = (na - nb).as_seconds_f64().max(1.0);
+        let left = (na - now).as_seconds_f64();
+        if left / life < ctl.config().admin.expiry_warning_fraction {
+            warnings.push(format!(
+                "the active intermediate expires at {}; prepare and activate its successor",
+                crate::clock::rfc3339(na)
+            ));
+        }
+    }
+    if let Err(trouble) = ctl.store().health() {
+        // The last call failed: ask the device again before saying so.
+        let key = snapshot.ca.key().id();
+        match ctl.store().key_info(key).await {
+            Ok(_) => {}
+            Err(crate::keystore::KeystoreError::KeyNotFound(_)) => reasons.push(format!(
+                "device: the active intermediate's key {key} is not found (last trouble: {trouble})"
+            )),
+            Err(e) => reasons.push(format!("device: {e}")),
+        }
+    }
+    if let Some(Err(e)) = ctl.audit().map(|a| a.health()) {
+        reasons.push(format!("audit log: {e}"));
+    }
+    (reasons, warnings)
+}
+
+pub(super) async fn readyz(State(api): State<Api>) -> Response {
+    let (reasons, warnings) = check(&api).await;
+    if reasons.is_empty() {
+        return Json(json!({"ready": true, "warnings": warnings})).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "ready": false,
+            "reason": reasons.join("; "),
+            "reasons": reasons,
+            "warnings": warnings,
+        })),
+    )
+        .into_response()
+}
