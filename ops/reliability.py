@@ -16,6 +16,7 @@ Scenarios:
   device      the token's files taken away and put back: how long until issuance recovers.
   idle        hundreds of idle TLS connections: are they closed, does issuance go on meanwhile.
   refusals    a flood of unauthenticated admin requests: audit records added per second.
+  memory      sustained issuance load for some minutes: the appliance's resident memory.
 """
 import argparse
 import json
@@ -356,12 +357,41 @@ def scenario_refusals(work, secs):
         "<= 5 rec/s", rate <= 5)
 
 
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scenario_memory(work, minutes):
+    app = Appliance(os.path.join(work, "memory"))
+    app.start()
+    # `hsm-ca dev` runs the appliance in its own process: that is the one measured.
+    idle = rss_mb(app.proc.pid)
+    peak = idle
+    with Load(app, work, threads=6) as load:
+        end = time.monotonic() + minutes * 60
+        while time.monotonic() < end:
+            time.sleep(5)
+            peak = max(peak, rss_mb(app.proc.pid))
+    last = rss_mb(app.proc.pid)
+    app.stop()
+    rate = len(load.received) / (minutes * 60)
+    row("memory: idle resident (MB)", f"{idle:.0f}", "<= 50", idle <= 50)
+    row(f"memory: peak over {minutes} min at {rate:.0f} issuances/s (MB)", f"{peak:.0f}", "<= 100",
+        peak <= 100)
+    row("memory: resident after the load (MB)", f"{last:.0f}", "<= 100", last <= 100)
+
+
 def main():
     global BIN
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", required=True)
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--idle-secs", type=int, default=75)
+    p.add_argument("--memory-minutes", type=float, default=10)
     p.add_argument("--only", nargs="*", default=None)
     args = p.parse_args()
     BIN = os.path.abspath(args.bin)
@@ -374,6 +404,7 @@ def main():
         "device": lambda: scenario_device(work),
         "idle": lambda: scenario_idle(work, args.idle_secs),
         "refusals": lambda: scenario_refusals(work, 10),
+        "memory": lambda: scenario_memory(work, args.memory_minutes),
     }
     for name, run in scenarios.items():
         if args.only and name not in args.only:
