@@ -37,6 +37,7 @@ mod key;
 pub mod limiter;
 mod log;
 pub mod record;
+mod resume;
 mod verify;
 mod writer;
 
@@ -45,11 +46,11 @@ use std::path::Path;
 pub use self::export::export;
 pub use self::host::HostLog;
 pub use self::key::{read_public_key, recorded_key, AuditKey, AUDIT_KEY_LABEL};
-pub use self::log::{AuditLog, AuditOptions};
+pub use self::log::{AuditLog, AuditOptions, DEFAULT_AUDIT_CACHE_BYTES};
 pub use self::verify::{verify_file, verify_file_with_keys, verify_store};
-pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP};
+pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP, RETRY_FIRST, RETRY_MAX};
 pub use limiter::RefusalLimits;
-pub use record::{AuditEvent, AuditRecord, ChainError, ChainSummary};
+pub use record::{AuditEvent, AuditRecord, ChainError, ChainStart, ChainSummary};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,15 +73,41 @@ fn storage(e: impl std::fmt::Display) -> AuditError {
     AuditError::Storage(e.to_string())
 }
 
-/// Opens the store under `dir/audit` (created when missing) and its `records` tree.
+/// Opens the store under `dir/audit` (created when missing) and its `records` tree, with the
+/// default page cache (for tools and the ceremony host).
 fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
-    let path = dir.join("audit");
-    let open = |reason: String| AuditError::Open {
-        path: path.display().to_string(),
-        reason,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
-    let db = crate::store::open(&path).map_err(|e| open(crate::store::explain(&e)))?;
-    let tree = db.open_tree("records").map_err(|e| open(e.to_string()))?;
-    Ok((db, tree))
+    let trees = Trees::open(dir, crate::store::DEFAULT_CACHE_BYTES)?;
+    Ok((trees.db, trees.records))
+}
+
+/// An open log store: the records, the `meta` tree (audit key, verification marker) and the
+/// index of issued serials.
+#[derive(Clone)]
+struct Trees {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    issued: sled::Tree,
+}
+
+impl Trees {
+    /// Opens the store under `dir/audit` (created when missing), its page cache bounded by
+    /// `cache_bytes`.
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Trees, AuditError> {
+        let path = dir.join("audit");
+        let open = |reason: String| AuditError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
+        let db = crate::store::open_with_cache(&path, cache_bytes)
+            .map_err(|e| open(crate::store::explain(&e)))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open(e.to_string()));
+        Ok(Trees {
+            records: tree("records")?,
+            meta: tree("meta")?,
+            issued: tree("issued")?,
+            db,
+        })
+    }
 }

@@ -16,7 +16,7 @@ pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result
         config.server.listen = addr;
     }
     let store = keystore::open(&config.keystore)?;
-    let state = CaState::open(&config.data_dir)?;
+    let state = CaState::open_with_cache(&config.data_dir, config.store_cache_bytes)?;
     if state.active()?.is_none() {
         return Err(CliError::Message(
             "no intermediate is installed: `hsm-ca intermediate new`, have it signed in a \
