@@ -33,6 +33,7 @@ fn options(every: u64) -> AuditOptions {
             interval: Duration::from_secs(3600),
         },
         refusals: RefusalLimits::default(),
+        ..AuditOptions::default()
     }
 }
 

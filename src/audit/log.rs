@@ -279,6 +279,7 @@ impl Drop for AuditLog {
 mod tests {
     use super::*;
     use crate::audit::record::ChainError;
+    use crate::audit::records_tree;
     use crate::audit::verify::verify_store;
 
     fn refused(i: usize) -> AuditEvent {
