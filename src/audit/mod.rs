@@ -1,12 +1,15 @@
 //! The tamper-evident audit log: hash-chained records in sled, written by one thread that
 //! commits in groups (many records, one fsync) and answers each caller only once its record is
-//! durable. Opening a log whose chain does not verify is refused.
+//! durable. Opening a log whose chain does not verify is refused; opening reads only the records
+//! after the last checkpoint already verified (a marker in the `meta` tree), full verification
+//! reads them all. The store's page cache is bounded.
 //!
 //! Checkpoints: every `checkpoint_every` records or `checkpoint_interval` (whichever comes
 //! first), and when the log closes, the writer appends a [`AuditEvent::Checkpoint`] record: an
 //! ECDSA P-256 signature by the audit key — generated in the device on first use, its id kept in
-//! the log's own `meta` tree — over the hash of the record before it. The checkpoint is itself
-//! a record of the chain and rides in the same group commit as the records it covers.
+//! the log's own `meta` tree — over the hash of the record before it and over the checkpoint
+//! record's own sequence number, time and key id. The checkpoint is itself a record of the
+//! chain and rides in the same group commit as the records it covers.
 //!
 //! What verification detects: any edited, removed, inserted or reordered record (the hash chain),
 //! forged or altered checkpoints (the signature, checked against the device's public key or an
@@ -22,12 +25,15 @@
 //! - `key`: the audit key (found or created in the device, kept in the `meta` tree) and the
 //!   checkpoint it signs.
 //! - `verify`: verification of a stored log or an exported JSON Lines file.
+//! - `resume`: where an open log takes up its chain (the verification marker) and the index
+//!   of issued serials.
 //! - `export`: writing a log out as JSON Lines.
-//! - `writer`: the writer thread (group commit, when checkpoints are due, live figures).
+//! - `writer`: the writer thread (group commit, when checkpoints are due, live figures,
+//!   retries after a storage error).
 //! - `log`: the appliance's [`AuditLog`] handle (open, append, refusals, pages).
 //! - `host`: the offline ceremony host's [`HostLog`].
 //!
-//! This file holds what they all share: the error type and where the store lives.
+//! This file holds what they all share: the error type and where the store lives (its trees).
 //!
 //! Never written here: PINs, tokens, key material. Records name identities, serials, key ids.
 
