@@ -738,7 +738,12 @@ async fn a_serial_never_issued_cannot_be_revoked_and_an_issued_one_can() {
         json!({"serial": spaced, "reason": "keyCompromise"}),
     )
     .await;
-    assert_eq!(done.json()["serial"], json!(issued.serial), "{}", done.text());
+    assert_eq!(
+        done.json()["serial"],
+        json!(issued.serial),
+        "{}",
+        done.text()
+    );
     app.server.shutdown().await;
 }
 

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use hsm_ca::audit::record::{self, AuditEvent, AuditRecord, GENESIS};
 use hsm_ca::audit::{
-    self, AuditError, AuditLog, AuditOptions, ChainError, CheckpointPolicy, HostLog,
-    RefusalLimits,
+    self, AuditError, AuditLog, AuditOptions, ChainError, CheckpointPolicy, HostLog, RefusalLimits,
 };
 use hsm_ca::keystore::{KeyAlgorithm, KeyRequest, SignatureScheme};
 use support::TestToken;
@@ -69,8 +68,8 @@ fn in_mount_namespace(name: &str) -> bool {
         .env(INSIDE, "1")
         .output()
         .expect("unshare");
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "{text}");
     false
@@ -250,7 +249,8 @@ fn start_up_verifies_from_the_last_verified_checkpoint_and_audit_verify_reads_ev
         let log = AuditLog::open_signed(dir.path(), &store, options(10)).expect("open");
         assert!(log.whole_chain_verified(), "a new log");
         for i in 0..35 {
-            log.append_blocking(event(&format!("w{i}"))).expect("append");
+            log.append_blocking(event(&format!("w{i}")))
+                .expect("append");
         }
     }
     // Record 3 was verified (and covered by checkpoints) before: start-up does not read it
@@ -293,7 +293,8 @@ fn a_log_with_a_good_marker_opens_without_reading_old_records_and_a_new_one_read
     {
         let log = AuditLog::open_signed(dir.path(), &store, options(5)).expect("open");
         for i in 0..12 {
-            log.append_blocking(event(&format!("w{i}"))).expect("append");
+            log.append_blocking(event(&format!("w{i}")))
+                .expect("append");
         }
     }
     {
@@ -326,11 +327,17 @@ fn verify(lines: &[String], key: &[u8]) -> Result<audit::ChainSummary, ChainErro
     record::verify_chain_with_key(lines.iter().map(|l| l.as_bytes()), Some(key))
 }
 
+/// A change to one record (as JSON).
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 fn assert_last_checkpoint_edits_are_found(lines: &[String], key: &[u8]) {
-    assert!(lines.last().expect("line").contains("\"kind\":\"checkpoint\""));
+    assert!(lines
+        .last()
+        .expect("line")
+        .contains("\"kind\":\"checkpoint\""));
     let n = u64::try_from(lines.len()).expect("len");
     verify(lines, key).expect("intact");
-    let edits: [(&str, Box<dyn FnOnce(&mut serde_json::Value)>); 3] = [
+    let edits: [(&str, Edit); 3] = [
         (
             "time",
             Box::new(|v| v["time"] = "2031-01-01T00:00:00Z".into()),
@@ -359,7 +366,8 @@ fn editing_the_last_checkpoint_of_an_export_or_a_transcript_is_found() {
     {
         let log = AuditLog::open_signed(dir.path(), &store, options(10)).expect("open");
         for i in 0..15 {
-            log.append_blocking(event(&format!("w{i}"))).expect("append");
+            log.append_blocking(event(&format!("w{i}")))
+                .expect("append");
         }
     }
     let key = audit::recorded_key(dir.path()).expect("meta").expect("key");
@@ -530,7 +538,8 @@ fn bulk_log_open_time() {
         let took = started.elapsed();
         assert!(!log.whole_chain_verified());
         for i in 0..1000 {
-            log.append_blocking(event(&format!("after{i}"))).expect("append");
+            log.append_blocking(event(&format!("after{i}")))
+                .expect("append");
         }
         let status = std::fs::read_to_string("/proc/self/status").expect("status");
         let mem: Vec<&str> = status
@@ -622,7 +631,10 @@ fn bulk_log_open_time() {
         .expect("child");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for line in text.lines().filter(|l| l.starts_with("open from the marker")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("open from the marker"))
+    {
         println!("{line}");
     }
     let du = Command::new("du")

@@ -67,7 +67,7 @@ pub enum AuditError {
     Chain(#[from] ChainError),
     #[error("audit storage: {0}")]
     Storage(String),
-    #[error("the audit log has stopped after a storage error; nothing more is accepted")]
+    #[error("the audit log is closed; nothing more is accepted")]
     Stopped,
     #[error("{path}: {reason}")]
     File { path: String, reason: String },

@@ -14,12 +14,15 @@
 //! This part never writes a record of the chain.
 
 use super::record::{self, AuditEvent, AuditRecord, ChainStart, ChainSummary};
+use super::verify::verify_tree_from;
 use super::{storage, AuditError, Trees};
 
 const MARKER_SEQ: &[u8] = b"verified_checkpoint_seq";
 const MARKER_HASH: &[u8] = b"verified_checkpoint_hash";
 /// Key of the index's watermark (no index key starts with 0xff: they are UTF-8).
 const INDEXED_UP_TO: &[u8] = b"\xffindexed_up_to";
+/// Records indexed per batch while the index catches up.
+const INDEX_CHUNK: u64 = 4096;
 
 fn record_at(trees: &Trees, seq: u64) -> Result<Option<sled::IVec>, AuditError> {
     trees.records.get(seq.to_be_bytes()).map_err(storage)
@@ -31,7 +34,9 @@ fn read_marker(trees: &Trees) -> Result<Option<(u64, [u8; 32])>, AuditError> {
     let hash = trees.meta.get(MARKER_HASH).map_err(storage)?;
     Ok(match (seq, hash) {
         (Some(seq), Some(hash)) => {
-            let seq = <[u8; 8]>::try_from(seq.as_ref()).ok().map(u64::from_be_bytes);
+            let seq = <[u8; 8]>::try_from(seq.as_ref())
+                .ok()
+                .map(u64::from_be_bytes);
             let hash = <[u8; 32]>::try_from(hash.as_ref()).ok();
             seq.zip(hash)
         }
@@ -72,24 +77,6 @@ fn start_at_marker(trees: &Trees) -> Result<Option<ChainStart>, AuditError> {
     })
 }
 
-fn verify_after(
-    trees: &Trees,
-    start: ChainStart,
-    key: Option<&[u8]>,
-) -> Result<ChainSummary, AuditError> {
-    let values = trees
-        .records
-        .range((start.seq + 1).to_be_bytes()..)
-        .values()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(storage)?;
-    Ok(record::verify_chain_from(
-        start,
-        values.iter().map(|v| v.as_ref()),
-        key.as_slice(),
-    )?)
-}
-
 /// Verifies the log for opening: from the marker when it matches, else the whole chain; then
 /// moves the marker to the last checkpoint. Returns the summary and whether the whole chain
 /// was read.
@@ -99,7 +86,7 @@ pub(super) fn verify_for_open(
 ) -> Result<(ChainSummary, bool), AuditError> {
     let marker = read_marker(trees)?;
     let (summary, whole) = match start_at_marker(trees)? {
-        Some(start) => (verify_after(trees, start, key)?, false),
+        Some(start) => (verify_tree_from(&trees.records, start, key)?, false),
         None => {
             if marker.is_some() {
                 tracing::warn!(
@@ -107,7 +94,10 @@ pub(super) fn verify_for_open(
                      verifying the whole chain"
                 );
             }
-            (verify_after(trees, ChainStart::default(), key)?, true)
+            (
+                verify_tree_from(&trees.records, ChainStart::default(), key)?,
+                true,
+            )
         }
     };
     if let Some((seq, _)) = &summary.last_checkpoint {
@@ -154,17 +144,23 @@ pub(super) fn catch_up_index(trees: &Trees) -> Result<u64, AuditError> {
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map_or(0, u64::from_be_bytes);
     let mut batch = sled::Batch::default();
-    let (mut read, mut last) = (0, up_to);
+    let (mut read, mut last) = (0u64, up_to);
     for item in trees.records.range((up_to + 1).to_be_bytes()..) {
         let (_, bytes) = item.map_err(storage)?;
         let r: AuditRecord = serde_json::from_slice(&bytes).map_err(storage)?;
         index_event(&mut batch, r.seq, &r.event);
-        last = r.seq;
-        read += 1;
+        (read, last) = (read + 1, r.seq);
+        if read % INDEX_CHUNK == 0 {
+            index_watermark(&mut batch, last);
+            let full = std::mem::take(&mut batch);
+            trees.issued.apply_batch(full).map_err(storage)?;
+        }
     }
-    if read > 0 {
+    if read % INDEX_CHUNK != 0 {
         index_watermark(&mut batch, last);
         trees.issued.apply_batch(batch).map_err(storage)?;
+    }
+    if read > 0 {
         trees.db.flush().map_err(storage)?;
     }
     Ok(read)

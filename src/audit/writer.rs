@@ -159,7 +159,11 @@ fn refusal_count(event: &AuditEvent) -> Option<(String, u64)> {
             ..
         } => Some((
             caller.clone().unwrap_or_else(|| "(unauthenticated)".into()),
-            if code == "folded" { *folded } else { folded + 1 },
+            if code == "folded" {
+                *folded
+            } else {
+                folded + 1
+            },
         )),
         _ => None,
     }
