@@ -605,10 +605,11 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
 async fn proposals_expire() {
     let app = Appliance::start(&admin_config(0, 1)).await;
     let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let issued = web_certificate(&app).await;
     let proposed = a
         .post(
             "/v1/revocations",
-            json!({"serial": "0abc", "reason": "superseded"}),
+            json!({"serial": issued.serial, "reason": "superseded"}),
         )
         .await;
     assert_eq!(proposed.status, 202, "{}", proposed.text());
@@ -717,6 +718,56 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
         .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
         .await;
     assert_eq!((dup.status, dup.code().as_str()), (409, "exists"));
+    app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_never_issued_cannot_be_revoked_and_an_issued_one_can() {
+    let app = Appliance::start(&admin_config(0, 600)).await;
+    let (a, b) = (admin(&app, OFFICER_A), admin(&app, OFFICER_B));
+    let issued = web_certificate(&app).await;
+    // A serial this appliance never issued: refused at once, before any approval.
+    let never = "7f3e5a9c0d11b2c4e6f8a0b1c2d3e4f5a6b7c8d9";
+    assert_ne!(never, issued.serial);
+    for body in [
+        json!({"serial": never, "reason": "keyCompromise"}),
+        json!({"serial": never.to_uppercase()}),
+    ] {
+        let refused = a.post("/v1/revocations", body).await;
+        assert_eq!(
+            (refused.status, refused.code().as_str()),
+            (404, "not_found"),
+            "{}",
+            refused.text()
+        );
+        assert!(
+            refused.text().contains("never issued"),
+            "{}",
+            refused.text()
+        );
+    }
+    // The serial it did issue (also named with colons and upper case) is revocable.
+    let spaced: String = issued
+        .serial
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let done = propose_and_approve(
+        &a,
+        &b,
+        "/v1/revocations",
+        json!({"serial": spaced, "reason": "keyCompromise"}),
+    )
+    .await;
+    assert_eq!(
+        done.json()["serial"],
+        json!(issued.serial),
+        "{}",
+        done.text()
+    );
     app.server.shutdown().await;
 }
 

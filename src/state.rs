@@ -129,15 +129,22 @@ pub enum Transition {
 const BUNDLE_SEQUENCE: &[u8] = b"bundle_sequence";
 
 impl CaState {
-    /// Opens (creating if needed) the state under `data_dir/state`.
+    /// Opens (creating if needed) the state under `data_dir/state`, with the default page
+    /// cache.
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        Self::open_with_cache(data_dir, crate::store::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`CaState::open`] with a page cache of at most `cache_bytes` (`[store] cache_mb`).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> Result<Self, StateError> {
         let path = data_dir.join("state");
         let open_err = |reason: String| StateError::Open {
             path: path.display().to_string(),
             reason,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
-        let db = crate::store::open(&path).map_err(|e| open_err(crate::store::explain(&e)))?;
+        let db = crate::store::open_with_cache(&path, cache_bytes)
+            .map_err(|e| open_err(crate::store::explain(&e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let (intermediates, roots, revocations, meta) = (
             tree("intermediates")?,

@@ -1,4 +1,6 @@
-//! Opening the sled stores (audit log, CA state, the ceremony host's data).
+//! Opening the sled stores (audit log, CA state, the ceremony host's data). Every sled store
+//! is opened here, with its page cache bounded ([`DEFAULT_CACHE_BYTES`] unless the config
+//! says otherwise): sled's own default (1 GiB) would let memory grow with the store.
 //!
 //! sled takes an exclusive lock on its directory and gives it back only when the last of its
 //! internal handles is gone, which can be shortly after the `Db` itself was dropped (its
@@ -12,18 +14,35 @@ use std::time::{Duration, Instant};
 /// How long [`open`] waits for another handle to let go of the store.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Opens (creating if needed) the sled store at `path`, waiting up to [`LOCK_WAIT`] for a lock
-/// held elsewhere.
+/// The page cache of a store opened without a size of its own (the CA state, the ceremony
+/// host's stores).
+pub const DEFAULT_CACHE_BYTES: u64 = 8 << 20;
+
+/// Opens (creating if needed) the sled store at `path` with the default cache, waiting up to
+/// [`LOCK_WAIT`] for a lock held elsewhere.
 pub fn open(path: &Path) -> sled::Result<sled::Db> {
-    open_waiting(path, LOCK_WAIT)
+    open_with_cache(path, DEFAULT_CACHE_BYTES)
 }
 
-/// Opens the store at `path`, retrying while its lock is held, for at most `wait`.
+/// [`open`] with a page cache of at most `cache_bytes`.
+pub fn open_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+    open_sized(path, cache_bytes, LOCK_WAIT)
+}
+
+/// Opens the store at `path` with the default cache, retrying while its lock is held, for at
+/// most `wait`.
 pub fn open_waiting(path: &Path, wait: Duration) -> sled::Result<sled::Db> {
+    open_sized(path, DEFAULT_CACHE_BYTES, wait)
+}
+
+/// Opens the store at `path` with a page cache of at most `cache_bytes`, retrying while its
+/// lock is held, for at most `wait`.
+pub fn open_sized(path: &Path, cache_bytes: u64, wait: Duration) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(10);
+    let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
     loop {
-        match sled::open(path) {
+        match config.open() {
             Err(e) if is_locked(&e) && Instant::now() < deadline => {
                 std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
                 pause = (pause * 2).min(Duration::from_millis(200));

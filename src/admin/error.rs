@@ -159,7 +159,8 @@ impl From<ControlError> for ApiError {
             C::UnknownRoot(_)
             | C::UnknownIntermediate(_)
             | C::UnknownProposal(_)
-            | C::UnknownCa(_) => (StatusCode::NOT_FOUND, "not_found"),
+            | C::UnknownCa(_)
+            | C::NeverIssued { .. } => (StatusCode::NOT_FOUND, "not_found"),
             // A GET of a CRL that is not here: the resource is missing (404), where an
             // operation needing the key conflicts with where the key is (409).
             C::CrlSignedOffline(ca) => {

@@ -47,8 +47,12 @@ impl HostLog {
 
     /// Appends `event`; returns its sequence number once it is on disk.
     pub fn append(&mut self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_at(event, Self::now())
+    }
+
+    fn append_at(&mut self, event: AuditEvent, time: String) -> Result<u64, AuditError> {
         let seq = self.next;
-        let (bytes, head) = record::seal(seq, Self::now(), &self.head, event);
+        let (bytes, head) = record::seal(seq, time, &self.head, event);
         self.tree
             .insert(seq.to_be_bytes(), bytes)
             .map_err(storage)?;
@@ -65,9 +69,10 @@ impl HostLog {
         key: &KeyId,
         scheme: SignatureScheme,
     ) -> Result<u64, AuditError> {
-        let event = sign_checkpoint(store, key, scheme, self.next - 1, &self.head)
+        let time = Self::now();
+        let event = sign_checkpoint(store, key, scheme, self.next - 1, &self.head, &time)
             .map_err(|e| AuditError::Key(format!("cannot sign the checkpoint: {e}")))?;
-        self.append(event)
+        self.append_at(event, time)
     }
 
     /// Every record, as stored (one JSON line each).

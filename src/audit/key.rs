@@ -1,5 +1,6 @@
 //! The audit key: an ECDSA P-256 key generated in the device on first use, its id and public
-//! key kept in the log's own `meta` tree, and the checkpoint it signs over a chain head.
+//! key kept in the log's own `meta` tree, and the checkpoint it signs over a chain head (and
+//! over the checkpoint record's own position, time and key id).
 //!
 //! This part never holds private key material (the device signs) and never accepts a stored
 //! key the device does not confirm: a log whose key is missing from the device, or whose
@@ -84,21 +85,26 @@ pub(super) fn device_key(db: &sled::Db, store: &KeyStore) -> Result<AuditKey, Au
     })
 }
 
-/// A checkpoint over the chain head `head` (record `head_seq`), signed in the device by `key`.
+/// A checkpoint over the chain head `head` (record `head_seq`), to be record `head_seq + 1`
+/// with time `time`, signed in the device by `key`. The signature covers that record's
+/// sequence number, time and key id too ([`record::checkpoint_record_message`]).
 pub(super) fn sign_checkpoint(
     store: &KeyStore,
     key: &KeyId,
     scheme: SignatureScheme,
     head_seq: u64,
     head: &[u8; 32],
+    time: &str,
 ) -> Result<AuditEvent, crate::keystore::KeystoreError> {
     let head_hex = hex::encode(head);
-    let message = record::checkpoint_message(head_seq, &head_hex);
+    let key_id = key.to_string();
+    let message =
+        record::checkpoint_record_message(head_seq + 1, time, &key_id, head_seq, &head_hex);
     let sig = store.sign_blocking(key, scheme, &message)?;
     Ok(AuditEvent::Checkpoint {
         head_seq,
         head: head_hex,
-        key_id: key.to_string(),
+        key_id,
         signature: base64::engine::general_purpose::STANDARD.encode(sig),
     })
 }

@@ -107,10 +107,16 @@ impl RefusalLimiter {
         }
     }
 
-    /// Gives back a refusal that could not be recorded (queue full): it is folded instead.
+    /// Gives back a refusal that could not be recorded (queue full, storage error): it is
+    /// folded instead.
     pub fn unrecorded(&mut self, caller: &str, folded_with_it: u64, now: Instant) {
+        self.refold(caller, folded_with_it + 1, now);
+    }
+
+    /// Gives back `n` refusals of `caller` whose record (a summary) could not be written.
+    pub fn refold(&mut self, caller: &str, n: u64, now: Instant) {
         let e = self.entry(caller, now);
-        e.folded += folded_with_it + 1;
+        e.folded += n;
         e.first_folded.get_or_insert(now);
     }
 

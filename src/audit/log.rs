@@ -1,6 +1,7 @@
-//! The appliance's audit log handle, [`AuditLog`]: opening (the whole chain and every
-//! checkpoint verified first, the audit key found or created in the device), appends that
-//! return once durable, rate-limited refusals that never wait, the live figures and pages of
+//! The appliance's audit log handle, [`AuditLog`]: opening (the chain verified from the last
+//! checkpoint already verified, the whole chain when that marker does not match, the audit key
+//! found or created in the device), appends that return once durable, rate-limited refusals
+//! that never wait, the live figures and health, the index of issued serials, and pages of
 //! records for the admin API.
 //!
 //! The handle never writes to the store itself: every record goes through the writer thread's
@@ -9,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -19,25 +20,41 @@ use super::key::{device_key, AuditKey};
 use super::limiter::{Decision, RefusalLimiter, RefusalLimits};
 use super::record::{AuditEvent, AuditRecord, ChainSummary};
 use super::verify::verify_tree;
-use super::writer::{self, AuditStats, CheckpointPolicy, Pending, Signer};
-use super::{records_tree, storage, AuditError};
+use super::writer::{self, AuditStats, CheckpointPolicy, Pending, Place, Signer, Slot};
+use super::{resume, storage, AuditError, Trees};
 use crate::keystore::KeyStore;
 
+/// The audit log's page cache unless configured (`[audit] cache_mb`).
+pub const DEFAULT_AUDIT_CACHE_BYTES: u64 = 16 << 20;
+
 /// How the log behaves.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AuditOptions {
     pub checkpoints: CheckpointPolicy,
     pub refusals: RefusalLimits,
+    /// Bound of the store's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            checkpoints: CheckpointPolicy::default(),
+            refusals: RefusalLimits::default(),
+            cache_bytes: DEFAULT_AUDIT_CACHE_BYTES,
+        }
+    }
 }
 
 /// An open audit log. Appends are durable when they return.
 pub struct AuditLog {
     tx: Option<Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
-    tree: sled::Tree,
+    slot: Slot,
     key: Option<AuditKey>,
     stats: Arc<AuditStats>,
     limiter: Arc<Mutex<RefusalLimiter>>,
+    whole_chain_verified: bool,
 }
 
 fn unix_of(rfc3339: &str) -> i64 {
@@ -53,8 +70,8 @@ impl AuditLog {
         Self::open_with(dir, None, AuditOptions::default())
     }
 
-    /// Opens the log with its audit key in `store` (created on first use), verifying the whole
-    /// chain and every checkpoint first.
+    /// Opens the log with its audit key in `store` (created on first use), verifying the
+    /// chain (from the last checkpoint already verified) and its checkpoints first.
     pub fn open_signed(
         dir: &Path,
         store: &KeyStore,
@@ -63,21 +80,28 @@ impl AuditLog {
         Self::open_with(dir, Some(store), options)
     }
 
+    /// [`AuditLog::open`] with `options` (checkpoints are never signed without a key).
+    pub fn open_unsigned(dir: &Path, options: AuditOptions) -> Result<Self, AuditError> {
+        Self::open_with(dir, None, options)
+    }
+
     fn open_with(
         dir: &Path,
         store: Option<&KeyStore>,
         options: AuditOptions,
     ) -> Result<Self, AuditError> {
-        let (db, tree) = records_tree(dir)?;
+        let trees = Trees::open(dir, options.cache_bytes)?;
         let signer = match store {
             Some(store) => Some(Signer {
                 store: store.clone(),
-                key: device_key(&db, store)?,
+                key: device_key(&trees.db, store)?,
             }),
             None => None,
         };
         let key = signer.as_ref().map(|s| s.key.clone());
-        let summary = verify_tree(&tree, key.as_ref().map(|k| k.spki.as_slice()))?;
+        let (summary, whole_chain_verified) =
+            resume::verify_for_open(&trees, key.as_ref().map(|k| k.spki.as_slice()))?;
+        resume::catch_up_index(&trees)?;
         if summary.unsigned_tail > 0 && signer.is_some() {
             tracing::warn!(
                 records = summary.unsigned_tail,
@@ -93,9 +117,13 @@ impl AuditLog {
                 .store(unix_of(t), Ordering::Relaxed);
         }
         let limiter = Arc::new(Mutex::new(RefusalLimiter::new(options.refusals)));
+        let slot: Slot = Arc::new(RwLock::new(Some(trees)));
         let (tx, writer) = writer::start(
-            db,
-            tree.clone(),
+            Place {
+                dir: dir.to_path_buf(),
+                cache_bytes: options.cache_bytes,
+                slot: slot.clone(),
+            },
             signer,
             options.checkpoints,
             &summary,
@@ -105,11 +133,24 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Some(tx),
             writer: Some(writer),
-            tree,
+            slot,
             key,
             stats,
             limiter,
+            whole_chain_verified,
         })
+    }
+
+    /// The open store (a moment's copy of its handles): an error while the writer reopens it
+    /// after a storage error.
+    fn trees(&self) -> Result<Trees, AuditError> {
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                AuditError::Storage("the audit log is being reopened after a storage error".into())
+            })
     }
 
     fn submit(
@@ -190,9 +231,22 @@ impl AuditLog {
         &self.stats
     }
 
+    /// Whether opening read the whole chain (no verification marker, or one that did not
+    /// match); otherwise only the records after the last checkpoint verified before.
+    pub fn whole_chain_verified(&self) -> bool {
+        self.whole_chain_verified
+    }
+
+    /// Whether the key `ca_key` (an intermediate's key id) issued `serial` (hex, as audited)
+    /// according to this log's `issued` records.
+    pub fn was_issued(&self, ca_key: &str, serial: &str) -> Result<bool, AuditError> {
+        resume::was_issued(&self.trees()?, ca_key, serial)
+    }
+
     /// Up to `limit` records from sequence number `from` on, as stored.
     pub fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
-        self.tree
+        self.trees()?
+            .records
             .range(from.max(1).to_be_bytes()..)
             .values()
             .take(limit)
@@ -203,9 +257,12 @@ impl AuditLog {
             .collect()
     }
 
-    /// Verifies the chain and checkpoints as they are on disk now.
+    /// Verifies the whole chain and checkpoints as they are on disk now.
     pub fn verify(&self) -> Result<ChainSummary, AuditError> {
-        verify_tree(&self.tree, self.key.as_ref().map(|k| k.spki.as_slice()))
+        verify_tree(
+            &self.trees()?.records,
+            self.key.as_ref().map(|k| k.spki.as_slice()),
+        )
     }
 }
 
@@ -222,6 +279,7 @@ impl Drop for AuditLog {
 mod tests {
     use super::*;
     use crate::audit::record::ChainError;
+    use crate::audit::records_tree;
     use crate::audit::verify::verify_store;
 
     fn refused(i: usize) -> AuditEvent {

@@ -1,12 +1,15 @@
 //! The tamper-evident audit log: hash-chained records in sled, written by one thread that
 //! commits in groups (many records, one fsync) and answers each caller only once its record is
-//! durable. Opening a log whose chain does not verify is refused.
+//! durable. Opening a log whose chain does not verify is refused; opening reads only the records
+//! after the last checkpoint already verified (a marker in the `meta` tree), full verification
+//! reads them all. The store's page cache is bounded.
 //!
 //! Checkpoints: every `checkpoint_every` records or `checkpoint_interval` (whichever comes
 //! first), and when the log closes, the writer appends a [`AuditEvent::Checkpoint`] record: an
 //! ECDSA P-256 signature by the audit key — generated in the device on first use, its id kept in
-//! the log's own `meta` tree — over the hash of the record before it. The checkpoint is itself
-//! a record of the chain and rides in the same group commit as the records it covers.
+//! the log's own `meta` tree — over the hash of the record before it and over the checkpoint
+//! record's own sequence number, time and key id. The checkpoint is itself a record of the
+//! chain and rides in the same group commit as the records it covers.
 //!
 //! What verification detects: any edited, removed, inserted or reordered record (the hash chain),
 //! forged or altered checkpoints (the signature, checked against the device's public key or an
@@ -22,12 +25,15 @@
 //! - `key`: the audit key (found or created in the device, kept in the `meta` tree) and the
 //!   checkpoint it signs.
 //! - `verify`: verification of a stored log or an exported JSON Lines file.
+//! - `resume`: where an open log takes up its chain (the verification marker) and the index
+//!   of issued serials.
 //! - `export`: writing a log out as JSON Lines.
-//! - `writer`: the writer thread (group commit, when checkpoints are due, live figures).
+//! - `writer`: the writer thread (group commit, when checkpoints are due, live figures,
+//!   retries after a storage error).
 //! - `log`: the appliance's [`AuditLog`] handle (open, append, refusals, pages).
 //! - `host`: the offline ceremony host's [`HostLog`].
 //!
-//! This file holds what they all share: the error type and where the store lives.
+//! This file holds what they all share: the error type and where the store lives (its trees).
 //!
 //! Never written here: PINs, tokens, key material. Records name identities, serials, key ids.
 
@@ -37,6 +43,7 @@ mod key;
 pub mod limiter;
 mod log;
 pub mod record;
+mod resume;
 mod verify;
 mod writer;
 
@@ -45,11 +52,11 @@ use std::path::Path;
 pub use self::export::export;
 pub use self::host::HostLog;
 pub use self::key::{read_public_key, recorded_key, AuditKey, AUDIT_KEY_LABEL};
-pub use self::log::{AuditLog, AuditOptions};
+pub use self::log::{AuditLog, AuditOptions, DEFAULT_AUDIT_CACHE_BYTES};
 pub use self::verify::{verify_file, verify_file_with_keys, verify_store};
-pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP};
+pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP, RETRY_FIRST, RETRY_MAX};
 pub use limiter::RefusalLimits;
-pub use record::{AuditEvent, AuditRecord, ChainError, ChainSummary};
+pub use record::{AuditEvent, AuditRecord, ChainError, ChainStart, ChainSummary};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,7 +67,7 @@ pub enum AuditError {
     Chain(#[from] ChainError),
     #[error("audit storage: {0}")]
     Storage(String),
-    #[error("the audit log has stopped after a storage error; nothing more is accepted")]
+    #[error("the audit log is closed; nothing more is accepted")]
     Stopped,
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
@@ -72,15 +79,41 @@ fn storage(e: impl std::fmt::Display) -> AuditError {
     AuditError::Storage(e.to_string())
 }
 
-/// Opens the store under `dir/audit` (created when missing) and its `records` tree.
+/// Opens the store under `dir/audit` (created when missing) and its `records` tree, with the
+/// default page cache (for tools and the ceremony host).
 fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
-    let path = dir.join("audit");
-    let open = |reason: String| AuditError::Open {
-        path: path.display().to_string(),
-        reason,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
-    let db = crate::store::open(&path).map_err(|e| open(crate::store::explain(&e)))?;
-    let tree = db.open_tree("records").map_err(|e| open(e.to_string()))?;
-    Ok((db, tree))
+    let trees = Trees::open(dir, crate::store::DEFAULT_CACHE_BYTES)?;
+    Ok((trees.db, trees.records))
+}
+
+/// An open log store: the records, the `meta` tree (audit key, verification marker) and the
+/// index of issued serials.
+#[derive(Clone)]
+struct Trees {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    issued: sled::Tree,
+}
+
+impl Trees {
+    /// Opens the store under `dir/audit` (created when missing), its page cache bounded by
+    /// `cache_bytes`.
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Trees, AuditError> {
+        let path = dir.join("audit");
+        let open = |reason: String| AuditError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
+        let db = crate::store::open_with_cache(&path, cache_bytes)
+            .map_err(|e| open(crate::store::explain(&e)))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open(e.to_string()));
+        Ok(Trees {
+            records: tree("records")?,
+            meta: tree("meta")?,
+            issued: tree("issued")?,
+            db,
+        })
+    }
 }

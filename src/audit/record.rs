@@ -4,11 +4,20 @@
 //! SHA-256 of record `n-1`'s bytes in `prev` (all zeros for the first), so changing, removing or
 //! reordering any record breaks the link to the next one. (The last records are protected by
 //! signed checkpoints over the chain head, which build on this.)
+//!
+//! Versions: in a version 2 record, a checkpoint's signature covers the checkpoint record
+//! itself (its sequence number, time and key id as well as the head it names,
+//! [`checkpoint_record_message`]), so the last record of a log cannot be edited either. A
+//! version 1 checkpoint (written by older builds) signs only the head it names
+//! ([`checkpoint_message`]) and verifies as it always did. This build writes version 2.
 
 use serde::{Deserialize, Serialize};
 
 /// Version of [`AuditRecord`] this build writes.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
+
+/// The oldest record version this build still verifies.
+pub const OLDEST_VERSION: u32 = 1;
 
 /// The `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -46,7 +55,8 @@ pub enum AuditEvent {
         head_seq: u64,
         head: String,
         key_id: String,
-        /// Base64 DER ECDSA signature over [`checkpoint_message`].
+        /// Base64 DER signature over [`checkpoint_record_message`] (version 2 records) or
+        /// [`checkpoint_message`] (version 1).
         signature: String,
     },
     /// A key pair was created inside the device.
@@ -162,6 +172,10 @@ pub enum AuditEvent {
     CeremonyFailed { command: String, error: String },
     /// The token's user PIN was changed (`hsm-ca keys change-pin`).
     PinChanged { token: String, actor: String },
+    /// The log could be written again after a storage error (a full disk) that began at
+    /// `failed_at`; `errors` callers were answered with an error meanwhile, their records not
+    /// written (refusals are not among them: they are in the folded counts).
+    StorageResumed { failed_at: String, errors: u64 },
     /// The appliance started.
     Started { version: String },
     /// The appliance stopped cleanly.
@@ -172,9 +186,24 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// What a checkpoint signs: the chain head, bound to its position.
+/// What a version 1 checkpoint signs: the chain head, bound to its position (not the
+/// checkpoint record's own time or key id).
 pub fn checkpoint_message(head_seq: u64, head_hex: &str) -> Vec<u8> {
     format!("hsm-ca audit checkpoint v1\n{head_seq}\n{head_hex}\n").into_bytes()
+}
+
+/// What a version 2 checkpoint signs: the checkpoint record's own sequence number, time and
+/// key id, and the chain head it names (JSON-encoded, so no two differ only in where one
+/// field ends).
+pub fn checkpoint_record_message(
+    seq: u64,
+    time: &str,
+    key_id: &str,
+    head_seq: u64,
+    head_hex: &str,
+) -> Vec<u8> {
+    let fields = serde_json::json!([seq, time, key_id, head_seq, head_hex]);
+    format!("hsm-ca audit checkpoint v2\n{fields}\n").into_bytes()
 }
 
 /// A record as stored: sequence number, UTC time, link to the previous record, the event.
@@ -258,6 +287,39 @@ pub fn verify_chain_with_keys<'a>(
     stored: impl IntoIterator<Item = &'a [u8]>,
     keys: &[&[u8]],
 ) -> Result<ChainSummary, ChainError> {
+    verify_chain_from(ChainStart::default(), stored, keys)
+}
+
+/// Where a verification starts: after a record already verified (its sequence number and
+/// hash, and the last checkpoint up to it), or at the beginning ([`ChainStart::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainStart {
+    /// Sequence number of the last record already verified (0: none).
+    pub seq: u64,
+    /// Its hash ([`GENESIS`] for none).
+    pub head: [u8; 32],
+    /// The last checkpoint up to it (sequence number and time).
+    pub last_checkpoint: Option<(u64, String)>,
+}
+
+impl Default for ChainStart {
+    fn default() -> Self {
+        ChainStart {
+            seq: 0,
+            head: GENESIS,
+            last_checkpoint: None,
+        }
+    }
+}
+
+/// Verifies the records after `start` (`stored` begins with record `start.seq + 1`), each
+/// checkpoint against one of `keys` (none given: shape only). The summary's `checkpoints`
+/// counts those found after `start`.
+pub fn verify_chain_from<'a>(
+    start: ChainStart,
+    stored: impl IntoIterator<Item = &'a [u8]>,
+    keys: &[&[u8]],
+) -> Result<ChainSummary, ChainError> {
     let keys = keys
         .iter()
         .map(|spki| {
@@ -269,17 +331,17 @@ pub fn verify_chain_with_keys<'a>(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut head = GENESIS;
-    let mut expected = 1u64;
+    let mut head = start.head;
+    let mut expected = start.seq + 1;
     let mut checkpoints = 0;
-    let mut last_checkpoint = None;
+    let mut last_checkpoint = start.last_checkpoint;
     for bytes in stored {
         let record: AuditRecord =
             serde_json::from_slice(bytes).map_err(|e| ChainError::Unreadable {
                 position: expected,
                 reason: e.to_string(),
             })?;
-        if record.v != RECORD_VERSION {
+        if !(OLDEST_VERSION..=RECORD_VERSION).contains(&record.v) {
             return Err(ChainError::UnknownVersion {
                 position: expected,
                 version: record.v,
@@ -302,7 +364,7 @@ pub fn verify_chain_with_keys<'a>(
             head_seq,
             head: signed_head,
             signature,
-            ..
+            key_id,
         } = &record.event
         {
             let bad = |reason: &str| ChainError::Checkpoint {
@@ -317,7 +379,17 @@ pub fn verify_chain_with_keys<'a>(
                 let sig = base64::engine::general_purpose::STANDARD
                     .decode(signature)
                     .map_err(|_| bad("the signature is not base64"))?;
-                let message = checkpoint_message(*head_seq, signed_head);
+                let message = if record.v == 1 {
+                    checkpoint_message(*head_seq, signed_head)
+                } else {
+                    checkpoint_record_message(
+                        record.seq,
+                        &record.time,
+                        key_id,
+                        *head_seq,
+                        signed_head,
+                    )
+                };
                 if !keys.iter().any(|(scheme, point)| {
                     crate::keystore::signature_verifies(*scheme, point, &message, &sig)
                 }) {
@@ -444,7 +516,7 @@ mod tests {
         ));
         let records = vec![String::from_utf8(chain(1)[0].clone())
             .expect("utf8")
-            .replace("\"v\":1", "\"v\":9")
+            .replace("\"v\":2", "\"v\":9")
             .into_bytes()];
         assert_eq!(
             check(&records),

@@ -9,23 +9,50 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::key::stored_key;
-use super::record::{self, ChainSummary};
+use super::record::{self, ChainStart, ChainSummary};
 use super::{records_tree, storage, AuditError};
+
+/// Records read into memory at once while verifying a stored chain.
+const CHUNK: usize = 4096;
 
 /// Verifies the chain stored in a tree, in key (= sequence) order.
 pub(super) fn verify_tree(
     tree: &sled::Tree,
     key: Option<&[u8]>,
 ) -> Result<ChainSummary, AuditError> {
-    let values = tree
-        .iter()
-        .values()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(storage)?;
-    Ok(record::verify_chain_with_key(
-        values.iter().map(|v| v.as_ref()),
-        key,
-    )?)
+    verify_tree_from(tree, ChainStart::default(), key)
+}
+
+/// Verifies the records of a tree after `start`, a chunk at a time (memory stays bounded
+/// however long the log).
+pub(super) fn verify_tree_from(
+    tree: &sled::Tree,
+    start: ChainStart,
+    key: Option<&[u8]>,
+) -> Result<ChainSummary, AuditError> {
+    let mut values = tree.range((start.seq + 1).to_be_bytes()..).values();
+    let mut at = start;
+    let mut checkpoints = 0;
+    loop {
+        let chunk = values
+            .by_ref()
+            .take(CHUNK)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        let done = chunk.len() < CHUNK;
+        let mut summary =
+            record::verify_chain_from(at, chunk.iter().map(|v| v.as_ref()), key.as_slice())?;
+        checkpoints += summary.checkpoints;
+        if done {
+            summary.checkpoints = checkpoints;
+            return Ok(summary);
+        }
+        at = ChainStart {
+            seq: summary.records,
+            head: summary.head,
+            last_checkpoint: summary.last_checkpoint,
+        };
+    }
 }
 
 /// Verifies the log under `dir/audit` without opening it for writing. Checkpoint signatures

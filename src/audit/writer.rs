@@ -1,13 +1,21 @@
 //! The writer thread: the only code that appends to an open [`AuditLog`](super::AuditLog)'s
 //! store. It takes records from a bounded queue, commits them in groups (many records, one
-//! flush), folds in due refusal summaries, appends a checkpoint signed in the device when one
-//! is due, and answers each caller only once its record is durable.
+//! flush, the index of issued serials and the verification marker in the same flush), folds in
+//! due refusal summaries, appends a checkpoint signed in the device when one is due, and
+//! answers each caller only once its record is durable.
 //!
-//! It never answers a caller before the flush that makes its record durable, and after a failed
-//! write it accepts nothing more (what reached the disk is unknown; a restart re-verifies).
+//! After a failed write (a full disk) what reached the disk is unknown, and sled refuses every
+//! write after an I/O error: the writer answers the callers of that group and of every record
+//! that comes meanwhile with an error (refusals are folded into counts instead), and retries
+//! with a growing pause. A retry opens the store again, verifies it from the marker, and takes
+//! up the chain from the last record really there; its first commit is a
+//! [`AuditEvent::StorageResumed`] record with every folded count. A record may thus be on disk
+//! for a caller answered with an error (its group reached the disk before the failure was
+//! reported), never the reverse, and no record is written twice.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,11 +24,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::key::{sign_checkpoint, AuditKey};
 use super::limiter::RefusalLimiter;
 use super::record::{self, AuditEvent, ChainSummary};
-use super::{storage, AuditError};
+use super::{resume, storage, AuditError, Trees};
 use crate::keystore::{KeyStore, SignatureScheme};
 
 /// Records committed with one flush at most.
 pub const MAX_GROUP: usize = 256;
+
+/// The first pause before a retry after a storage error; it doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between retries after a storage error.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// When checkpoints are written.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,11 +77,20 @@ pub(super) struct Pending {
     pub(super) done: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
+/// The open store, shared with the handle's readers; `None` while the writer reopens it.
+pub(super) type Slot = Arc<RwLock<Option<Trees>>>;
+
+/// Where the store lives and how it is opened again after a storage error.
+pub(super) struct Place {
+    pub(super) dir: PathBuf,
+    pub(super) cache_bytes: u64,
+    pub(super) slot: Slot,
+}
+
 /// Starts the writer thread on a store whose chain verified as `chain`. The thread ends, after
 /// a last commit (with a checkpoint when one is owed), once every sender is dropped.
 pub(super) fn start(
-    db: sled::Db,
-    tree: sled::Tree,
+    place: Place,
     signer: Option<Signer>,
     policy: CheckpointPolicy,
     chain: &ChainSummary,
@@ -77,8 +99,7 @@ pub(super) fn start(
 ) -> Result<(Sender<Pending>, JoinHandle<()>), AuditError> {
     let (tx, rx) = crossbeam_channel::bounded::<Pending>(4 * MAX_GROUP);
     let writer = Writer {
-        db,
-        tree,
+        place,
         signer,
         policy,
         head: chain.head,
@@ -87,7 +108,7 @@ pub(super) fn start(
         last_checkpoint: Instant::now(),
         stats,
         limiter,
-        failed: false,
+        failure: None,
     };
     let handle = std::thread::Builder::new()
         .name("audit-writer".into())
@@ -96,9 +117,21 @@ pub(super) fn start(
     Ok((tx, handle))
 }
 
+/// A storage error the writer has not yet recovered from.
+struct Failure {
+    /// RFC 3339 time of the first failed write.
+    since: String,
+    /// Callers answered with an error since.
+    errors: u64,
+    /// Refusals in failed groups (sequence number they were given, caller, count): those not
+    /// on disk after the reopen are folded again.
+    refusals: Vec<(u64, String, u64)>,
+    pause: Duration,
+    retry_at: Instant,
+}
+
 struct Writer {
-    db: sled::Db,
-    tree: sled::Tree,
+    place: Place,
     signer: Option<Signer>,
     policy: CheckpointPolicy,
     head: [u8; 32],
@@ -107,15 +140,45 @@ struct Writer {
     last_checkpoint: Instant,
     stats: Arc<AuditStats>,
     limiter: Arc<Mutex<RefusalLimiter>>,
-    failed: bool,
+    failure: Option<Failure>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The limiter key of a refusal record and how many refusals it stands for.
+fn refusal_count(event: &AuditEvent) -> Option<(String, u64)> {
+    match event {
+        AuditEvent::Refused {
+            caller,
+            code,
+            folded,
+            ..
+        } => Some((
+            caller.clone().unwrap_or_else(|| "(unauthenticated)".into()),
+            if code == "folded" {
+                *folded
+            } else {
+                folded + 1
+            },
+        )),
+        _ => None,
+    }
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Pending>) {
         let tick = self.policy.interval.min(Duration::from_secs(1));
         loop {
+            let wait = match &self.failure {
+                Some(f) => tick.min(f.retry_at.saturating_duration_since(Instant::now())),
+                None => tick,
+            };
             let mut group = Vec::new();
-            let closing = match rx.recv_timeout(tick) {
+            let closing = match rx.recv_timeout(wait) {
                 Ok(first) => {
                     group.push(first);
                     while group.len() < MAX_GROUP {
@@ -129,14 +192,116 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            self.commit(group, closing);
+            if self.failure.is_some() {
+                self.refuse(group);
+                let due = self
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| closing || Instant::now() >= f.retry_at);
+                if due {
+                    self.retry(closing);
+                }
+            } else {
+                self.commit(group, closing, None);
+            }
             if closing {
                 break;
             }
         }
     }
 
-    fn checkpoint_event(&self, head_seq: u64, head: &[u8; 32]) -> Option<AuditEvent> {
+    /// Answers a group that arrives while the store cannot be written: callers get an error,
+    /// refusals are folded into their caller's count.
+    fn refuse(&mut self, group: Vec<Pending>) {
+        let now = Instant::now();
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = 0;
+        for p in group {
+            match p.done {
+                Some(done) => {
+                    errors += 1;
+                    let _ = done.send(Err(AuditError::Storage(
+                        "the audit log cannot be written now (storage error); retrying".into(),
+                    )));
+                }
+                None => {
+                    if let Some((who, n)) = refusal_count(&p.event) {
+                        limiter.refold(&who, n, now);
+                    }
+                }
+            }
+        }
+        if let Some(f) = &mut self.failure {
+            f.errors += errors;
+        }
+    }
+
+    /// Opens the store again and takes up the chain from what is on disk; then writes the
+    /// `storage_resumed` record (with every folded count). A failure waits for the next retry.
+    fn retry(&mut self, closing: bool) {
+        match self.reopen() {
+            Ok(()) => {
+                let Some(f) = &self.failure else { return };
+                let resumed = AuditEvent::StorageResumed {
+                    failed_at: f.since.clone(),
+                    errors: f.errors,
+                };
+                self.commit(Vec::new(), closing, Some(resumed));
+            }
+            Err(e) => self.fail(&e.to_string(), Vec::new(), 0),
+        }
+    }
+
+    fn reopen(&mut self) -> Result<(), AuditError> {
+        // sled refuses every write after an I/O error: let go of the store and open it anew.
+        *self.place.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let trees = Trees::open(&self.place.dir, self.place.cache_bytes)?;
+        let key = self.signer.as_ref().map(|s| s.key.spki.as_slice());
+        let (chain, _) = resume::verify_for_open(&trees, key)?;
+        resume::catch_up_index(&trees)?;
+        self.head = chain.head;
+        self.next = chain.records + 1;
+        self.since_checkpoint = chain.unsigned_tail;
+        self.stats.records.store(chain.records, Ordering::Relaxed);
+        if let Some(f) = &mut self.failure {
+            let now = Instant::now();
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, who, n) in f.refusals.drain(..) {
+                if seq > chain.records {
+                    limiter.refold(&who, n, now);
+                }
+            }
+        }
+        *self.place.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(trees);
+        Ok(())
+    }
+
+    /// Records a storage error: the writer stops writing until the next retry.
+    fn fail(&mut self, error: &str, refusals: Vec<(u64, String, u64)>, errors: u64) {
+        let message = format!("the audit log cannot be written: {error}");
+        let now = Instant::now();
+        let f = self.failure.get_or_insert_with(|| {
+            tracing::error!(error = %error, "audit log write failed; retrying");
+            Failure {
+                since: now_rfc3339(),
+                errors: 0,
+                refusals: Vec::new(),
+                pause: RETRY_FIRST / 2,
+                retry_at: now,
+            }
+        });
+        f.errors += errors;
+        f.refusals.extend(refusals);
+        f.pause = (f.pause * 2).min(RETRY_MAX);
+        f.retry_at = now + f.pause;
+        *self
+            .stats
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    fn checkpoint_event(&self, head_seq: u64, head: &[u8; 32], time: &str) -> Option<AuditEvent> {
         let signer = self.signer.as_ref()?;
         match sign_checkpoint(
             &signer.store,
@@ -144,6 +309,7 @@ impl Writer {
             SignatureScheme::EcdsaSha256,
             head_seq,
             head,
+            time,
         ) {
             Ok(event) => Some(event),
             Err(e) => {
@@ -153,26 +319,30 @@ impl Writer {
         }
     }
 
-    /// Writes `group`, due refusal summaries and a checkpoint when one is due, with one flush.
-    fn commit(&mut self, group: Vec<Pending>, closing: bool) {
-        if self.failed {
-            for p in group {
-                if let Some(done) = p.done {
-                    let _ = done.send(Err(AuditError::Stopped));
-                }
-            }
-            return;
-        }
+    /// Writes `first` (a record of the writer's own), `group`, due refusal summaries (all of
+    /// them after a recovery) and a checkpoint when one is due, with one flush.
+    fn commit(&mut self, group: Vec<Pending>, closing: bool, first: Option<AuditEvent>) {
+        let trees = self
+            .place
+            .slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(trees) = trees else {
+            self.fail("the store is not open", Vec::new(), 0);
+            return self.refuse(group);
+        };
+        let resuming = first.is_some();
         let now = Instant::now();
         let summaries = self
             .limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .due(now, closing);
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let mut events: Vec<AuditEvent> = group.iter().map(|p| p.event.clone()).collect();
+            .due(now, closing || resuming);
+        let time = now_rfc3339();
+        let mut events: Vec<AuditEvent> = first.into_iter().collect();
+        let own = events.len();
+        events.extend(group.iter().map(|p| p.event.clone()));
         events.extend(
             summaries
                 .into_iter()
@@ -184,13 +354,15 @@ impl Writer {
                 }),
         );
         let mut batch = sled::Batch::default();
+        let mut index = sled::Batch::default();
         let (mut h, mut seq) = (self.head, self.next);
-        let mut assigned = Vec::with_capacity(group.len());
+        let mut assigned = Vec::with_capacity(events.len());
         let mut since = self.since_checkpoint;
         for event in events {
-            let (bytes, new_head) = record::seal(seq, time.clone(), &h, event);
+            resume::index_event(&mut index, seq, &event);
+            let (bytes, new_head) = record::seal(seq, time.clone(), &h, event.clone());
             batch.insert(&seq.to_be_bytes(), bytes);
-            assigned.push(seq);
+            assigned.push((seq, event));
             h = new_head;
             seq += 1;
             since += 1;
@@ -201,7 +373,7 @@ impl Writer {
                 || closing);
         let mut checkpointed = false;
         if due {
-            if let Some(cp) = self.checkpoint_event(seq - 1, &h) {
+            if let Some(cp) = self.checkpoint_event(seq - 1, &h, &time) {
                 let (bytes, new_head) = record::seal(seq, time.clone(), &h, cp);
                 batch.insert(&seq.to_be_bytes(), bytes);
                 h = new_head;
@@ -212,10 +384,18 @@ impl Writer {
         if seq == self.next {
             return;
         }
-        let outcome = self
-            .tree
+        resume::index_watermark(&mut index, seq - 1);
+        let outcome = trees
+            .records
             .apply_batch(batch)
-            .and_then(|()| self.db.flush().map(|_| ()));
+            .map_err(storage)
+            .and_then(|()| trees.issued.apply_batch(index).map_err(storage))
+            .and_then(|()| {
+                if checkpointed {
+                    resume::set_marker(&trees, seq - 1, &h)?;
+                }
+                trees.db.flush().map(|_| ()).map_err(storage)
+            });
         match outcome {
             Ok(()) => {
                 self.head = h;
@@ -229,27 +409,39 @@ impl Writer {
                     );
                 }
                 self.stats.records.store(seq - 1, Ordering::Relaxed);
-                for (p, s) in group.into_iter().zip(assigned) {
+                if self.failure.take().is_some() {
+                    tracing::info!("the audit log is written again");
+                }
+                *self
+                    .stats
+                    .storage_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                for (p, (s, _)) in group.into_iter().zip(assigned.into_iter().skip(own)) {
                     if let Some(done) = p.done {
                         let _ = done.send(Ok(s));
                     }
                 }
             }
             Err(e) => {
-                // What reached the disk is unknown: accept nothing more (a restart re-verifies).
-                tracing::error!(error = %e, "audit log write failed; the log is stopped");
-                self.failed = true;
-                *self
-                    .stats
-                    .storage_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("the audit log cannot be written: {e}"));
+                // What reached the disk is unknown: the next retry reads it back.
+                let refusals = assigned
+                    .iter()
+                    .filter_map(|(s, ev)| refusal_count(ev).map(|(who, n)| (*s, who, n)))
+                    .collect();
+                let reason = match &e {
+                    AuditError::Storage(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                let mut errors = 0;
                 for p in group {
                     if let Some(done) = p.done {
-                        let _ = done.send(Err(storage(&e)));
+                        errors += 1;
+                        let _ = done.send(Err(AuditError::Storage(reason.clone())));
                     }
                 }
+                self.fail(&reason, refusals, errors);
+                drop(trees);
             }
         }
     }

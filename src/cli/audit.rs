@@ -68,14 +68,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 }
                 None if roots.is_some() => {
                     let config = Config::load(config_path)?;
-                    let mut lines = Vec::new();
-                    audit::HostLog::open(&crate::ceremony::host_dir(&config))?
-                        .export(&mut lines)?;
-                    let summary = audit::record::verify_chain_with_keys(
-                        lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()),
-                        &root_refs,
-                    )
-                    .map_err(AuditError::from)?;
+                    let (summary, lines) = verify_host_log(&config, &root_refs)?;
                     (summary, lines, root_note(root_refs.len()))
                 }
                 Some(file) => {
@@ -94,6 +87,22 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 }
                 None => {
                     let config = Config::load(config_path)?;
+                    let path = appliance_log(&config.data_dir);
+                    if !path.exists() && host_log(&config).exists() {
+                        // A ceremony host: its own log is the one there is.
+                        let (summary, lines) = verify_host_log(&config, &[])?;
+                        let note = "no --root-cert given: signatures NOT checked".to_string();
+                        report(&summary, &note);
+                        return finish(&summary, &lines, expect, allow_unsigned_tail);
+                    }
+                    if !path.exists() {
+                        return Err(CliError::Message(format!(
+                            "no audit log at {} (and no ceremony host log under it): nothing \
+                             was recorded here; to verify an export, give --file",
+                            path.display()
+                        )));
+                    }
+                    say!("Log: the appliance's audit log at {}.", path.display());
                     let recorded = audit::recorded_key(&config.data_dir)?;
                     // The device, not the disk, says what the audit key is.
                     let device_key = match &recorded {
@@ -117,19 +126,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
                 }
             };
             report(&summary, &key_note);
-            if let Some((seq, hash)) = expect {
-                check_head(&lines, seq, &hash)?;
-                say!("Head {seq}:{hash} is in the log.");
-            }
-            if summary.unsigned_tail > 0 && !allow_unsigned_tail {
-                return Err(CliError::Message(format!(
-                    "the log does not end with a checkpoint ({} record(s) after it): it was cut \
-                     short, or the appliance did not stop cleanly (its next start and stop sign \
-                     them; --allow-unsigned-tail accepts them)",
-                    summary.unsigned_tail
-                )));
-            }
-            Ok(())
+            finish(&summary, &lines, expect, allow_unsigned_tail)
         }
         AuditCommand::Export { out } => {
             let config = Config::load(config_path)?;
@@ -156,6 +153,56 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Where the appliance keeps its log under `data_dir`.
+fn appliance_log(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit")
+}
+
+/// Where a ceremony host keeps its log.
+fn host_log(config: &Config) -> PathBuf {
+    crate::ceremony::host_dir(config).join("audit")
+}
+
+/// Verifies the ceremony host's own log, checkpoints against `roots` (none: not checked).
+fn verify_host_log(config: &Config, roots: &[&[u8]]) -> Result<(ChainSummary, Vec<u8>), CliError> {
+    let dir = crate::ceremony::host_dir(config);
+    say!(
+        "Log: the ceremony host's log at {}.",
+        host_log(config).display()
+    );
+    let mut lines = Vec::new();
+    audit::HostLog::open(&dir)?.export(&mut lines)?;
+    let summary = audit::record::verify_chain_with_keys(
+        lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()),
+        roots,
+    )
+    .map_err(AuditError::from)?;
+    Ok((summary, lines))
+}
+
+/// The checks after the summary: the head an auditor kept, and the tail after the last
+/// checkpoint.
+fn finish(
+    summary: &ChainSummary,
+    lines: &[u8],
+    expect: Option<(u64, String)>,
+    allow_unsigned_tail: bool,
+) -> Result<(), CliError> {
+    if let Some((seq, hash)) = expect {
+        check_head(lines, seq, &hash)?;
+        say!("Head {seq}:{hash} is in the log.");
+    }
+    if summary.unsigned_tail > 0 && !allow_unsigned_tail {
+        return Err(CliError::Message(format!(
+            "the log does not end with a checkpoint ({} record(s) after it): it was cut \
+             short, or the appliance did not stop cleanly (its next start and stop sign \
+             them; --allow-unsigned-tail accepts them)",
+            summary.unsigned_tail
+        )));
+    }
+    Ok(())
 }
 
 fn key_fingerprint(spki: &[u8]) -> String {

@@ -16,7 +16,7 @@ pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result
         config.server.listen = addr;
     }
     let store = keystore::open(&config.keystore)?;
-    let state = CaState::open(&config.data_dir)?;
+    let state = CaState::open_with_cache(&config.data_dir, config.store_cache_bytes)?;
     if state.active()?.is_none() {
         return Err(CliError::Message(
             "no intermediate is installed: `hsm-ca intermediate new`, have it signed in a \
@@ -51,6 +51,10 @@ pub(super) fn run_appliance(
         let mut server = crate::server::start(config, store, std::sync::Arc::new(state))
             .await
             .map_err(|e| CliError::Message(e.to_string()))?;
+        // SIGTERM is caught before the banner says we serve: a stop sent right after it is a
+        // clean stop.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::Message(e.to_string()))?;
         // Whoever started us may stop reading stdout once it knows the address: a closed
         // pipe must not take the appliance down, so write errors are ignored here.
         use std::io::Write;
@@ -58,8 +62,6 @@ pub(super) fn run_appliance(
         let mut out = std::io::stdout();
         let _ = out.write_all(banner.as_bytes());
         let _ = out.flush();
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| CliError::Message(e.to_string()))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = sigterm.recv() => {}

@@ -1,5 +1,5 @@
 //! The `[admin]` and `[audit]` sections: the admin API's listener, users and approvals, and
-//! the audit log's checkpoints and refusal limits.
+//! the audit log's checkpoints, refusal limits and page cache.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,6 +103,9 @@ pub(super) fn admin(ctx: &Ctx, adm: RawAdmin) -> Result<AdminConfig, ConfigError
     })
 }
 
+/// The largest page cache a store may be given (`audit.cache_mb`, `store.cache_mb`), in MiB.
+pub(super) const MAX_CACHE_MB: u64 = 4096;
+
 pub(super) fn audit(ctx: &Ctx, aud: &RawAudit) -> Result<AuditOptions, ConfigError> {
     if aud.checkpoint_every == 0 {
         return Err(ctx.invalid("audit.checkpoint_every", "must be at least 1"));
@@ -116,7 +119,14 @@ pub(super) fn audit(ctx: &Ctx, aud: &RawAudit) -> Result<AuditOptions, ConfigErr
             "refusal_burst and refusals_per_minute must be at least 1",
         ));
     }
+    if !(1..=MAX_CACHE_MB).contains(&aud.cache_mb) {
+        return Err(ctx.invalid(
+            "audit.cache_mb",
+            format!("must be between 1 and {MAX_CACHE_MB} (MiB)"),
+        ));
+    }
     Ok(AuditOptions {
+        cache_bytes: aud.cache_mb << 20,
         checkpoints: CheckpointPolicy {
             every: aud.checkpoint_every,
             interval: Duration::from_secs(aud.checkpoint_interval_secs),

@@ -61,6 +61,8 @@ pub struct Config {
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     pub audit: crate::audit::AuditOptions,
+    /// Bound of the CA state store's page cache, in bytes (`[store] cache_mb`).
+    pub store_cache_bytes: u64,
     pub admin: AdminConfig,
     pub rotation: RotationConfig,
 }
@@ -313,6 +315,12 @@ impl Config {
         let admin = admin::admin(&ctx, raw.admin)?;
         let rotation = ca::rotation(&ctx, raw.rotation)?;
         let audit = admin::audit(&ctx, &raw.audit)?;
+        if !(1..=admin::MAX_CACHE_MB).contains(&raw.store.cache_mb) {
+            return Err(ctx.invalid(
+                "store.cache_mb",
+                format!("must be between 1 and {} (MiB)", admin::MAX_CACHE_MB),
+            ));
+        }
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -326,6 +334,7 @@ impl Config {
             authorization,
             audit_enabled: raw.audit.enabled,
             audit,
+            store_cache_bytes: raw.store.cache_mb << 20,
             admin,
             rotation,
         })

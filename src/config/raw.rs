@@ -30,6 +30,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) audit: RawAudit,
     #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) rotation: RawRotation,
@@ -196,6 +198,31 @@ pub(super) struct RawAudit {
     pub(super) refusal_burst: u32,
     #[serde(default = "default_refusals_per_minute")]
     pub(super) refusals_per_minute: u32,
+    #[serde(default = "default_audit_cache_mb")]
+    pub(super) cache_mb: u64,
+}
+
+/// `[store]`: the CA state's sled store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    #[serde(default = "default_store_cache_mb")]
+    pub(super) cache_mb: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            cache_mb: default_store_cache_mb(),
+        }
+    }
+}
+
+fn default_audit_cache_mb() -> u64 {
+    crate::audit::DEFAULT_AUDIT_CACHE_BYTES >> 20
+}
+fn default_store_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES >> 20
 }
 
 impl Default for RawAudit {
@@ -206,6 +233,7 @@ impl Default for RawAudit {
             checkpoint_interval_secs: default_checkpoint_interval(),
             refusal_burst: default_refusal_burst(),
             refusals_per_minute: default_refusals_per_minute(),
+            cache_mb: default_audit_cache_mb(),
         }
     }
 }

@@ -89,6 +89,15 @@ pub enum ControlError {
     RootExists(String),
     #[error("serial {serial} of CA {issuer} is revoked already")]
     AlreadyRevoked { issuer: String, serial: String },
+    /// A revocation of a serial the audit log has no issuance of (by that intermediate).
+    #[error(
+        "serial {serial} was never issued by intermediate {intermediate} (no issuance of it in \
+         the audit log); check the serial and the issuer"
+    )]
+    NeverIssued {
+        intermediate: String,
+        serial: String,
+    },
     #[error(
         "certificates anchored at root {root} may be in use until {} (last issuance + \
          workload.max_ttl_secs); remove it then, or force it with approval",

@@ -120,14 +120,39 @@ impl Control {
                 self.intermediate_record(id)?;
             }
             (None, Some(serial)) => {
-                normalize_serial(serial)?;
-                if let Some(id) = &req.issuer {
-                    self.intermediate_record(id)?;
-                }
+                let serial = normalize_serial(serial)?;
+                let issuer = match &req.issuer {
+                    Some(id) => self.intermediate_record(id)?,
+                    None => self
+                        .state
+                        .active()?
+                        .ok_or(ControlError::NoActiveIntermediate)?,
+                };
+                self.check_issued(&issuer, &serial)?;
             }
             _ => return Err(ControlError::RevocationTarget),
         }
         Ok(())
+    }
+
+    /// With the audit log on, a leaf serial is revocable only when the log holds its issuance
+    /// by `issuer`; without it (measurements only) nothing can say, and it is accepted.
+    fn check_issued(&self, issuer: &IntermediateRecord, serial: &str) -> Result<(), ControlError> {
+        let Some(audit) = self.audit() else {
+            return Ok(());
+        };
+        let key = issuer.key_id.to_string();
+        if audit
+            .was_issued(&key, serial)
+            .map_err(ControlError::AuditFailed)?
+        {
+            Ok(())
+        } else {
+            Err(ControlError::NeverIssued {
+                intermediate: key,
+                serial: serial.to_string(),
+            })
+        }
     }
 
     /// Whether the intermediate `record` is revoked by its root.
@@ -182,6 +207,7 @@ impl Control {
                         .active()?
                         .ok_or(ControlError::NoActiveIntermediate)?,
                 };
+                self.check_issued(&issuer, &serial)?;
                 (fingerprint_id(&record_der(&issuer)?), serial)
             }
             _ => return Err(ControlError::RevocationTarget),
