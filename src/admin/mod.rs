@@ -146,10 +146,10 @@ async fn new_intermediate(State(api): Ctl, Authorized(caller, _): Authorized<Ope
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SignBody {
-    csr_pem: String,
+pub struct SignBody {
+    pub csr_pem: String,
     #[serde(default)]
-    root: Option<String>,
+    pub root: Option<String>,
 }
 
 async fn sign_intermediate(
@@ -167,8 +167,8 @@ async fn sign_intermediate(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CertBody {
-    certificate_pem: String,
+pub struct CertBody {
+    pub certificate_pem: String,
 }
 
 async fn install(
@@ -229,8 +229,8 @@ async fn remove_root(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CrossBody {
-    by: String,
+pub struct CrossBody {
+    pub by: String,
 }
 
 async fn cross_sign(
@@ -256,8 +256,8 @@ async fn revoke(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CrlBody {
-    crl_pem: String,
+pub struct CrlBody {
+    pub crl_pem: String,
 }
 
 async fn import_crl(

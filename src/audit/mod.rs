@@ -46,7 +46,7 @@ pub use self::export::export;
 pub use self::host::HostLog;
 pub use self::key::{read_public_key, recorded_key, AuditKey, AUDIT_KEY_LABEL};
 pub use self::log::{AuditLog, AuditOptions};
-pub use self::verify::{verify_file, verify_file_with_keys, verify_store};
+pub use self::verify::{verify_file, verify_file_with_keys, verify_lines, verify_store};
 pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP};
 pub use limiter::RefusalLimits;
 pub use record::{AuditEvent, AuditRecord, ChainError, ChainSummary};
