@@ -185,7 +185,9 @@ impl SealedShare {
             .ok_or_else(|| malformed("truncated"))?;
         at += 4;
         if flags & FLAG_ENCRYPTED != 0 && iterations > MAX_PASSPHRASE_ITERATIONS {
-            return Err(malformed("it asks for more passphrase rounds than any share has"));
+            return Err(malformed(
+                "it asks for more passphrase rounds than any share has",
+            ));
         }
         let index = body[4 + 1 + 8 + 2];
         Ok(SealedShare {
