@@ -1,7 +1,7 @@
 //! Untrusted bytes → domain types: a gRPC request body is decoded, its CSR parsed and checked
 //! against an identity, its impersonation metadata parsed as a SPIFFE ID. Nothing may panic.
 //!
-//! Run: `cargo fuzz run request` (in fuzz/). CI builds it with `cargo build` to keep it compiling.
+//! Run: `ops/fuzz.sh SECONDS request` (CI runs every target for a few seconds).
 #![no_main]
 
 use hsm_ca::auth::SpiffeId;

@@ -125,10 +125,10 @@ async fn new_intermediate(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SignBody {
-    csr_pem: String,
+pub struct SignBody {
+    pub csr_pem: String,
     #[serde(default)]
-    root: Option<String>,
+    pub root: Option<String>,
 }
 
 async fn sign_intermediate(
@@ -145,8 +145,8 @@ async fn sign_intermediate(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CertBody {
-    certificate_pem: String,
+pub struct CertBody {
+    pub certificate_pem: String,
 }
 
 async fn install(
@@ -207,8 +207,8 @@ async fn remove_root(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CrossBody {
-    by: String,
+pub struct CrossBody {
+    pub by: String,
 }
 
 async fn cross_sign(
@@ -232,8 +232,8 @@ async fn revoke(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CrlBody {
-    crl_pem: String,
+pub struct CrlBody {
+    pub crl_pem: String,
 }
 
 async fn import_crl(

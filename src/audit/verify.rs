@@ -5,7 +5,6 @@
 //! What a chain must satisfy is [`record`](super::record)'s to say; this part feeds it the
 //! stored bytes and the key to check checkpoints against.
 
-use std::io::BufRead;
 use std::path::Path;
 
 use super::key::stored_key;
@@ -77,13 +76,15 @@ pub fn verify_file_with_keys(path: &Path, keys: &[&[u8]]) -> Result<ChainSummary
         path: path.display().to_string(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?;
-    let lines = std::io::BufReader::new(file)
-        .lines()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    verify_lines(&text, keys)
+}
+
+/// Verifies exported JSON Lines held in memory (one record per line, empty lines skipped);
+/// every checkpoint must be signed by one of `keys` (none given: signatures are not checked).
+pub fn verify_lines(text: &str, keys: &[&[u8]]) -> Result<ChainSummary, AuditError> {
     Ok(record::verify_chain_with_keys(
-        lines.iter().filter(|l| !l.is_empty()).map(|l| l.as_bytes()),
+        text.lines().filter(|l| !l.is_empty()).map(str::as_bytes),
         keys,
     )?)
 }

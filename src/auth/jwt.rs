@@ -91,8 +91,9 @@ impl std::fmt::Debug for ClusterVerifier {
     }
 }
 
+/// The claims of a token whose signature verified, as far as they name a workload.
 #[derive(Deserialize)]
-struct Claims {
+pub struct Claims {
     exp: i64,
     sub: Option<String>,
     #[serde(rename = "kubernetes.io")]
@@ -228,7 +229,8 @@ impl ClusterVerifier {
     }
 }
 
-fn identity(claims: &Claims, trust_domain: &str) -> Result<SpiffeId, AuthError> {
+/// The workload identity in `trust_domain` that verified `claims` name.
+pub fn identity(claims: &Claims, trust_domain: &str) -> Result<SpiffeId, AuthError> {
     let from_sub = claims.sub.as_deref().and_then(|sub| {
         let rest = sub.strip_prefix("system:serviceaccount:")?;
         let (ns, sa) = rest.split_once(':')?;

@@ -11,7 +11,7 @@
 pub mod approvals;
 mod error;
 mod revocation;
-mod root_crl;
+pub mod root_crl;
 mod roots;
 mod rotation;
 mod state_view;

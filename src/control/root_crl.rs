@@ -9,7 +9,7 @@ use crate::ca::inspect::{check_issued_by, parse_certificate, serial_hex};
 use crate::state::RootRecord;
 
 /// The one CRL in `text` (PEM `X509 CRL`), as DER.
-pub(super) fn crl_der(text: &str) -> Result<Vec<u8>, ControlError> {
+pub fn crl_der(text: &str) -> Result<Vec<u8>, ControlError> {
     let blocks =
         pem::parse_many(text.as_bytes()).map_err(|e| ControlError::CrlNotPem(e.to_string()))?;
     let mut crls: Vec<_> = blocks
@@ -25,14 +25,14 @@ pub(super) fn crl_der(text: &str) -> Result<Vec<u8>, ControlError> {
 }
 
 /// One revoked certificate of an imported CRL.
-pub(super) struct CrlEntry {
+pub struct CrlEntry {
     pub serial: String,
     pub reason: &'static str,
     pub revoked_at: OffsetDateTime,
 }
 
 /// A CRL checked against the trust bundle: which root signed it and what it revokes.
-pub(super) struct RootCrl {
+pub struct RootCrl {
     pub root: RootRecord,
     root_der: Vec<u8>,
     pub number: u64,

@@ -33,6 +33,8 @@ pub use sealed::SealedShare;
 pub const PIN_BYTES: usize = 16;
 /// PBKDF2 rounds for passphrase-encrypted shares.
 pub const PASSPHRASE_ITERATIONS: u32 = 600_000;
+/// Most PBKDF2 rounds a share may ask for: opening it must not take hours.
+pub const MAX_PASSPHRASE_ITERATIONS: u32 = 10 * PASSPHRASE_ITERATIONS;
 /// Shortest passphrase accepted.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 /// Most officers in one quorum.

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{
     QuorumError, Share, BASE32, BEGIN, CHECKSUM_BYTES, COMMITMENT_BYTES, END, FLAG_ENCRYPTED,
-    MAGIC, MIN_PASSPHRASE_CHARS, SALT_BYTES,
+    MAGIC, MAX_PASSPHRASE_ITERATIONS, MIN_PASSPHRASE_CHARS, SALT_BYTES,
 };
 
 fn key_from(passphrase: &str, salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
@@ -184,6 +184,11 @@ impl SealedShare {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .ok_or_else(|| malformed("truncated"))?;
         at += 4;
+        if flags & FLAG_ENCRYPTED != 0 && iterations > MAX_PASSPHRASE_ITERATIONS {
+            return Err(malformed(
+                "it asks for more passphrase rounds than any share has",
+            ));
+        }
         let index = body[4 + 1 + 8 + 2];
         Ok(SealedShare {
             source: source.to_string(),
@@ -287,4 +292,30 @@ fn unbase32(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_asking_for_endless_passphrase_rounds_is_refused_before_opening() {
+        let holders = ["a".to_string(), "b".to_string()];
+        let share = super::super::split(2, &holders, "t").expect("split").shares[0].clone();
+        // Encrypted as `to_text` lays it out, but with u32::MAX PBKDF2 rounds (hours of work
+        // for whoever opens it); the checksum is fixed, as a forger would.
+        let mut bytes = share.header(FLAG_ENCRYPTED, u32::MAX);
+        bytes.extend_from_slice(&[0u8; SALT_BYTES + aead::NONCE_LEN]);
+        bytes.extend_from_slice(&share.value);
+        bytes.extend_from_slice(&[0u8; 16]);
+        let sum = digest::digest(&digest::SHA256, &bytes);
+        bytes.extend_from_slice(&sum.as_ref()[..CHECKSUM_BYTES]);
+        let text = format!("{BEGIN}\n{}\n{END}\n", base32(&bytes));
+        let err = SealedShare::parse("forged", &text).err();
+        assert!(
+            matches!(err, Some(QuorumError::Malformed { .. })),
+            "{:?}",
+            err.map(|e| e.to_string())
+        );
+    }
 }
