@@ -6,6 +6,6 @@
 # --kills N, --idle-secs N). The disk scenario needs root (a small tmpfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ops/install-deps.sh util-linux
+ops/install-deps.sh util-linux nghttp2-client
 cargo build --locked --release --quiet --bin hsm-ca
 exec python3 ops/reliability.py --bin target/release/hsm-ca "$@"
