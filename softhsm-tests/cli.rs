@@ -547,6 +547,49 @@ fn the_readme_flow_dev_appliance_then_request() {
     );
     assert_eq!(mode & 0o077, 0, "key.pem is readable by others");
 
+    // A CA served by several nodes, one of them down: every request is answered by the live
+    // one, whichever address the client tries first; with every node down the error says so.
+    let dead = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").to_string()
+    };
+    let (dead1, dead2) = (dead(), dead());
+    for round in 0..3 {
+        let failover = dir.path().join(format!("failover{round}"));
+        let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+            .args(["request", "--dev", &dev, "--ns", "default", "--sa", "web"])
+            .args([
+                "--addr",
+                &format!("{dead1},{addr}"),
+                "--addr",
+                &dead2,
+                "--out",
+            ])
+            .arg(&failover)
+            .output()
+            .expect("request");
+        let stdout = String::from_utf8_lossy(&request.stdout);
+        assert!(
+            request.status.success(),
+            "{}",
+            String::from_utf8_lossy(&request.stderr)
+        );
+        assert!(stdout.contains(&format!("by {addr}")), "{stdout}");
+    }
+    let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .args(["request", "--dev", &dev, "--ns", "default", "--sa", "web"])
+        .args(["--addr", &format!("{dead1},{dead2}"), "--out"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .expect("request");
+    let stderr = String::from_utf8_lossy(&request.stderr);
+    assert!(!request.status.success());
+    assert!(
+        last_line(&stderr).contains("no CA node answered (2 addresses tried)"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("nowhere").join("key.pem").exists());
+
     // Renewal with the certificate just received, over mTLS, as a VM agent does.
     let renewed = dir.path().join("web2");
     let request = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))

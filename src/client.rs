@@ -1,6 +1,8 @@
 //! A workload client that behaves like istio-agent: makes a key and a CSR shaped like the
 //! agent's, authenticates with a service-account token or a previous certificate (mTLS), calls
 //! `CreateCertificate`, and writes `key.pem`, `cert-chain.pem`, `root-cert.pem`.
+//! Reaches a CA served by several appliances: every address of every name given is tried in
+//! turn, from a random one, until one answers or refuses for a reason another node would share.
 //! Also the gRPC-over-rustls connector that tests and benchmarks use.
 
 use std::net::SocketAddr;
@@ -21,6 +23,13 @@ use crate::issuance::pb::{IstioCertificateRequest, IstioCertificateResponse};
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    #[error("cannot resolve {target}: {reason}")]
+    Resolve { target: String, reason: String },
+    #[error("no CA node answered ({tried} addresses tried); the last: {last}")]
+    AllFailed {
+        tried: usize,
+        last: Box<ClientError>,
+    },
     #[error("the CA refused: {code:?}: {message}")]
     Refused { code: tonic::Code, message: String },
     #[error("{0}")]
@@ -67,6 +76,105 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
+}
+
+/// Every address of `targets` (`host:port` or `ip:port`; a name may resolve to several),
+/// without repeats, in the order given.
+pub async fn resolve(targets: &[String]) -> Result<Vec<SocketAddr>, ClientError> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for target in targets {
+        let found = tokio::net::lookup_host(target.as_str())
+            .await
+            .map_err(|e| ClientError::Resolve {
+                target: target.clone(),
+                reason: e.to_string(),
+            })?;
+        for addr in found {
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ClientError::Resolve {
+            target: targets.join(","),
+            reason: "no address".into(),
+        });
+    }
+    Ok(out)
+}
+
+impl ClientError {
+    /// Whether another node of the CA may answer where this attempt failed: it could not be
+    /// reached, was unavailable or went away mid-call. A refusal of the request itself (bad
+    /// CSR, denied identity) would be the same on every node.
+    pub fn worth_another_node(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Refused { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What [`request_from_any`] sends.
+pub struct Ask<'a> {
+    pub server_name: &'a str,
+    pub tls: rustls::ClientConfig,
+    pub csr_pem: &'a str,
+    pub ttl_secs: i64,
+    pub token: Option<&'a str>,
+    pub cluster_id: Option<&'a str>,
+}
+
+/// One `CreateCertificate` answered by any of `addrs`: tried in turn from a random one (so that
+/// clients spread over the nodes), moving on when [`ClientError::worth_another_node`]. Returns
+/// the answer and the address that gave it.
+pub async fn request_from_any(
+    addrs: &[SocketAddr],
+    ask: &Ask<'_>,
+) -> Result<(IstioCertificateResponse, SocketAddr), ClientError> {
+    use rand::Rng;
+    let first = if addrs.is_empty() {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..addrs.len())
+    };
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let addr = addrs[(first + i) % addrs.len()];
+        let attempt = async {
+            let mut ca = connect(addr, ask.server_name, ask.tls.clone()).await?;
+            create_certificate(
+                &mut ca,
+                ask.csr_pem,
+                ask.ttl_secs,
+                ask.token,
+                ask.cluster_id,
+                None,
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(answer) => return Ok((answer, addr)),
+            Err(e) if e.worth_another_node() => {
+                tracing::info!(%addr, error = %e, "CA node did not answer; trying the next");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match last {
+        Some(last) if addrs.len() == 1 => Err(last),
+        Some(last) => Err(ClientError::AllFailed {
+            tried: addrs.len(),
+            last: Box::new(last),
+        }),
+        None => Err(ClientError::Local("no CA address to try".into())),
+    }
 }
 
 /// Workload key types the client can make.

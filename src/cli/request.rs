@@ -24,9 +24,11 @@ pub struct RequestArgs {
     /// Trust domain for --ns/--sa (default: the dev appliance's, else cluster.local).
     #[arg(long)]
     pub trust_domain: Option<String>,
-    /// The CA's address (default: the dev appliance's, else 127.0.0.1:15012).
-    #[arg(long)]
-    pub addr: Option<SocketAddr>,
+    /// The CA's address, `host:port` (default: the dev appliance's, else 127.0.0.1:15012).
+    /// Several, comma-separated or repeated, or a name with several addresses: a CA served by
+    /// several appliances; each is tried in turn until one answers.
+    #[arg(long, value_delimiter = ',')]
+    pub addr: Vec<String>,
     /// The name the CA's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -73,10 +75,15 @@ pub fn run(args: RequestArgs) -> Result<(), CliError> {
         .clone()
         .or_else(|| dev.as_ref().map(|(_, c)| c.trust_domain.clone()))
         .unwrap_or_else(|| "cluster.local".into());
-    let addr = args
-        .addr
-        .or_else(|| dev.as_ref().map(|(_, c)| c.server.listen))
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15012)));
+    let targets = if !args.addr.is_empty() {
+        args.addr.clone()
+    } else {
+        let default = dev
+            .as_ref()
+            .map(|(_, c)| c.server.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15012)));
+        vec![default.to_string()]
+    };
     let ca_root = args
         .ca_root
         .clone()
@@ -141,25 +148,25 @@ pub fn run(args: RequestArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Message(e.to_string()))?;
-    let response = runtime
+    let ask = client::Ask {
+        server_name: &args.server_name,
+        tls,
+        csr_pem: &csr.csr_pem,
+        ttl_secs: args.ttl,
+        token: token.as_deref(),
+        cluster_id: args.cluster_id.as_deref(),
+    };
+    let (response, answered_by) = runtime
         .block_on(async {
-            let mut ca = client::connect(addr, &args.server_name, tls).await?;
-            client::create_certificate(
-                &mut ca,
-                &csr.csr_pem,
-                args.ttl,
-                token.as_deref(),
-                args.cluster_id.as_deref(),
-                None,
-            )
-            .await
+            let addrs = client::resolve(&targets).await?;
+            client::request_from_any(&addrs, &ask).await
         })
         .map_err(|e| CliError::Message(e.to_string()))?;
     client::write_credentials(&args.out, &csr.key_pkcs8, &response.cert_chain)
         .map_err(|e| CliError::Message(e.to_string()))?;
     let leaf = crate::ca::certificates_from_pem(response.cert_chain[0].as_bytes())?;
     say!(
-        "Issued {identity}; wrote key.pem, cert-chain.pem, root-cert.pem to {}",
+        "Issued {identity} by {answered_by}; wrote key.pem, cert-chain.pem, root-cert.pem to {}",
         args.out.display()
     );
     say_raw!(
