@@ -490,11 +490,15 @@ fn the_readme_flow_dev_appliance_then_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dev_dir = dir.path().join("dev");
     let dev = dev_dir.to_str().expect("utf8").to_string();
+    // Logs as a log shipper would take them: JSON lines, every event down to debug.
+    let log_path = dir.path().join("appliance.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
         .current_dir(dir.path())
+        .args(["--log-format", "json", "--log-level", "debug"])
         .args(["dev", "--dir", &dev, "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("dev appliance");
     struct Kill(std::process::Child);
@@ -621,6 +625,31 @@ fn the_readme_flow_dev_appliance_then_request() {
         "{stderr}"
     );
     drop(guard);
+
+    // Every log line is a JSON object with a level and a message; each issuance is one debug
+    // event naming its serial; no line carries a token (a JWT starts with `eyJ`), a PIN or
+    // colour escapes.
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let pin = std::fs::read_to_string(dev_dir.join("pin")).expect("pin");
+    let mut issued = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["message"].is_string(), "{line}");
+        if event["message"] == "issued" {
+            assert_eq!(event["level"], "DEBUG", "{line}");
+            assert!(event["serial"].is_string(), "{line}");
+            issued += 1;
+        }
+        assert!(!line.contains("eyJ"), "a token in the log: {line}");
+        assert!(!line.contains(pin.trim()), "the PIN in the log");
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour escapes in the log: {line}"
+        );
+    }
+    assert!(issued >= 5, "{issued} issuance events in:\n{text}");
 }
 
 /// Whoever starts the appliance may stop reading its output; it must keep serving.

@@ -3,16 +3,13 @@
 use clap::Parser;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HSM_CA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use std::io::Write as _;
     let cli = hsm_ca::cli::Cli::parse();
+    if let Err(e) = hsm_ca::cli::logging::init(cli.log_level.as_deref(), cli.log_format) {
+        let _ = writeln!(std::io::stderr(), "error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = hsm_ca::cli::run(cli) {
-        use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "error: {e}");
         std::process::exit(1);
     }

@@ -30,6 +30,7 @@ mod ceremony;
 mod commands;
 mod dev;
 mod keys;
+pub mod logging;
 mod officers;
 mod request;
 mod serve;
@@ -53,6 +54,19 @@ pub struct Cli {
         default_value = "hsm-ca.toml"
     )]
     pub config: PathBuf,
+    /// Which log events are written to stderr: a level (error, warn, info, debug, trace) or a
+    /// filter such as `hsm_ca=debug,warn`. Without it: `RUST_LOG`, else warn.
+    #[arg(long, global = true, env = "HSM_CA_LOG")]
+    pub log_level: Option<String>,
+    /// Log line format: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "HSM_CA_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

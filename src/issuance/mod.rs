@@ -346,7 +346,7 @@ impl IstioCertificateService for CertificateService {
             .await
         {
             Ok((cert_chain, caller, identity, serial)) => {
-                tracing::info!(%serial, %identity, caller = %caller.id, method = %caller.method, "issued");
+                tracing::debug!(%serial, %identity, caller = %caller.id, method = %caller.method, "issued");
                 progress.answered("ok");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
             }
