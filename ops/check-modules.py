@@ -23,6 +23,8 @@ NO_CRATES = {
     "control": ["axum", "http", "hyper", "tonic"],
     # The device layer knows nothing of protocols.
     "keystore": ["axum", "http", "hyper", "tonic", "sled"],
+    # The CA state stores records; it speaks no client protocol.
+    "state": ["axum", "http", "hyper", "tonic"],
 }
 
 def module_path(path):

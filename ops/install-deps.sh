@@ -2,7 +2,8 @@
 # Installs the system packages hsm-ca's development appliance and tests need, when missing:
 # SoftHSM (the PKCS#11 token), openssl (the independent verifier), protoc (the gRPC code
 # generator the build runs), the TPM 2.0 software stack the build links (libtss2-dev, found
-# with pkg-config) and swtpm (the software TPM the tests and `dev --backend tpm` start).
+# with pkg-config), swtpm (the software TPM the tests and `dev --backend tpm` start) and
+# PostgreSQL (the tests of the `postgres` state backend start their own servers with it).
 # Extra package names given as arguments are installed too.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

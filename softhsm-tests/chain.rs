@@ -354,7 +354,7 @@ fn install_checks_chain_key_and_expiry() {
     let token = TestToken::new();
     let store = token.keystore(1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = hsm_ca::state::CaState::open(dir.path()).expect("state");
+    let state = hsm_ca::state::SledState::open(dir.path()).expect("state");
     let now = OffsetDateTime::now_utc();
     let cfg = config(KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP256, "");
     let chain = build_chain(&store, &cfg, now);

@@ -14,7 +14,7 @@ use crate::ca::{certificates_from_pem, CaError, IssuedCert, IssuingCa, ParsedCsr
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::keystore::{DeviceSigningKey, KeyInfo, KeyRequest, KeyStore, KeystoreError};
-use crate::state::{CaState, IntermediateRecord, IntermediateStatus, StateError};
+use crate::state::{IntermediateRecord, IntermediateStatus, SledState, StateError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -205,10 +205,23 @@ pub fn sign_intermediate(
 }
 
 /// Checks a signed intermediate (a CA certificate, a key in the token, chains to one of the
-/// configured roots, not expired) and records it. Returns the record and the root it chains to.
+/// configured roots, not expired) and records it in a sled state. Returns the record.
 pub fn install_intermediate(
     store: &KeyStore,
-    state: &CaState,
+    state: &SledState,
+    roots: &[Vec<u8>],
+    cert_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<IntermediateRecord, AuthorityError> {
+    let record = check_intermediate(store, roots, cert_der, now)?;
+    Ok(state.install(record)?)
+}
+
+/// Checks a signed intermediate (a CA certificate, a key in the token, chains to one of the
+/// configured roots, not expired) and returns the record to install (its status is decided
+/// when it is installed).
+pub fn check_intermediate(
+    store: &KeyStore,
     roots: &[Vec<u8>],
     cert_der: &[u8],
     now: OffsetDateTime,
@@ -251,14 +264,21 @@ pub fn install_intermediate(
         activated_at: None,
         retired_at: None,
     };
-    Ok(state.install(record)?)
+    Ok(record)
 }
 
-/// The active intermediate as an issuing CA.
-pub fn active_issuer(store: &KeyStore, state: &CaState) -> Result<IssuingCa, AuthorityError> {
-    let record = state
-        .active()?
-        .ok_or_else(|| AuthorityError::Refused("no intermediate is installed yet".into()))?;
+/// The active intermediate of a sled state as an issuing CA.
+pub fn active_issuer(store: &KeyStore, state: &SledState) -> Result<IssuingCa, AuthorityError> {
+    issuer_of(store, state.active()?.as_ref())
+}
+
+/// The intermediate `active` (the active one, if any) as an issuing CA.
+pub fn issuer_of(
+    store: &KeyStore,
+    active: Option<&IntermediateRecord>,
+) -> Result<IssuingCa, AuthorityError> {
+    let record =
+        active.ok_or_else(|| AuthorityError::Refused("no intermediate is installed yet".into()))?;
     let der = certificates_from_pem(record.certificate_pem.as_bytes())?
         .into_iter()
         .next()

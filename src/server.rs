@@ -222,8 +222,9 @@ pub async fn start(
     check_admin_identities(&config)?;
     let config = Arc::new(config);
     let clock = Clock::system();
-    let roots = tokio::task::block_in_place(|| trust::load_roots(&config, &state, clock.now()))?;
-    let issuer = tokio::task::block_in_place(|| authority::active_issuer(&store, &state))?;
+    let roots = trust::load_roots(&config, &state, clock.now()).await?;
+    let snapshot = state.snapshot().await.map_err(TrustError::from)?;
+    let issuer = tokio::task::block_in_place(|| authority::issuer_of(&store, snapshot.active()))?;
     if issuer.not_after() <= clock.now() {
         return Err(
             AuthorityError::from(CaError::IssuerExpired(issuer.not_after().to_string())).into(),
@@ -237,7 +238,7 @@ pub async fn start(
     let trust = Arc::new(tokio::task::block_in_place(|| {
         TrustPlane::new(
             config.clone(),
-            &state,
+            &snapshot,
             &roots,
             view.clone(),
             serving.clone(),

@@ -171,3 +171,14 @@ pub fn client_config(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
+
+/// The connection to the CA state database (`store.postgres.ca_file`): trusts only `roots`,
+/// and checks the server's certificate chain and its name against the host connected to
+/// (`sslmode=verify-full`); no ALPN, no client certificate.
+pub fn database_client_config(roots: &[Vec<u8>]) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(setup)?
+        .with_root_certificates(root_store(roots)?)
+        .with_no_client_auth())
+}

@@ -9,7 +9,7 @@ use hsm_ca::dev::token::{self as devtoken, TokenClaims, TokenSigner};
 use hsm_ca::issuance::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use hsm_ca::keystore::KeyStore;
 use hsm_ca::server::RunningServer;
-use hsm_ca::state::CaState;
+use hsm_ca::state::{CaState, SledState};
 use time::OffsetDateTime;
 use tonic::transport::Channel;
 
@@ -104,7 +104,7 @@ jwks_file = "east-jwks.json"
             let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
             let inter =
                 hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
-            let state = CaState::open(&config.data_dir).expect("state");
+            let state = SledState::open(&config.data_dir).expect("state");
             hsm_ca::authority::install_intermediate(
                 &store,
                 &state,
@@ -113,7 +113,7 @@ jwks_file = "east-jwks.json"
                 now,
             )
             .expect("install");
-            (vec![root.der], state)
+            (vec![root.der], CaState::from(state))
         });
         let server =
             hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))

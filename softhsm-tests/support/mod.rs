@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub mod appliance;
 pub mod http;
+pub mod postgres;
 
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
 use hsm_ca::keystore::{KeyStore, PoolOptions};

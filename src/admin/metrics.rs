@@ -15,7 +15,7 @@ fn label(v: &str) -> String {
         .replace('\n', " ")
 }
 
-pub fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
+pub async fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
     let mut out = String::new();
     let now = ctl.clock().now();
     let _ = writeln!(
@@ -35,7 +35,7 @@ pub fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
             );
         }
     }
-    if let Ok(records) = ctl.state().intermediates() {
+    if let Ok(records) = ctl.state().intermediates().await {
         for rec in records {
             let Some(der) = certificates_from_pem(rec.certificate_pem.as_bytes())
                 .ok()
@@ -111,7 +111,7 @@ pub fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
         "# HELP hsmca_trust_bundle_sequence Changes of the trust bundle so far.\n\
          # TYPE hsmca_trust_bundle_sequence counter\n\
          hsmca_trust_bundle_sequence {}",
-        ctl.state().bundle_sequence().unwrap_or(0)
+        ctl.state().bundle_sequence().await.unwrap_or(0)
     );
     out
 }

@@ -78,7 +78,7 @@ async fn bundle_pem(State(api): Ctl) -> Response {
 
 async fn bundle_spiffe(State(api): Ctl) -> Answer {
     let ctl = &api.control;
-    let seq = ctl.state().bundle_sequence()?;
+    let seq = ctl.state().bundle_sequence().await?;
     let refresh = ctl.config().admin.bundle_refresh_hint.as_secs();
     Ok(Json(crate::trust::bundle::spiffe(
         &ctl.trust().roots(),
@@ -94,25 +94,25 @@ async fn crl(State(api): Ctl, Path(file): Path<String>) -> Answer {
             "CRLs are served as /crl/<fingerprint>.crl",
         ));
     };
-    let der = api.control.crl(fp)?;
+    let der = api.control.crl(fp).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
 }
 
 async fn crl_pem(State(api): Ctl) -> Answer {
-    let text = api.control.crl_bundle_pem()?;
+    let text = api.control.crl_bundle_pem().await?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], text).into_response())
 }
 
 async fn metrics_route(State(api): Ctl, _: Authorized<AnyRole>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&api.control, &api.issuance),
+        metrics::render(&api.control, &api.issuance).await,
     )
         .into_response()
 }
 
 async fn get_state(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
-    json(tokio::task::block_in_place(|| api.control.describe()))
+    json(api.control.describe().await)
 }
 
 async fn new_intermediate(

@@ -13,11 +13,11 @@ use crate::ca::inspect::parse_certificate;
 use crate::ca::{self, fingerprint, fingerprint_id};
 use crate::clock::rfc3339;
 use crate::config::Config;
-use crate::state::{CaState, RootRecord};
+use crate::state::{RootRecord, SledState};
 
 /// The root to sign with: `explicit`, else the newest root this host made, else the config's.
 pub(super) fn root_der(
-    state: &CaState,
+    state: &SledState,
     config: &Config,
     explicit: Option<&Path>,
 ) -> Result<Vec<u8>, CeremonyError> {
@@ -31,7 +31,7 @@ pub(super) fn root_der(
 }
 
 /// The root this host made last, if any.
-pub(super) fn newest_root(state: &CaState) -> Result<Option<Vec<u8>>, CeremonyError> {
+pub(super) fn newest_root(state: &SledState) -> Result<Option<Vec<u8>>, CeremonyError> {
     let roots = state.roots()?;
     match roots.iter().max_by(|a, b| a.added_at.cmp(&b.added_at)) {
         Some(newest) => Ok(Some(

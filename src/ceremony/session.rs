@@ -25,7 +25,7 @@ use crate::keystore::{self, KeyId, KeyInfo, KeyStore, SignatureScheme};
 use crate::keystore::{BackendSettings, KeystoreConfig};
 use crate::quorum::Share;
 use crate::secret::{Secret, SecretSource};
-use crate::state::CaState;
+use crate::state::SledState;
 
 /// Who attends and where the outputs go.
 #[derive(Clone, Debug)]
@@ -129,7 +129,7 @@ pub(super) struct Prep<'o> {
     /// Opened once and kept: sled releases a database lock only some time after the handle
     /// is dropped, so opening it again at once in the same process can fail.
     log: HostLog,
-    pub(super) state: CaState,
+    pub(super) state: SledState,
     attend: Attendance,
     network: Vec<String>,
     pub(super) pin: Option<QuorumPin>,
@@ -156,7 +156,7 @@ impl<'o> Prep<'o> {
             }
         }
         let log = HostLog::open(&host_dir(&config))?;
-        let state = CaState::open(&host_dir(&config))?;
+        let state = SledState::open(&host_dir(&config))?;
         Ok(Prep {
             command,
             config,
@@ -254,7 +254,7 @@ pub(super) struct Session<'o> {
     pub(super) out_dir: PathBuf,
     pub(super) actor: String,
     pub(super) log: HostLog,
-    pub(super) state: CaState,
+    pub(super) state: SledState,
     pub(super) store: Option<KeyStore>,
     /// The root key that signs the chain head at the end.
     signer: Option<(KeyId, SignatureScheme)>,

@@ -18,6 +18,27 @@ fn open(config_path: &Path) -> Result<(Config, KeyStore), CliError> {
     Ok((config, store))
 }
 
+/// Runs `work` on the CA state the config names (sled, or the PostgreSQL database), on a
+/// runtime of its own.
+fn with_state<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let state = CaState::connect(
+            &config.store_backend,
+            &config.data_dir,
+            config.store_cache_bytes,
+        )
+        .await?;
+        work(&state).await
+    })
+}
+
 pub fn inspect(file: &Path) -> Result<(), CliError> {
     let certs = read_certificates(file)?;
     let now = OffsetDateTime::now_utc();
@@ -57,8 +78,8 @@ pub fn intermediate_new(config_path: &Path, out: &Path) -> Result<(), CliError> 
 
 /// The trust bundle: the CA state's once the appliance has started (the admin API changes it),
 /// else the config's root files.
-fn load_roots(config: &Config, state: &CaState) -> Result<Vec<Vec<u8>>, CliError> {
-    let recorded = state.roots()?;
+async fn load_roots(config: &Config, state: &CaState) -> Result<Vec<Vec<u8>>, CliError> {
+    let recorded = state.roots().await?;
     if !recorded.is_empty() {
         let mut roots = Vec::new();
         for r in recorded {
@@ -79,15 +100,12 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
         .into_iter()
         .next()
         .ok_or_else(|| CliError::Message(format!("{}: no certificate", cert_path.display())))?;
-    let state = CaState::open(&config.data_dir)?;
-    let roots = load_roots(&config, &state)?;
-    let record = authority::install_intermediate(
-        &store,
-        &state,
-        &roots,
-        &cert_der,
-        OffsetDateTime::now_utc(),
-    )?;
+    let record = with_state(&config, async |state| {
+        let roots = load_roots(&config, state).await?;
+        let checked =
+            authority::check_intermediate(&store, &roots, &cert_der, OffsetDateTime::now_utc())?;
+        Ok(state.install(checked).await?)
+    })?;
     say!(
         "Installed intermediate {} (key {}) as {:?}, valid until {}",
         record.subject,
@@ -100,8 +118,7 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
 
 pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
-    let state = CaState::open(&config.data_dir)?;
-    let records = state.intermediates()?;
+    let records = with_state(&config, async |state| Ok(state.intermediates().await?))?;
     if records.is_empty() {
         say!("(no intermediates installed)");
     }

@@ -116,8 +116,13 @@ fn serve(
         config.admin.listen = addr;
     }
     let dir = dir.display().to_string();
-    run_appliance(config, store, state, move |server| {
-        format!(
+    run_appliance(
+        super::serve::runtime()?,
+        config,
+        store,
+        state,
+        move |server| {
+            format!(
             "\nServing istio.v1.auth.IstioCertificateService on {addr} (TLS; server name localhost)\n\
              Admin API on https://{admin} (client certificate admin-cert.pem, key admin-key.pem)\n\
              Request a workload certificate from another shell:\n  \
@@ -129,5 +134,6 @@ fn serve(
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "(disabled)".into()),
         )
-    })
+        },
+    )
 }

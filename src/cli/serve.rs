@@ -16,15 +16,20 @@ pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result
         config.server.listen = addr;
     }
     let store = keystore::open(&config.keystore)?;
-    let state = CaState::open_with_cache(&config.data_dir, config.store_cache_bytes)?;
-    if state.active()?.is_none() {
+    let runtime = runtime()?;
+    let state = runtime.block_on(CaState::connect(
+        &config.store_backend,
+        &config.data_dir,
+        config.store_cache_bytes,
+    ))?;
+    if runtime.block_on(state.active())?.is_none() {
         return Err(CliError::Message(
             "no intermediate is installed: `hsm-ca intermediate new`, have it signed in a \
              ceremony, then `hsm-ca intermediate install`"
                 .into(),
         ));
     }
-    run_appliance(config, store, state, |server| {
+    run_appliance(runtime, config, store, state, |server| {
         format!(
             "Serving istio.v1.auth.IstioCertificateService on {}\nAdmin API on {}\n",
             server.local_addr,
@@ -36,17 +41,23 @@ pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result
     })
 }
 
-/// Starts the appliance and serves until Ctrl-C or SIGTERM; `banner` says where it listens.
+/// The runtime the appliance serves on (the CA state's connections live on it too).
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))
+}
+
+/// Starts the appliance on `runtime` and serves until Ctrl-C or SIGTERM; `banner` says where
+/// it listens.
 pub(super) fn run_appliance(
+    runtime: tokio::runtime::Runtime,
     config: Config,
     store: keystore::KeyStore,
     state: CaState,
     banner: impl FnOnce(&crate::server::RunningServer) -> String,
 ) -> Result<(), CliError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let mut server = crate::server::start(config, store, std::sync::Arc::new(state))
             .await

@@ -23,6 +23,7 @@ mod admin;
 mod ca;
 mod keystore;
 mod server;
+mod store;
 
 use crate::keystore::KeystoreConfig;
 
@@ -61,8 +62,10 @@ pub struct Config {
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     pub audit: crate::audit::AuditOptions,
-    /// Bound of the CA state store's page cache, in bytes (`[store] cache_mb`).
+    /// Bound of the CA state store's page cache, in bytes (`[store] cache_mb`, sled).
     pub store_cache_bytes: u64,
+    /// Where the CA state is kept (`[store] backend`).
+    pub store_backend: crate::state::StoreBackend,
     pub admin: AdminConfig,
     pub rotation: RotationConfig,
 }
@@ -321,6 +324,7 @@ impl Config {
                 format!("must be between 1 and {} (MiB)", admin::MAX_CACHE_MB),
             ));
         }
+        let store_backend = store::backend(&ctx, &raw.store)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -335,6 +339,7 @@ impl Config {
             audit_enabled: raw.audit.enabled,
             audit,
             store_cache_bytes: raw.store.cache_mb << 20,
+            store_backend,
             admin,
             rotation,
         })

@@ -202,20 +202,41 @@ pub(super) struct RawAudit {
     pub(super) cache_mb: u64,
 }
 
-/// `[store]`: the CA state's sled store.
+/// `[store]`: where the CA state is kept (sled, or PostgreSQL in `[store.postgres]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
+    #[serde(default = "default_store_backend")]
+    pub(super) backend: String,
     #[serde(default = "default_store_cache_mb")]
     pub(super) cache_mb: u64,
+    #[serde(default)]
+    pub(super) postgres: Option<RawPostgres>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
+            backend: default_store_backend(),
             cache_mb: default_store_cache_mb(),
+            postgres: None,
         }
     }
+}
+
+/// `[store.postgres]`: the database of `backend = "postgres"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    pub(super) url: String,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) pool_size: Option<usize>,
+}
+
+fn default_store_backend() -> String {
+    "sled".into()
 }
 
 fn default_audit_cache_mb() -> u64 {

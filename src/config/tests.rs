@@ -143,3 +143,50 @@ fn tpm_config_mistakes_are_named() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn the_store_is_sled_unless_postgres_is_chosen() {
+    assert!(matches!(
+        parse(MINIMAL).expect("valid").store_backend,
+        crate::state::StoreBackend::Sled
+    ));
+    let text = format!(
+        "{MINIMAL}\n[store]\nbackend = \"postgres\"\n[store.postgres]\n\
+         url = \"postgresql://hsmca@db1,db2/hsmca?target_session_attrs=read-write\"\n\
+         password_file = \"db-password\"\nca_file = \"db-ca.pem\"\npool_size = 4\n"
+    );
+    let crate::state::StoreBackend::Postgres(pg) = parse(&text).expect("valid").store_backend
+    else {
+        panic!("backend = \"postgres\"");
+    };
+    assert_eq!(pg.describe(), "postgres://hsmca@db1:5432,db2:5432/hsmca");
+}
+
+#[test]
+fn store_mistakes_are_named_and_never_echo_a_password() {
+    let pg = |body: &str| format!("{MINIMAL}\n[store]\nbackend = \"postgres\"\n{body}");
+    let cases = [
+        (pg(""), "store.postgres"),
+        (
+            pg("[store.postgres]\nurl = \"postgresql://ca:s3cr3t-pw@db/ca\"\npassword_env = \"P\"\n"),
+            "must not contain a password",
+        ),
+        (
+            pg("[store.postgres]\nurl = \"postgresql://ca@db/ca\"\n"),
+            "password_file or password_env",
+        ),
+        (
+            pg("[store.postgres]\nurl = \"postgresql://ca@db/ca\"\npassword_env = \"P\"\npool_size = 0\n"),
+            "pool_size",
+        ),
+        (
+            format!("{MINIMAL}\n[store]\nbackend = \"etcd\"\n"),
+            "store.backend",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).expect_err(expected).to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+}

@@ -164,7 +164,7 @@ impl Control {
         key_id: &str,
     ) -> Result<Outcome, ControlError> {
         let id = super::key_id(key_id)?;
-        if self.activation_changes_root(&id)? {
+        if self.activation_changes_root(&id).await? {
             let op = Operation::ActivateNewRoot {
                 key_id: id.to_string(),
             };
@@ -182,7 +182,7 @@ impl Control {
         if !sensitive || (threshold <= 1 && caller.has(Role::Officer)) {
             return self.execute(caller, &op).await.map(Outcome::Done);
         }
-        self.precheck(&op)?;
+        self.precheck(&op).await?;
         let id = hex::encode(KeyId::random().0);
         let proposal = Proposal::new(
             id.clone(),
@@ -246,20 +246,21 @@ impl Control {
 
     /// Checks an operation's input before it is filed for approvals, so officers are never
     /// asked to approve something that cannot run.
-    fn precheck(&self, op: &Operation) -> Result<(), ControlError> {
+    async fn precheck(&self, op: &Operation) -> Result<(), ControlError> {
         match op {
-            Operation::RootAdd { certificate_pem } => self.check_addable(certificate_pem),
+            Operation::RootAdd { certificate_pem } => self.check_addable(certificate_pem).await,
             Operation::RootRemove { fingerprint, force } => {
-                self.check_removable(fingerprint, *force)
+                self.check_removable(fingerprint, *force).await
             }
-            Operation::Revoke(req) => self.check_revocable(req),
+            Operation::Revoke(req) => self.check_revocable(req).await,
             Operation::ActivateNewRoot { key_id: id } => {
                 let id = key_id(id)?;
                 let record = self
                     .state
-                    .intermediate(&id)?
+                    .intermediate(&id)
+                    .await?
                     .ok_or_else(|| ControlError::UnknownIntermediate(id.clone()))?;
-                self.check_propagated(&id, &record_der(&record)?)
+                self.check_propagated(&id, &record_der(&record)?).await
             }
         }
     }

@@ -163,20 +163,21 @@ impl Control {
     }
 
     /// The trust bundle's records, oldest root first.
-    pub fn roots(&self) -> Result<Vec<RootRecord>, ControlError> {
-        Ok(self.state.roots()?)
+    pub async fn roots(&self) -> Result<Vec<RootRecord>, ControlError> {
+        Ok(self.state.roots().await?)
     }
 
-    fn roots_der(&self) -> Result<Vec<Vec<u8>>, ControlError> {
-        self.roots()?
+    async fn roots_der(&self) -> Result<Vec<Vec<u8>>, ControlError> {
+        self.roots()
+            .await?
             .iter()
             .map(|r| first_cert(&r.certificate_pem))
             .collect()
     }
 
     /// The bundle root that issued `cert_der`, if any.
-    fn root_of(&self, cert_der: &[u8]) -> Result<Option<RootRecord>, ControlError> {
-        Ok(self.roots()?.into_iter().find(|r| {
+    async fn root_of(&self, cert_der: &[u8]) -> Result<Option<RootRecord>, ControlError> {
+        Ok(self.roots().await?.into_iter().find(|r| {
             first_cert(&r.certificate_pem)
                 .map(|root| check_issued_by(cert_der, &root).is_ok())
                 .unwrap_or(false)
@@ -184,8 +185,16 @@ impl Control {
     }
 
     /// Makes the current state visible (issuer view, TLS client verification, bundle file).
-    pub fn publish(&self) -> Result<(), ControlError> {
-        blocking(|| self.trust.publish(&self.store, &self.state))?;
+    pub async fn publish(&self) -> Result<(), ControlError> {
+        let snapshot = self.state.snapshot().await?;
+        blocking(|| self.trust.publish(&self.store, &snapshot))?;
+        Ok(())
+    }
+
+    /// Reloads the revocations client certificates are checked against.
+    async fn reload_revocations(&self) -> Result<(), ControlError> {
+        let snapshot = self.state.snapshot().await?;
+        blocking(|| self.trust.reload_revocations(&snapshot))?;
         Ok(())
     }
 

@@ -106,26 +106,28 @@ fn crl_location(fingerprint: &str) -> String {
 }
 
 impl Control {
-    fn intermediate_record(&self, id: &str) -> Result<IntermediateRecord, ControlError> {
+    async fn intermediate_record(&self, id: &str) -> Result<IntermediateRecord, ControlError> {
         let id = key_id(id)?;
         self.state
-            .intermediate(&id)?
+            .intermediate(&id)
+            .await?
             .ok_or(ControlError::UnknownIntermediate(id))
     }
 
     /// Checks a revocation request names something that exists, without revoking.
-    pub fn check_revocable(&self, req: &RevokeRequest) -> Result<(), ControlError> {
+    pub async fn check_revocable(&self, req: &RevokeRequest) -> Result<(), ControlError> {
         match (&req.intermediate, &req.serial) {
             (Some(id), None) => {
-                self.intermediate_record(id)?;
+                self.intermediate_record(id).await?;
             }
             (None, Some(serial)) => {
                 let serial = normalize_serial(serial)?;
                 let issuer = match &req.issuer {
-                    Some(id) => self.intermediate_record(id)?,
+                    Some(id) => self.intermediate_record(id).await?,
                     None => self
                         .state
-                        .active()?
+                        .active()
+                        .await?
                         .ok_or(ControlError::NoActiveIntermediate)?,
                 };
                 self.check_issued(&issuer, &serial)?;
@@ -156,18 +158,19 @@ impl Control {
     }
 
     /// Whether the intermediate `record` is revoked by its root.
-    pub(super) fn is_revoked_intermediate(
+    pub(super) async fn is_revoked_intermediate(
         &self,
         record: &IntermediateRecord,
     ) -> Result<bool, ControlError> {
         let der = record_der(record)?;
-        let Some(root) = self.root_of(&der)? else {
+        let Some(root) = self.root_of(&der).await? else {
             return Ok(false);
         };
         let serial = serial_of(&der)?;
         Ok(self
             .state
-            .revocations(&root.fingerprint)?
+            .revocations(&root.fingerprint)
+            .await?
             .iter()
             .any(|r| r.serial == serial))
     }
@@ -184,27 +187,29 @@ impl Control {
         let reason = req.reason.clone().unwrap_or_else(|| "unspecified".into());
         let (issuer_fp, serial) = match (&req.intermediate, &req.serial) {
             (Some(id), None) => {
-                let record = self.intermediate_record(id)?;
+                let record = self.intermediate_record(id).await?;
                 let id = record.key_id.clone();
                 if record.status == IntermediateStatus::Active {
                     return Err(ControlError::RevokesActive(id));
                 }
                 let der = record_der(&record)?;
                 let root = self
-                    .root_of(&der)?
+                    .root_of(&der)
+                    .await?
                     .ok_or_else(|| ControlError::NotAnchored(id.clone()))?;
                 if record.status == IntermediateStatus::Prepared {
-                    self.state.retire(&id, &rfc3339(now))?;
+                    self.state.retire(&id, &rfc3339(now)).await?;
                 }
                 (root.fingerprint, serial_of(&der)?)
             }
             (None, Some(serial)) => {
                 let serial = normalize_serial(serial)?;
                 let issuer = match &req.issuer {
-                    Some(id) => self.intermediate_record(id)?,
+                    Some(id) => self.intermediate_record(id).await?,
                     None => self
                         .state
-                        .active()?
+                        .active()
+                        .await?
                         .ok_or(ControlError::NoActiveIntermediate)?,
                 };
                 self.check_issued(&issuer, &serial)?;
@@ -212,13 +217,16 @@ impl Control {
             }
             _ => return Err(ControlError::RevocationTarget),
         };
-        let fresh = self.state.revoke(RevocationRecord {
-            version: crate::state::RECORD_VERSION,
-            issuer: issuer_fp.clone(),
-            serial: serial.clone(),
-            reason: reason.clone(),
-            revoked_at: rfc3339(now),
-        })?;
+        let fresh = self
+            .state
+            .revoke(RevocationRecord {
+                version: crate::state::RECORD_VERSION,
+                issuer: issuer_fp.clone(),
+                serial: serial.clone(),
+                reason: reason.clone(),
+                revoked_at: rfc3339(now),
+            })
+            .await?;
         if !fresh {
             return Err(ControlError::AlreadyRevoked {
                 issuer: issuer_fp,
@@ -226,7 +234,7 @@ impl Control {
             });
         }
         lock(&self.crls).0.remove(&issuer_fp);
-        blocking(|| self.trust.reload_revocations(&self.state))?;
+        self.reload_revocations().await?;
         self.record(AuditEvent::Revoked {
             actor: caller.identity.clone(),
             issuer_key: issuer_fp.clone(),
@@ -256,9 +264,9 @@ impl Control {
         let der = crl_der(crl_pem)?;
         let _g = self.changes.lock().await;
         let now = self.clock.now();
-        let crl = RootCrl::parse(&der, &self.roots()?)?;
+        let crl = RootCrl::parse(&der, &self.roots().await?)?;
         let root = &crl.root;
-        if let Some(active) = self.state.active()? {
+        if let Some(active) = self.state.active().await? {
             if crl.lists(&record_der(&active)?)? {
                 return Err(ControlError::CrlRevokesActive(active.key_id));
             }
@@ -267,48 +275,54 @@ impl Control {
             number: crl.number,
             stored,
         };
-        if let Some(stored) = self.state.imported_crl(&root.fingerprint)? {
+        if let Some(stored) = self.state.imported_crl(&root.fingerprint).await? {
             if stored.number >= crl.number {
                 return Err(stale(stored.number));
             }
         }
         let mut retired = Vec::new();
-        for record in self.state.intermediates()? {
+        for record in self.state.intermediates().await? {
             if record.status != IntermediateStatus::Prepared {
                 continue;
             }
             if crl.lists(&record_der(&record)?)? {
-                self.state.retire(&record.key_id, &rfc3339(now))?;
+                self.state.retire(&record.key_id, &rfc3339(now)).await?;
                 retired.push(record.key_id.to_string());
             }
         }
         let mut newly_revoked = Vec::new();
         for entry in &crl.entries {
-            let fresh = self.state.revoke(RevocationRecord {
-                version: crate::state::RECORD_VERSION,
-                issuer: root.fingerprint.clone(),
-                serial: entry.serial.clone(),
-                reason: entry.reason.to_string(),
-                revoked_at: rfc3339(entry.revoked_at),
-            })?;
+            let fresh = self
+                .state
+                .revoke(RevocationRecord {
+                    version: crate::state::RECORD_VERSION,
+                    issuer: root.fingerprint.clone(),
+                    serial: entry.serial.clone(),
+                    reason: entry.reason.to_string(),
+                    revoked_at: rfc3339(entry.revoked_at),
+                })
+                .await?;
             if fresh {
                 newly_revoked.push(entry.serial.clone());
             }
         }
-        let stored = self.state.store_imported_crl(crate::state::ImportedCrl {
-            version: crate::state::RECORD_VERSION,
-            issuer: root.fingerprint.clone(),
-            number: crl.number,
-            crl_pem: pem::encode(&pem::Pem::new("X509 CRL", der.clone())),
-            this_update: rfc3339(crl.this_update),
-            next_update: crl.next_update.map(rfc3339),
-            imported_at: rfc3339(now),
-        })?;
+        let stored = self
+            .state
+            .store_imported_crl(crate::state::ImportedCrl {
+                version: crate::state::RECORD_VERSION,
+                issuer: root.fingerprint.clone(),
+                number: crl.number,
+                crl_pem: pem::encode(&pem::Pem::new("X509 CRL", der.clone())),
+                this_update: rfc3339(crl.this_update),
+                next_update: crl.next_update.map(rfc3339),
+                imported_at: rfc3339(now),
+            })
+            .await?;
         if let Err(newer) = stored {
             return Err(stale(newer.number));
         }
         lock(&self.crls).0.remove(&root.fingerprint);
-        blocking(|| self.trust.reload_revocations(&self.state))?;
+        self.reload_revocations().await?;
         self.record(AuditEvent::CrlImported {
             actor: caller.identity.clone(),
             issuer: root.fingerprint.clone(),
@@ -328,9 +342,9 @@ impl Control {
     }
 
     /// Every CA certificate this appliance knows: bundle roots and installed intermediates.
-    fn ca_certificates(&self) -> Result<Vec<Vec<u8>>, ControlError> {
-        let mut all = self.roots_der()?;
-        for rec in self.state.intermediates()? {
+    async fn ca_certificates(&self) -> Result<Vec<Vec<u8>>, ControlError> {
+        let mut all = self.roots_der().await?;
+        for rec in self.state.intermediates().await? {
             all.push(record_der(&rec)?);
         }
         Ok(all)
@@ -339,16 +353,17 @@ impl Control {
     /// The current CRL (DER) of the CA whose certificate fingerprint is `fp`, signed in the
     /// device, or for a root kept offline the last one imported. Re-signed when a revocation
     /// was added or at half its validity. Blocks on the device.
-    pub fn crl(&self, fp: &str) -> Result<Vec<u8>, ControlError> {
+    pub async fn crl(&self, fp: &str) -> Result<Vec<u8>, ControlError> {
         let now = self.clock.now();
-        let revoked = self.state.revocations(fp)?;
+        let revoked = self.state.revocations(fp).await?;
         if let Some(c) = lock(&self.crls).0.get(fp) {
             if c.fresh(revoked.len(), now) {
                 return Ok(c.der.clone());
             }
         }
         let ca_der = self
-            .ca_certificates()?
+            .ca_certificates()
+            .await?
             .into_iter()
             .find(|d| fingerprint_id(d) == fp)
             .ok_or_else(|| ControlError::UnknownCa(fp.to_string()))?;
@@ -356,7 +371,7 @@ impl Control {
             Ok(ca) => ca,
             Err(AuthorityError::NoMatchingKey(_)) => {
                 // A root kept offline: serve the CRL its ceremony signed, once imported.
-                return match self.state.imported_crl(fp)? {
+                return match self.state.imported_crl(fp).await? {
                     Some(imported) => crl_der(&imported.crl_pem),
                     None => Err(ControlError::CrlSignedOffline(fp.to_string())),
                 };
@@ -370,7 +385,7 @@ impl Control {
                 (serial, parse_rfc3339(&r.revoked_at).unwrap_or(now))
             })
             .collect::<Vec<_>>();
-        let number = self.state.next_crl_number(fp)?;
+        let number = self.state.next_crl_number(fp).await?;
         let der = blocking(|| ca.sign_crl(&entries, number, now, now + CRL_VALIDITY))?;
         lock(&self.crls).0.insert(
             fp.to_string(),
@@ -385,11 +400,11 @@ impl Control {
 
     /// Every CRL this device can sign or has imported, PEM-concatenated (Istio's
     /// `ca-crl.pem`). Blocks on the device.
-    pub fn crl_bundle_pem(&self) -> Result<String, ControlError> {
+    pub async fn crl_bundle_pem(&self) -> Result<String, ControlError> {
         let mut out = String::new();
-        for der in self.ca_certificates()? {
+        for der in self.ca_certificates().await? {
             let fp = fingerprint_id(&der);
-            match self.crl(&fp) {
+            match self.crl(&fp).await {
                 Ok(crl) => out.push_str(&pem::encode(&pem::Pem::new("X509 CRL", crl))),
                 Err(e) if e.is_key_missing() => continue,
                 Err(e) => return Err(e),

@@ -58,7 +58,7 @@ pub(super) fn in_use_until<'a>(
 
 impl Control {
     /// Until when certificates anchored at `root` may still be in use (see [`in_use_until`]).
-    pub fn root_in_use_until(
+    pub async fn root_in_use_until(
         &self,
         root: &RootRecord,
         now: OffsetDateTime,
@@ -66,7 +66,7 @@ impl Control {
         let root_der = first_cert(&root.certificate_pem)?;
         let margin = self.config.workload.max_ttl + self.config.workload.clock_skew;
         let mut anchored = Vec::new();
-        for rec in self.state.intermediates()? {
+        for rec in self.state.intermediates().await? {
             if check_issued_by(&record_der(&rec)?, &root_der).is_ok() {
                 anchored.push(rec);
             }
@@ -101,10 +101,11 @@ impl Control {
     }
 
     /// Checks a root may be added, without adding it.
-    pub fn check_addable(&self, pem_text: &str) -> Result<(), ControlError> {
+    pub async fn check_addable(&self, pem_text: &str) -> Result<(), ControlError> {
         let record = self.root_record(pem_text)?;
         if self
-            .roots()?
+            .roots()
+            .await?
             .iter()
             .any(|r| r.fingerprint == record.fingerprint)
         {
@@ -121,10 +122,10 @@ impl Control {
     ) -> Result<RootAdded, ControlError> {
         let _g = self.changes.lock().await;
         let record = self.root_record(pem_text)?;
-        if !self.state.add_root(record.clone())? {
+        if !self.state.add_root(record.clone()).await? {
             return Err(ControlError::RootExists(record.fingerprint));
         }
-        self.publish()?;
+        self.publish().await?;
         self.record(AuditEvent::RootAdded {
             actor: caller.identity.clone(),
             fingerprint: record.fingerprint.clone(),
@@ -134,14 +135,18 @@ impl Control {
         .await?;
         Ok(RootAdded {
             root: record,
-            bundle_sequence: self.state.bundle_sequence()?,
+            bundle_sequence: self.state.bundle_sequence().await?,
         })
     }
 
     /// Refuses to remove a root that is not in the bundle, is the last one, anchors the active
     /// intermediate, or (unless forced) may still anchor leaves in use.
-    pub fn check_removable(&self, fingerprint: &str, force: bool) -> Result<(), ControlError> {
-        let roots = self.roots()?;
+    pub async fn check_removable(
+        &self,
+        fingerprint: &str,
+        force: bool,
+    ) -> Result<(), ControlError> {
+        let roots = self.roots().await?;
         let Some(root) = roots.iter().find(|r| r.fingerprint == fingerprint) else {
             return Err(ControlError::UnknownRoot(fingerprint.to_string()));
         };
@@ -149,7 +154,7 @@ impl Control {
             return Err(ControlError::LastRoot);
         }
         let root_der = first_cert(&root.certificate_pem)?;
-        if let Some(active) = self.state.active()? {
+        if let Some(active) = self.state.active().await? {
             if check_issued_by(&record_der(&active)?, &root_der).is_ok() {
                 return Err(ControlError::AnchorsActive {
                     root: fingerprint.to_string(),
@@ -158,7 +163,7 @@ impl Control {
             }
         }
         let now = self.clock.now();
-        if let Some(until) = self.root_in_use_until(root, now)? {
+        if let Some(until) = self.root_in_use_until(root, now).await? {
             if now < until && !force {
                 return Err(ControlError::RootInUse {
                     root: fingerprint.to_string(),
@@ -177,11 +182,11 @@ impl Control {
         force: bool,
     ) -> Result<RootRemoved, ControlError> {
         let _g = self.changes.lock().await;
-        self.check_removable(fingerprint, force)?;
-        if !self.state.remove_root(fingerprint)? {
+        self.check_removable(fingerprint, force).await?;
+        if !self.state.remove_root(fingerprint).await? {
             return Err(ControlError::UnknownRoot(fingerprint.to_string()));
         }
-        self.publish()?;
+        self.publish().await?;
         self.record(AuditEvent::RootRemoved {
             actor: caller.identity.clone(),
             fingerprint: fingerprint.to_string(),
@@ -190,7 +195,7 @@ impl Control {
         .await?;
         Ok(RootRemoved {
             removed: fingerprint.to_string(),
-            bundle_sequence: self.state.bundle_sequence()?,
+            bundle_sequence: self.state.bundle_sequence().await?,
         })
     }
 
@@ -202,7 +207,7 @@ impl Control {
         fingerprint: &str,
         by: &str,
     ) -> Result<CrossSigned, ControlError> {
-        let roots = self.roots()?;
+        let roots = self.roots().await?;
         let find = |fp: &str| {
             roots
                 .iter()

@@ -111,7 +111,7 @@ impl Control {
     ) -> Result<SignedIntermediate, ControlError> {
         let now = self.clock.now();
         let csr = crate::ca::csr::parse_csr(csr_pem.as_bytes())?;
-        let roots = self.roots()?;
+        let roots = self.roots().await?;
         let candidates: Vec<&RootRecord> = match root {
             Some(fp) => roots.iter().filter(|r| r.fingerprint == fp).collect(),
             None => roots.iter().rev().collect(),
@@ -157,10 +157,9 @@ impl Control {
         let _g = self.changes.lock().await;
         let der = first_cert(pem_text)?;
         let now = self.clock.now();
-        let roots = self.roots_der()?;
-        let record = blocking(|| {
-            authority::install_intermediate(&self.store, &self.state, &roots, &der, now)
-        })?;
+        let roots = self.roots_der().await?;
+        let checked = blocking(|| authority::check_intermediate(&self.store, &roots, &der, now))?;
+        let record = self.state.install(checked).await?;
         let parsed = parse_certificate(&der)?;
         self.record(AuditEvent::CertificateInstalled {
             actor: caller.identity.clone(),
@@ -172,20 +171,21 @@ impl Control {
         })
         .await?;
         if record.status == IntermediateStatus::Active {
-            self.publish()?;
+            self.publish().await?;
         }
         Ok(record)
     }
 
     /// Whether activating `key_id` moves issuance to another root.
-    pub fn activation_changes_root(&self, key_id: &KeyId) -> Result<bool, ControlError> {
+    pub async fn activation_changes_root(&self, key_id: &KeyId) -> Result<bool, ControlError> {
         let next = self
             .state
-            .intermediate(key_id)?
+            .intermediate(key_id)
+            .await?
             .ok_or_else(|| ControlError::UnknownIntermediate(key_id.clone()))?;
-        let next_root = self.root_of(&record_der(&next)?)?;
-        let current_root = match self.state.active()? {
-            Some(active) => self.root_of(&record_der(&active)?)?,
+        let next_root = self.root_of(&record_der(&next)?).await?;
+        let current_root = match self.state.active().await? {
+            Some(active) => self.root_of(&record_der(&active)?).await?,
             None => return Ok(false),
         };
         Ok(next_root.map(|r| r.fingerprint) != current_root.map(|r| r.fingerprint))
@@ -199,26 +199,27 @@ impl Control {
         let now = self.clock.now();
         let record = self
             .state
-            .intermediate(id)?
+            .intermediate(id)
+            .await?
             .ok_or_else(|| ControlError::UnknownIntermediate(id.clone()))?;
         let der = record_der(&record)?;
-        if self.activation_changes_root(id)? {
-            self.check_propagated(id, &der)?;
+        if self.activation_changes_root(id).await? {
+            self.check_propagated(id, &der).await?;
         }
         if not_after_of(&der)? <= now {
             return Err(ControlError::IntermediateExpired(id.clone()));
         }
-        if self.is_revoked_intermediate(&record)? {
+        if self.is_revoked_intermediate(&record).await? {
             return Err(ControlError::IntermediateRevoked(id.clone()));
         }
         // The key must be usable before issuance switches to it.
         blocking(|| authority::issuing_ca_for(&self.store, &der))?;
-        let (next, previous) = match self.state.activate(id, &rfc3339(now))? {
+        let (next, previous) = match self.state.activate(id, &rfc3339(now)).await? {
             Transition::Done(next, previous) => (next, previous),
             Transition::NotFound => return Err(ControlError::UnknownIntermediate(id.clone())),
             Transition::Refused(why) => return Err(ControlError::Transition(why)),
         };
-        self.publish()?;
+        self.publish().await?;
         self.record(AuditEvent::Activated {
             actor: caller.identity.clone(),
             key_id: id.to_string(),
@@ -233,10 +234,11 @@ impl Control {
 
     /// Refuses while the root above `der` has not been served in the bundle for the
     /// configured propagation window.
-    pub fn check_propagated(&self, id: &KeyId, der: &[u8]) -> Result<(), ControlError> {
+    pub async fn check_propagated(&self, id: &KeyId, der: &[u8]) -> Result<(), ControlError> {
         let now = self.clock.now();
         let root = self
-            .root_of(der)?
+            .root_of(der)
+            .await?
             .ok_or_else(|| ControlError::NotAnchored(id.clone()))?;
         let ready_at = activatable_from(&root.added_at, self.config.admin.propagation_window, now);
         if now < ready_at {
@@ -258,7 +260,7 @@ impl Control {
         let _g = self.changes.lock().await;
         let id = super::key_id(key_id)?;
         let now = self.clock.now();
-        let record = match self.state.retire(&id, &rfc3339(now))? {
+        let record = match self.state.retire(&id, &rfc3339(now)).await? {
             Transition::Done(r, _) => *r,
             Transition::NotFound => return Err(ControlError::UnknownIntermediate(id)),
             Transition::Refused(why) => return Err(ControlError::Transition(why)),
@@ -279,7 +281,7 @@ impl Control {
             identity: "hsm-ca:auto-rotation".into(),
             roles: Vec::new(),
         };
-        let Some(active) = self.state.active()? else {
+        let Some(active) = self.state.active().await? else {
             return Ok(None);
         };
         let der = record_der(&active)?;
@@ -295,17 +297,19 @@ impl Control {
         if elapsed < rotation.prepare_at {
             return Ok(None);
         }
-        let Some(root) = self.root_of(&der)? else {
+        let Some(root) = self.root_of(&der).await? else {
             return Ok(None);
         };
         let mut successor = None;
-        for rec in self.state.intermediates()? {
+        for rec in self.state.intermediates().await? {
             if rec.status != IntermediateStatus::Prepared {
                 continue;
             }
             let d = record_der(&rec)?;
             let fresh = not_after_of(&d).map(|t| t > na).unwrap_or(false);
-            if fresh && self.root_of(&d)?.map(|r| r.fingerprint) == Some(root.fingerprint.clone()) {
+            if fresh
+                && self.root_of(&d).await?.map(|r| r.fingerprint) == Some(root.fingerprint.clone())
+            {
                 successor = Some(rec.key_id.clone());
             }
         }

@@ -51,13 +51,13 @@ pub struct IntermediateView {
 
 impl Control {
     /// The CA state. Blocks on the device (whether each root key is online).
-    pub fn describe(&self) -> Result<StateView, ControlError> {
+    pub async fn describe(&self) -> Result<StateView, ControlError> {
         let now = self.clock.now();
         let mut roots = Vec::new();
-        for r in self.roots()? {
+        for r in self.roots().await? {
             let der = first_cert(&r.certificate_pem)?;
             let key_online = blocking(|| authority::issuing_ca_for(&self.store, &der)).is_ok();
-            let in_use_until = self.root_in_use_until(&r, now)?.map(rfc3339);
+            let in_use_until = self.root_in_use_until(&r, now).await?.map(rfc3339);
             roots.push(RootView {
                 fingerprint: r.fingerprint,
                 subject: r.subject,
@@ -68,7 +68,7 @@ impl Control {
             });
         }
         let mut intermediates = Vec::new();
-        for rec in self.state.intermediates()? {
+        for rec in self.state.intermediates().await? {
             let der = record_der(&rec)?;
             intermediates.push(IntermediateView {
                 key_id: rec.key_id.to_string(),
@@ -78,14 +78,14 @@ impl Control {
                 installed_at: rec.installed_at,
                 activated_at: rec.activated_at,
                 retired_at: rec.retired_at,
-                root: self.root_of(&der)?.map(|r| r.fingerprint),
+                root: self.root_of(&der).await?.map(|r| r.fingerprint),
                 fingerprint: fingerprint_id(&der),
                 serial: serial_of(&der)?,
             });
         }
         Ok(StateView {
             trust_domain: self.config.trust_domain.clone(),
-            bundle_sequence: self.state.bundle_sequence()?,
+            bundle_sequence: self.state.bundle_sequence().await?,
             roots,
             intermediates,
         })

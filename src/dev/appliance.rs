@@ -18,7 +18,7 @@ use crate::ca::{self, IssuingCa};
 use crate::config::Config;
 use crate::keystore::{self, pkcs11::provision, KeyStore};
 use crate::secret::Secret;
-use crate::state::CaState;
+use crate::state::{CaState, SledState};
 
 const TOKEN_LABEL: &str = "hsm-ca-dev";
 
@@ -178,7 +178,7 @@ pub fn first_start(dir: &Path, module: &Path, tpm: Option<&DevSwtpm>) -> Result<
         inter.pem.as_bytes(),
         false,
     )?;
-    let state = CaState::open(&config.data_dir)?;
+    let state = SledState::open(&config.data_dir)?;
     authority::install_intermediate(&store, &state, &[root.der], &inter.der, now)?;
     drop(state);
 
@@ -254,11 +254,11 @@ impl DevDir {
     pub fn load(&self) -> Result<(Config, KeyStore, CaState, IssuingCa), DevError> {
         let config = Config::load(&self.config_path)?;
         let store = keystore::open(&config.keystore)?;
-        let state = CaState::open(&config.data_dir)?;
+        let state = SledState::open(&config.data_dir)?;
         let issuer = authority::active_issuer(&store, &state)?;
         if !self.dir.join("token-signer-key.pem").exists() {
             return Err(DevError::Outdated(self.dir.clone()));
         }
-        Ok((config, store, state, issuer))
+        Ok((config, store, state.into(), issuer))
     }
 }

@@ -25,7 +25,7 @@ use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::issuance::{IssuerSnapshot, IssuerView};
 use crate::keystore::KeyStore;
-use crate::state::{CaState, RootRecord, StateError};
+use crate::state::{CaState, RootRecord, Snapshot, StateError};
 use crate::tls::{self, ServingCert, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +69,10 @@ pub struct TrustPlane {
 
 impl TrustPlane {
     /// The first publication: loads the revocations against `roots` (the bundle, DER) and
-    /// the installed intermediates into `revocations`, and builds both TLS configs.
+    /// the installed intermediates of `state` into `revocations`, and builds both TLS configs.
     pub fn new(
         config: Arc<Config>,
-        state: &CaState,
+        state: &Snapshot,
         roots: &[Vec<u8>],
         view: Arc<IssuerView>,
         serving: Arc<ServingCert>,
@@ -125,13 +125,12 @@ impl TrustPlane {
         self.view.load().roots.clone()
     }
 
-    /// Makes the current state visible: revocations, issuer view, both TLS configs, the
-    /// bundle file; wakes the serving-certificate renewal when the issuer changed. Blocks on
-    /// the device.
-    pub fn publish(&self, store: &KeyStore, state: &CaState) -> Result<(), TrustError> {
-        let roots = root_certificates(state)?;
+    /// Makes `state` visible: revocations, issuer view, both TLS configs, the bundle file;
+    /// wakes the serving-certificate renewal when the issuer changed. Blocks on the device.
+    pub fn publish(&self, store: &KeyStore, state: &Snapshot) -> Result<(), TrustError> {
+        let roots = root_certificates(&state.roots)?;
         load_revocations(&self.revocations, state, &roots)?;
-        let issuer = authority::active_issuer(store, state)?;
+        let issuer = authority::issuer_of(store, state.active())?;
         let issuer_changed = self.view.load().ca.key().id() != issuer.key().id();
         self.view
             .replace(IssuerSnapshot::new(issuer, roots.clone()));
@@ -146,8 +145,8 @@ impl TrustPlane {
     }
 
     /// Reloads the revocations alone (the bundle and issuer did not change).
-    pub fn reload_revocations(&self, state: &CaState) -> Result<(), TrustError> {
-        load_revocations(&self.revocations, state, &root_certificates(state)?)
+    pub fn reload_revocations(&self, state: &Snapshot) -> Result<(), TrustError> {
+        load_revocations(&self.revocations, state, &root_certificates(&state.roots)?)
     }
 }
 
@@ -174,10 +173,9 @@ pub fn write_bundle_file(config: &Config, roots: &[Vec<u8>]) -> Result<(), Trust
     Ok(())
 }
 
-/// The bundle roots recorded in the state (DER, oldest first).
-pub fn root_certificates(state: &CaState) -> Result<Vec<Vec<u8>>, TrustError> {
-    state
-        .roots()?
+/// The certificates of bundle root records (DER, in their order).
+pub fn root_certificates(records: &[RootRecord]) -> Result<Vec<Vec<u8>>, TrustError> {
+    records
         .iter()
         .map(|r| {
             certificates_from_pem(r.certificate_pem.as_bytes())?
@@ -210,45 +208,47 @@ pub fn admin_client_roots(config: &Config, bundle: &[Vec<u8>]) -> Result<Vec<Vec
 /// revocation recorded against them, for checking client certificates.
 pub fn load_revocations(
     index: &Revocations,
-    state: &CaState,
+    state: &Snapshot,
     roots: &[Vec<u8>],
 ) -> Result<(), TrustError> {
     let mut cas = roots.to_vec();
-    for rec in state.intermediates()? {
+    for rec in &state.intermediates {
         cas.extend(
             certificates_from_pem(rec.certificate_pem.as_bytes())?
                 .into_iter()
                 .next(),
         );
     }
-    index.replace(&cas, &state.all_revocations()?);
+    index.replace(&cas, &state.revocations);
     Ok(())
 }
 
 /// Seeds the bundle from the config's root files the first time (recording them as added at
 /// `now`), then writes the bundle file. Returns the bundle (DER, oldest first).
-pub fn load_roots(
+pub async fn load_roots(
     config: &Config,
     state: &CaState,
     now: OffsetDateTime,
 ) -> Result<Vec<Vec<u8>>, TrustError> {
-    if state.roots()?.is_empty() {
+    if state.roots().await?.is_empty() {
         let now = rfc3339(now);
         for path in &config.root.certificates {
             for der in authority::read_certificates(path)? {
                 let cert = parse_certificate(&der)?;
-                state.add_root(RootRecord {
-                    version: crate::state::RECORD_VERSION,
-                    fingerprint: fingerprint_id(&der),
-                    certificate_pem: certificate_pem(&der),
-                    subject: cert.subject().to_string(),
-                    not_after: rfc3339(cert.validity().not_after.to_datetime()),
-                    added_at: now.clone(),
-                })?;
+                state
+                    .add_root(RootRecord {
+                        version: crate::state::RECORD_VERSION,
+                        fingerprint: fingerprint_id(&der),
+                        certificate_pem: certificate_pem(&der),
+                        subject: cert.subject().to_string(),
+                        not_after: rfc3339(cert.validity().not_after.to_datetime()),
+                        added_at: now.clone(),
+                    })
+                    .await?;
             }
         }
     }
-    let roots = root_certificates(state)?;
+    let roots = root_certificates(&state.roots().await?)?;
     write_bundle_file(config, &roots)?;
     Ok(roots)
 }

@@ -1,0 +1,196 @@
+//! What only the PostgreSQL backend has: its password never shows in an error, a URL with a
+//! password is refused, TLS checks the server's chain and name (verify-full), a database with a
+//! newer schema is refused, and a multi-host URL finds the writable server.
+
+use std::path::Path;
+
+use hsm_ca::secret::SecretSource;
+use hsm_ca::state::{CaState, PgSettings, StateError, StoreBackend};
+
+use super::support::postgres::{PgCluster, PgOptions};
+use super::{root, Backend, Postgres};
+
+async fn connect(settings: PgSettings) -> Result<CaState, StateError> {
+    CaState::connect(
+        &StoreBackend::Postgres(settings),
+        Path::new("/nonexistent"),
+        1 << 20,
+    )
+    .await
+}
+
+async fn start(options: PgOptions) -> PgCluster {
+    tokio::task::spawn_blocking(move || PgCluster::start_with(options))
+        .await
+        .expect("join")
+}
+
+fn assert_hidden(err: &StateError, secret: &str) {
+    let shown = format!("{err} / {err:?}");
+    assert!(!shown.contains(secret), "the password leaked: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_appears_in_an_error() {
+    let b = Postgres::new().await;
+    let cluster = &b.cluster;
+    // A wrong password: refused by the server, and the error does not repeat it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong = dir.path().join("wrong");
+    let secret = "wrong-Secret-4711";
+    std::fs::write(&wrong, secret).expect("write");
+    let settings =
+        PgSettings::new(&cluster.url(), SecretSource::File(wrong), None, 2).expect("settings");
+    assert!(!format!("{settings:?}").contains(secret));
+    let err = connect(settings).await.expect_err("wrong password");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+    assert_hidden(&err, secret);
+    // The right password and a database that does not exist.
+    let url = cluster.url().replace("/hsmca", "/nosuchdb");
+    let err = connect(cluster.settings_for(&url))
+        .await
+        .expect_err("no database");
+    assert_hidden(&err, &cluster.password);
+    // Errors of a working connection.
+    let state = b.open().await;
+    assert!(!format!("{state:?}").contains(&cluster.password));
+    cluster.psql("DROP TABLE roots");
+    let err = state.roots().await.expect_err("no table");
+    assert_hidden(&err, &cluster.password);
+}
+
+#[test]
+fn a_url_with_a_password_is_refused() {
+    for url in [
+        "postgresql://hsmca:Pa55-word@127.0.0.1/hsmca",
+        "host=127.0.0.1 user=hsmca password=Pa55-word dbname=hsmca",
+    ] {
+        let err = PgSettings::new(url, SecretSource::Env("X".into()), None, 2)
+            .expect_err("password in the URL");
+        assert!(err.contains("must not contain a password"), "{err}");
+        assert!(!err.contains("Pa55"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_the_server_name_and_chain() {
+    let right = start(PgOptions {
+        tls_names: Some(vec!["127.0.0.1".into(), "localhost".into()]),
+        ..PgOptions::default()
+    })
+    .await;
+    // The right name and CA: connected (the server takes TLS connections only).
+    let state = connect(right.settings()).await.expect("verify-full");
+    assert!(state.add_root(root("aa", "t")).await.expect("add"));
+    let state = connect(right.settings_for(&right.url_for("localhost")))
+        .await
+        .expect("by DNS name");
+    assert_eq!(state.roots().await.expect("roots").len(), 1);
+    // Without TLS the server refuses.
+    let plain = PgSettings::new(
+        &right.url(),
+        SecretSource::File(right.password_file()),
+        None,
+        2,
+    )
+    .expect("settings");
+    connect(plain).await.expect_err("plain connection");
+
+    // A certificate for another name, from the configured CA: refused.
+    let wrong = start(PgOptions {
+        tls_names: Some(vec!["db.example".into()]),
+        ..PgOptions::default()
+    })
+    .await;
+    let err = connect(wrong.settings()).await.expect_err("wrong name");
+    let text = format!("{err}");
+    assert!(text.contains("certificate"), "{text}");
+    assert!(text.to_lowercase().contains("name"), "{text}");
+    // The right name from a CA that is not configured: refused.
+    let other_ca = PgSettings::new(
+        &right.url(),
+        SecretSource::File(right.password_file()),
+        wrong.ca_file.clone(),
+        2,
+    )
+    .expect("settings");
+    let err = connect(other_ca).await.expect_err("unknown CA");
+    assert!(format!("{err}").contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_a_newer_schema_is_refused() {
+    let b = Postgres::new().await;
+    let state = b.open().await;
+    state.add_root(root("aa", "t")).await.expect("add");
+    drop(state);
+    let newer = hsm_ca::state::postgres::SCHEMA_VERSION + 1;
+    b.cluster.psql(&format!(
+        "INSERT INTO schema_migrations (version) VALUES ({newer})"
+    ));
+    let err = connect(b.cluster.settings())
+        .await
+        .expect_err("newer schema");
+    assert!(
+        matches!(err, StateError::SchemaTooNew { found, .. } if found == newer),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+    // Nothing was changed by the refused start.
+    let version = b.cluster.psql("SELECT max(version) FROM schema_migrations");
+    assert_eq!(version.trim(), newer.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_and_a_second_start_finds_the_schema() {
+    let b = Postgres::new().await;
+    let (first, second) = tokio::join!(b.open(), b.open());
+    first.add_root(root("aa", "t")).await.expect("add");
+    assert_eq!(second.roots().await.expect("roots").len(), 1);
+    let versions = b.cluster.psql("SELECT count(*) FROM schema_migrations");
+    assert_eq!(
+        versions.trim(),
+        hsm_ca::state::postgres::SCHEMA_VERSION.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_host_url_reaches_the_writable_server() {
+    let standby = start(PgOptions {
+        read_only: true,
+        ..PgOptions::default()
+    })
+    .await;
+    let primary = start(PgOptions::default()).await;
+    // Same role and password on both, as on a primary and its standby.
+    let password = primary.password.clone();
+    standby.psql_in(
+        "postgres",
+        &[&format!("ALTER ROLE hsmca PASSWORD '{password}'")],
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!(
+        "postgresql://hsmca@127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}/hsmca\
+         ?target_session_attrs=read-write&connect_timeout=2",
+        standby.port, primary.port
+    );
+    let state = connect(primary.settings_for(&url))
+        .await
+        .expect("the writable host");
+    assert!(state.add_root(root("aa", "t")).await.expect("add"));
+    let on_primary = primary.psql("SELECT count(*) FROM roots");
+    assert_eq!(on_primary.trim(), "1");
+    // Without read-write, the first reachable host (the read-only one) is taken, and a
+    // change fails there.
+    let any = url.replace("target_session_attrs=read-write&", "");
+    let err = connect(primary.settings_for(&any))
+        .await
+        .expect_err("a read-only server cannot migrate");
+    assert!(err.to_string().contains("read-only"), "{err}");
+}

@@ -1,0 +1,260 @@
+//! The CA state: the trust bundle (roots and its sequence number), the installed intermediates
+//! and which one issues, revocations, CRL numbers and imported root CRLs. Two backends keep it
+//! with the same semantics: [`sled`] (embedded, the default, synchronous; the offline ceremony
+//! uses it directly) and [`postgres`] (shared by several appliances, asynchronous). The running
+//! appliance holds a [`CaState`], which names its backend and whose `async` methods delegate.
+//!
+//! Only public material lives here: certificates and key identifiers. It must never hold key
+//! material, speak a client protocol (HTTP, gRPC), or put a database password into an error,
+//! a log line or a record.
+
+pub mod postgres;
+mod records;
+pub mod sled;
+
+use std::path::{Path, PathBuf};
+
+use crate::keystore::KeyId;
+
+pub use postgres::{PgSettings, PgState};
+pub use records::{
+    ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord, Snapshot,
+    Transition, RECORD_VERSION,
+};
+pub use sled::SledState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open CA state at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("CA state storage error: {0}")]
+    Storage(String),
+    #[error("CA state record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The database refused or failed a statement, or could not be reached.
+    #[error("CA state database: {0}")]
+    Database(String),
+    /// The store settings cannot work (a password in the URL, an unreadable CA file, ...).
+    #[error("CA state settings: {0}")]
+    Settings(String),
+    #[error(
+        "the CA state database has schema version {found}, newer than version {known} this \
+         hsm-ca knows: run the newer hsm-ca that upgraded it"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+}
+
+/// Which backend keeps the CA state (`[store] backend`).
+#[derive(Clone, Debug, Default)]
+pub enum StoreBackend {
+    /// sled under `data_dir/state` (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database, shared by the appliances of a cluster.
+    Postgres(PgSettings),
+}
+
+/// The CA state the running appliance reads and changes, in the backend its config names.
+#[derive(Debug)]
+pub enum CaState {
+    Sled(SledState),
+    Postgres(PgState),
+}
+
+impl From<SledState> for CaState {
+    fn from(s: SledState) -> Self {
+        CaState::Sled(s)
+    }
+}
+
+impl From<PgState> for CaState {
+    fn from(p: PgState) -> Self {
+        CaState::Postgres(p)
+    }
+}
+
+impl CaState {
+    /// The sled state under `data_dir/state`, with the default page cache (tests, the dev
+    /// appliance).
+    pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        Ok(SledState::open(data_dir)?.into())
+    }
+
+    /// Opens the backend `backend` names: sled under `data_dir/state` with a page cache of at
+    /// most `cache_bytes`, or the PostgreSQL database (connecting, and bringing its schema up
+    /// to date).
+    pub async fn connect(
+        backend: &StoreBackend,
+        data_dir: &Path,
+        cache_bytes: u64,
+    ) -> Result<Self, StateError> {
+        match backend {
+            StoreBackend::Sled => {
+                let dir: PathBuf = data_dir.to_path_buf();
+                // Opening may wait for sled's lock; keep that off the runtime's workers.
+                tokio::task::spawn_blocking(move || SledState::open_with_cache(&dir, cache_bytes))
+                    .await
+                    .map_err(|e| StateError::Storage(format!("opening the state: {e}")))?
+                    .map(CaState::Sled)
+            }
+            StoreBackend::Postgres(settings) => Ok(PgState::open(settings).await?.into()),
+        }
+    }
+
+    /// The backend's name, for logs (`sled` or `postgres`).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            CaState::Sled(_) => "sled",
+            CaState::Postgres(_) => "postgres",
+        }
+    }
+
+    /// One intermediate by key id.
+    pub async fn intermediate(
+        &self,
+        key_id: &KeyId,
+    ) -> Result<Option<IntermediateRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.intermediate(key_id),
+            CaState::Postgres(p) => p.intermediate(key_id).await,
+        }
+    }
+
+    /// Makes a prepared intermediate the active one; the previous active one is retired in the
+    /// same step. Durable on return.
+    pub async fn activate(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        match self {
+            CaState::Sled(s) => s.activate(key_id, now),
+            CaState::Postgres(p) => p.activate(key_id, now).await,
+        }
+    }
+
+    /// Retires a prepared intermediate (the active one is retired by activating its successor).
+    pub async fn retire(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        match self {
+            CaState::Sled(s) => s.retire(key_id, now),
+            CaState::Postgres(p) => p.retire(key_id, now).await,
+        }
+    }
+
+    /// The roots of the trust bundle, oldest first.
+    pub async fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.roots(),
+            CaState::Postgres(p) => p.roots().await,
+        }
+    }
+
+    /// Adds a root to the bundle and bumps the bundle sequence. Returns false (and changes
+    /// nothing) when it is there already.
+    pub async fn add_root(&self, record: RootRecord) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.add_root(record),
+            CaState::Postgres(p) => p.add_root(record).await,
+        }
+    }
+
+    /// Removes a root from the bundle; false when it was not there.
+    pub async fn remove_root(&self, fingerprint: &str) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.remove_root(fingerprint),
+            CaState::Postgres(p) => p.remove_root(fingerprint).await,
+        }
+    }
+
+    /// Increases on every change of the trust bundle (SPIFFE `spiffe_sequence`).
+    pub async fn bundle_sequence(&self) -> Result<u64, StateError> {
+        match self {
+            CaState::Sled(s) => s.bundle_sequence(),
+            CaState::Postgres(p) => p.bundle_sequence().await,
+        }
+    }
+
+    /// Records a revocation; false when that serial was revoked already.
+    pub async fn revoke(&self, record: RevocationRecord) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.revoke(record),
+            CaState::Postgres(p) => p.revoke(record).await,
+        }
+    }
+
+    /// Every revocation by the CA whose certificate fingerprint is `issuer`.
+    pub async fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.revocations(issuer),
+            CaState::Postgres(p) => p.revocations(issuer).await,
+        }
+    }
+
+    /// Every revocation, of every CA.
+    pub async fn all_revocations(&self) -> Result<Vec<RevocationRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.all_revocations(),
+            CaState::Postgres(p) => p.all_revocations().await,
+        }
+    }
+
+    /// The next CRL number for the CA whose certificate fingerprint is `issuer` (1, 2, …),
+    /// strictly increasing however many callers ask at once. Durable on return.
+    pub async fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {
+        match self {
+            CaState::Sled(s) => s.next_crl_number(issuer),
+            CaState::Postgres(p) => p.next_crl_number(issuer).await,
+        }
+    }
+
+    /// The last CRL imported for the root whose fingerprint is `issuer`.
+    pub async fn imported_crl(&self, issuer: &str) -> Result<Option<ImportedCrl>, StateError> {
+        match self {
+            CaState::Sled(s) => s.imported_crl(issuer),
+            CaState::Postgres(p) => p.imported_crl(issuer).await,
+        }
+    }
+
+    /// Stores an imported CRL if its number is greater than the stored one's; otherwise
+    /// returns the stored one and changes nothing. Durable on return.
+    pub async fn store_imported_crl(
+        &self,
+        record: ImportedCrl,
+    ) -> Result<Result<(), ImportedCrl>, StateError> {
+        match self {
+            CaState::Sled(s) => s.store_imported_crl(record),
+            CaState::Postgres(p) => p.store_imported_crl(record).await,
+        }
+    }
+
+    /// Records an intermediate; it becomes active when no other is. Durable on return.
+    pub async fn install(
+        &self,
+        record: IntermediateRecord,
+    ) -> Result<IntermediateRecord, StateError> {
+        match self {
+            CaState::Sled(s) => s.install(record),
+            CaState::Postgres(p) => p.install(record).await,
+        }
+    }
+
+    /// All installed intermediates, by key id.
+    pub async fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.intermediates(),
+            CaState::Postgres(p) => p.intermediates().await,
+        }
+    }
+
+    /// The intermediate that issues now, if any.
+    pub async fn active(&self) -> Result<Option<IntermediateRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.active(),
+            CaState::Postgres(p) => p.active().await,
+        }
+    }
+
+    /// The bundle, the intermediates and the revocations, read at one moment.
+    pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
+        match self {
+            CaState::Sled(s) => s.snapshot(),
+            CaState::Postgres(p) => p.snapshot().await,
+        }
+    }
+}

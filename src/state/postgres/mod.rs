@@ -1,0 +1,493 @@
+//! The CA state in PostgreSQL, the backend several appliances share. The same records and the
+//! same semantics as [`super::sled`], each change one transaction: a root added or removed
+//! moves the bundle sequence in the same transaction; CRL numbers come from one
+//! `INSERT .. ON CONFLICT .. RETURNING` (strictly increasing per issuer however many nodes
+//! ask); an imported CRL replaces the stored one only when its number is greater; intermediate
+//! state changes run under an advisory lock, and a partial unique index keeps "at most one
+//! active" even against a writer that skips the lock.
+//!
+//! It must never put the database password into an error or a log line (see [`settings`]),
+//! and never trusts the database for more than storage yet: signing rows is issue 11's next
+//! step (the `signature` columns are there for it).
+
+mod schema;
+mod settings;
+mod tls;
+
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::Json;
+use tokio_postgres::IsolationLevel;
+
+use super::records::{activated, installing, retired, superseded};
+use super::{
+    ImportedCrl, IntermediateRecord, RevocationRecord, RootRecord, Snapshot, StateError,
+    Transition, RECORD_VERSION,
+};
+use crate::keystore::KeyId;
+
+pub use schema::SCHEMA_VERSION;
+pub use settings::{PgSettings, DEFAULT_POOL_SIZE};
+
+/// The advisory-lock class of hsm-ca's locks ("HSMC").
+const LOCK_CLASS: i32 = 0x4853_4d43;
+/// The lock (within [`LOCK_CLASS`]) intermediate state changes hold.
+const TRANSITION_LOCK: i32 = 1;
+/// The node an appliance's intermediates belong to. One appliance per database for now; the
+/// cluster gives each node its own id (and so its own active intermediate).
+const NODE: &str = "";
+
+fn db(e: impl std::fmt::Display) -> StateError {
+    StateError::Database(e.to_string())
+}
+
+/// The CA state in a PostgreSQL database.
+pub struct PgState {
+    pool: Pool,
+    described: String,
+}
+
+impl std::fmt::Debug for PgState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgState")
+            .field("database", &self.described)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A u64 as PostgreSQL's bigint.
+fn bigint(value: u64, what: &str) -> Result<i64, StateError> {
+    i64::try_from(value).map_err(|_| StateError::Storage(format!("{what} {value} is too large")))
+}
+
+/// A bigint read back; the tables' checks keep it non-negative.
+fn unsigned(value: i64, what: &str) -> Result<u64, StateError> {
+    u64::try_from(value).map_err(|_| StateError::Corrupt {
+        key: what.into(),
+        reason: format!("negative value {value}"),
+    })
+}
+
+fn records<T: serde::de::DeserializeOwned>(
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<T>, StateError> {
+    rows.iter().map(record).collect()
+}
+
+fn record<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T, StateError> {
+    let Json(value): Json<T> = row.try_get("record").map_err(|e| StateError::Corrupt {
+        key: "record".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+impl PgState {
+    /// Connects (through the first host of the URL that takes it as asked) and brings the
+    /// schema up to date. A database newer than this binary is refused.
+    pub async fn open(settings: &PgSettings) -> Result<Self, StateError> {
+        let described = settings.describe();
+        let pool = settings.pool()?;
+        let mut client = pool.get().await.map_err(|e| StateError::Open {
+            path: described.clone(),
+            reason: e.to_string(),
+        })?;
+        schema::migrate(&mut client).await?;
+        drop(client);
+        Ok(PgState { pool, described })
+    }
+
+    /// User, hosts and database (no password).
+    pub fn describe(&self) -> &str {
+        &self.described
+    }
+
+    async fn client(&self) -> Result<Object, StateError> {
+        self.pool.get().await.map_err(db)
+    }
+
+    /// One intermediate by key id.
+    pub async fn intermediate(
+        &self,
+        key_id: &KeyId,
+    ) -> Result<Option<IntermediateRecord>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM intermediates WHERE key_id = $1",
+                &[&key_id.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Makes a prepared intermediate the active one, retiring the previous one in the same
+    /// transaction.
+    pub async fn activate(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_CLASS, &TRANSITION_LOCK],
+        )
+        .await
+        .map_err(db)?;
+        let id = key_id.to_string();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(Transition::NotFound);
+        };
+        let next = match activated(record(&row)?, now) {
+            Ok(next) => next,
+            Err(refused) => return Ok(refused),
+        };
+        let previous = tx
+            .query_opt(
+                "SELECT record FROM intermediates WHERE node_id = $1 AND status = 'active' \
+                 FOR UPDATE",
+                &[&NODE],
+            )
+            .await
+            .map_err(db)?
+            .map(|row| record::<IntermediateRecord>(&row).map(|p| superseded(p, now)))
+            .transpose()?;
+        // Retire first: the unique index allows one active row per node at every moment.
+        for change in previous.iter().chain(std::iter::once(&next)) {
+            tx.execute(
+                "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
+                &[
+                    &change.key_id.to_string(),
+                    &change.status.as_str(),
+                    &Json(change),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Transition::Done(Box::new(next), previous.map(Box::new)))
+    }
+
+    /// Retires a prepared intermediate.
+    pub async fn retire(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_CLASS, &TRANSITION_LOCK],
+        )
+        .await
+        .map_err(db)?;
+        let id = key_id.to_string();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(Transition::NotFound);
+        };
+        let record = match retired(record(&row)?, now) {
+            Ok(record) => record,
+            Err(refused) => return Ok(refused),
+        };
+        tx.execute(
+            "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
+            &[&id, &record.status.as_str(), &Json(&record)],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Transition::Done(Box::new(record), None))
+    }
+
+    /// Records an intermediate; it becomes active when no other is.
+    pub async fn install(
+        &self,
+        record: IntermediateRecord,
+    ) -> Result<IntermediateRecord, StateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_CLASS, &TRANSITION_LOCK],
+        )
+        .await
+        .map_err(db)?;
+        let active = tx
+            .query_opt(
+                "SELECT 1 FROM intermediates WHERE node_id = $1 AND status = 'active'",
+                &[&NODE],
+            )
+            .await
+            .map_err(db)?
+            .is_some();
+        let record = installing(record, active);
+        tx.execute(
+            "INSERT INTO intermediates (key_id, node_id, status, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key_id) DO UPDATE
+                 SET node_id = EXCLUDED.node_id, status = EXCLUDED.status,
+                     record = EXCLUDED.record, signature = NULL",
+            &[
+                &record.key_id.to_string(),
+                &NODE,
+                &record.status.as_str(),
+                &Json(&record),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    /// All installed intermediates, by key id.
+    pub async fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT record FROM intermediates ORDER BY key_id", &[])
+            .await
+            .map_err(db)?;
+        records(rows)
+    }
+
+    /// The intermediate that issues now, if any.
+    pub async fn active(&self) -> Result<Option<IntermediateRecord>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM intermediates WHERE node_id = $1 AND status = 'active'",
+                &[&NODE],
+            )
+            .await
+            .map_err(db)?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// The roots of the trust bundle, oldest first.
+    pub async fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM roots ORDER BY added_at, fingerprint",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        records(rows)
+    }
+
+    /// Adds a root and bumps the bundle sequence in one transaction; false when present.
+    pub async fn add_root(&self, mut record: RootRecord) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO roots (fingerprint, added_at, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (fingerprint) DO NOTHING",
+                &[&record.fingerprint, &record.added_at, &Json(&record)],
+            )
+            .await
+            .map_err(db)?
+            == 1;
+        if inserted {
+            bump_bundle_sequence(&tx).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(inserted)
+    }
+
+    /// Removes a root and bumps the bundle sequence in one transaction; false when absent.
+    pub async fn remove_root(&self, fingerprint: &str) -> Result<bool, StateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let removed = tx
+            .execute("DELETE FROM roots WHERE fingerprint = $1", &[&fingerprint])
+            .await
+            .map_err(db)?
+            == 1;
+        if removed {
+            bump_bundle_sequence(&tx).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(removed)
+    }
+
+    /// Increases on every change of the trust bundle.
+    pub async fn bundle_sequence(&self) -> Result<u64, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT sequence FROM bundle", &[])
+            .await
+            .map_err(db)?;
+        unsigned(row.get(0), "bundle sequence")
+    }
+
+    /// Records a revocation; false when that serial was revoked already.
+    pub async fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO revocations (issuer, serial, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (issuer, serial) DO NOTHING",
+                &[&record.issuer, &record.serial, &Json(&record)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(inserted == 1)
+    }
+
+    /// Every revocation by the CA whose certificate fingerprint is `issuer`.
+    pub async fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM revocations WHERE issuer = $1 ORDER BY serial",
+                &[&issuer],
+            )
+            .await
+            .map_err(db)?;
+        records(rows)
+    }
+
+    /// Every revocation, of every CA.
+    pub async fn all_revocations(&self) -> Result<Vec<RevocationRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM revocations ORDER BY issuer, serial",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        records(rows)
+    }
+
+    /// The next CRL number for `issuer`: one statement, so concurrent callers on any node get
+    /// distinct, increasing numbers.
+    pub async fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, 1)
+                 ON CONFLICT (issuer) DO UPDATE SET last_number = crl_numbers.last_number + 1
+                 RETURNING last_number",
+                &[&issuer],
+            )
+            .await
+            .map_err(db)?;
+        unsigned(row.get(0), "CRL number")
+    }
+
+    /// The last CRL imported for the root `issuer`.
+    pub async fn imported_crl(&self, issuer: &str) -> Result<Option<ImportedCrl>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM imported_crls WHERE issuer = $1",
+                &[&issuer],
+            )
+            .await
+            .map_err(db)?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Stores an imported CRL if its number is greater than the stored one's (one statement);
+    /// otherwise returns the stored one.
+    pub async fn store_imported_crl(
+        &self,
+        mut record: ImportedCrl,
+    ) -> Result<Result<(), ImportedCrl>, StateError> {
+        record.version = RECORD_VERSION;
+        let client = self.client().await?;
+        let stored = client
+            .execute(
+                "INSERT INTO imported_crls (issuer, number, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (issuer) DO UPDATE
+                     SET number = EXCLUDED.number, record = EXCLUDED.record
+                     WHERE imported_crls.number < EXCLUDED.number",
+                &[
+                    &record.issuer,
+                    &bigint(record.number, "CRL number")?,
+                    &Json(&record),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if stored == 1 {
+            return Ok(Ok(()));
+        }
+        let row = client
+            .query_one(
+                "SELECT record FROM imported_crls WHERE issuer = $1",
+                &[&record.issuer],
+            )
+            .await
+            .map_err(db)?;
+        Ok(Err(self::record(&row)?))
+    }
+
+    /// The bundle, the intermediates and the revocations, read in one repeatable-read
+    /// transaction.
+    pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db)?;
+        let roots = tx
+            .query(
+                "SELECT record FROM roots ORDER BY added_at, fingerprint",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let intermediates = tx
+            .query("SELECT record FROM intermediates ORDER BY key_id", &[])
+            .await
+            .map_err(db)?;
+        let revocations = tx
+            .query(
+                "SELECT record FROM revocations ORDER BY issuer, serial",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Snapshot {
+            roots: records(roots)?,
+            intermediates: records(intermediates)?,
+            revocations: records(revocations)?,
+        })
+    }
+}
+
+async fn bump_bundle_sequence(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StateError> {
+    tx.execute("UPDATE bundle SET sequence = sequence + 1", &[])
+        .await
+        .map_err(db)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The CA state's tables in PostgreSQL and their versioned migrations. On every start the
+//! pending migrations run in one transaction under an advisory lock (two appliances starting
+//! at once migrate once), and a database whose schema is newer than this binary knows is
+//! refused before anything is read or written.
+//!
+//! A migration, once released, is never edited: the schema grows by appending one. Records
+//! are the same versioned JSON as in sled (`record jsonb`); the other columns exist for keys,
+//! constraints and ordering. It must never drop or rewrite data a previous version wrote.
+
+use deadpool_postgres::Object;
+
+use super::{db, LOCK_CLASS};
+use crate::state::StateError;
+
+/// The advisory lock (within [`LOCK_CLASS`]) held while migrating.
+const MIGRATION_LOCK: i32 = 0;
+
+/// Every migration, in order: (version, SQL). The last version is the one this binary knows.
+///
+/// Version 1 leaves room for the cluster (issue 11) without building it: `intermediates`
+/// carries the node that holds the key (`node_id`, `''` on a single appliance) and "at most
+/// one active" is per node; trust-changing rows carry a nullable `signature` for the writing
+/// node's device-held key. Later versions add the node registry, the change sequence and the
+/// signing keys, and make `signature` required once every row is signed.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE roots (
+    fingerprint text COLLATE "C" PRIMARY KEY,
+    added_at    text COLLATE "C" NOT NULL,
+    record      jsonb NOT NULL,
+    signature   bytea
+);
+CREATE TABLE bundle (
+    single   boolean PRIMARY KEY DEFAULT true CHECK (single),
+    sequence bigint NOT NULL CHECK (sequence >= 0)
+);
+INSERT INTO bundle (single, sequence) VALUES (true, 0);
+CREATE TABLE intermediates (
+    key_id    text COLLATE "C" PRIMARY KEY,
+    node_id   text COLLATE "C" NOT NULL DEFAULT '',
+    status    text NOT NULL CHECK (status IN ('prepared', 'active', 'retired')),
+    record    jsonb NOT NULL,
+    signature bytea
+);
+CREATE UNIQUE INDEX intermediates_one_active_per_node
+    ON intermediates (node_id) WHERE status = 'active';
+CREATE TABLE revocations (
+    issuer    text COLLATE "C" NOT NULL,
+    serial    text COLLATE "C" NOT NULL,
+    record    jsonb NOT NULL,
+    signature bytea,
+    PRIMARY KEY (issuer, serial)
+);
+CREATE TABLE crl_numbers (
+    issuer      text COLLATE "C" PRIMARY KEY,
+    last_number bigint NOT NULL CHECK (last_number > 0)
+);
+CREATE TABLE imported_crls (
+    issuer text COLLATE "C" PRIMARY KEY,
+    number bigint NOT NULL CHECK (number >= 0),
+    record jsonb NOT NULL
+);
+"#,
+)];
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Brings the database to [`SCHEMA_VERSION`], or refuses one that is newer. Returns the
+/// version it found before migrating (0: an empty database).
+pub(super) async fn migrate(client: &mut Object) -> Result<i32, StateError> {
+    let tx = client.transaction().await.map_err(db)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&LOCK_CLASS, &MIGRATION_LOCK],
+    )
+    .await
+    .map_err(db)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(db)?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StateError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        tx.batch_execute(sql).await.map_err(|e| {
+            StateError::Database(format!("schema migration to version {version}: {e}"))
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(found)
+}

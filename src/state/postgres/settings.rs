@@ -1,0 +1,200 @@
+//! How the appliance reaches its PostgreSQL database (`[store.postgres]`): the connection URL
+//! (one host or several, `target_session_attrs=read-write` to find the writable one), the
+//! password's source, the CA file TLS verifies the server against, the pool size; and the
+//! connection pool built from them.
+//!
+//! The password is never in the URL (refused), only loaded from its file or environment
+//! variable when connecting; no error, `Debug` or description made here contains it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::NoTls;
+
+use super::super::StateError;
+use super::tls::MakeRustls;
+use crate::secret::SecretSource;
+
+/// Connections kept by default.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+/// How long one host may take to accept a connection, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a free connection from the pool.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// The validated `[store.postgres]` settings.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// The connection URL or key=value string, without a password.
+    url: String,
+    password: SecretSource,
+    /// PEM file of the CA(s) the server's certificate must chain to; TLS is off without it.
+    ca_file: Option<PathBuf>,
+    pool_size: usize,
+}
+
+impl PgSettings {
+    /// Checks the settings: the URL parses and holds no password, TLS settings agree with
+    /// `ca_file`, the pool holds 1 to 256 connections. The error says what is wrong without
+    /// repeating the URL.
+    pub fn new(
+        url: &str,
+        password: SecretSource,
+        ca_file: Option<PathBuf>,
+        pool_size: usize,
+    ) -> Result<Self, String> {
+        let parsed = parse(url)?;
+        if parsed.get_password().is_some() {
+            return Err(
+                "must not contain a password: put it in store.postgres.password_file \
+                        or name a variable in store.postgres.password_env"
+                    .into(),
+            );
+        }
+        if parsed.get_hosts().is_empty() {
+            return Err("names no host".into());
+        }
+        if parsed
+            .get_hosts()
+            .iter()
+            .any(|h| !matches!(h, Host::Tcp(_)))
+        {
+            return Err("hosts must be TCP host names or addresses".into());
+        }
+        match (parsed.get_ssl_mode(), &ca_file) {
+            (SslMode::Disable, Some(_)) => {
+                return Err("says sslmode=disable but store.postgres.ca_file is set".into())
+            }
+            (SslMode::Require, None) => {
+                return Err(
+                    "says sslmode=require: set store.postgres.ca_file so the server's \
+                            certificate and name are checked"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if !(1..=256).contains(&pool_size) {
+            return Err(format!("pool_size {pool_size} is outside 1..=256"));
+        }
+        Ok(PgSettings {
+            url: url.to_string(),
+            password,
+            ca_file,
+            pool_size,
+        })
+    }
+
+    /// User, hosts and database, safe to print (never a password).
+    pub fn describe(&self) -> String {
+        let Ok(parsed) = parse(&self.url) else {
+            return "postgres (unparsable URL)".into();
+        };
+        let ports = parsed.get_ports();
+        let hosts: Vec<String> = parsed
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let name = match h {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{name}:{port}")
+            })
+            .collect();
+        format!(
+            "postgres://{}@{}/{}",
+            parsed.get_user().unwrap_or(""),
+            hosts.join(","),
+            parsed.get_dbname().unwrap_or("")
+        )
+    }
+
+    /// A pool over the database; no connection is made yet. Loads the password and the CA
+    /// file now.
+    pub(super) fn pool(&self) -> Result<Pool, StateError> {
+        let mut config = parse(&self.url).map_err(StateError::Settings)?;
+        let password = self
+            .password
+            .load()
+            .map_err(|e| StateError::Settings(format!("database password: {e}")))?;
+        config.password(password.expose());
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("hsm-ca");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &self.ca_file {
+            Some(path) => {
+                config.ssl_mode(SslMode::Require);
+                Manager::from_config(config, MakeRustls::from_ca_file(path)?, manager_config)
+            }
+            None => {
+                config.ssl_mode(SslMode::Disable);
+                Manager::from_config(config, NoTls, manager_config)
+            }
+        };
+        Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| StateError::Settings(format!("connection pool: {e}")))
+    }
+}
+
+/// Parses a connection string. A parse error's own text can quote a character of the input
+/// (which may be a password), so only messages that name an option are passed on.
+fn parse(url: &str) -> Result<tokio_postgres::Config, String> {
+    url.parse::<tokio_postgres::Config>().map_err(|e| {
+        let text = e.to_string();
+        if text.contains("option `") {
+            format!("is not a valid connection string: {text}")
+        } else {
+            "is not a valid connection string (postgresql://user@host:port,host2:port/database\
+             ?target_session_attrs=read-write)"
+                .into()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> Result<PgSettings, String> {
+        PgSettings::new(url, SecretSource::Env("PGPASS".into()), None, 4)
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_being_repeated() {
+        for url in [
+            "postgresql://ca:hunter2-secret@db/hsmca",
+            "host=db user=ca password=hunter2-secret dbname=hsmca",
+        ] {
+            let err = settings(url).expect_err("refused");
+            assert!(err.contains("must not contain a password"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = settings("postgresql://ca:hunter2@db:x/").expect_err("bad");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn multi_host_urls_are_described_without_secrets() {
+        let s = settings("postgresql://ca@db1:5433,db2/hsmca?target_session_attrs=read-write")
+            .expect("valid");
+        assert_eq!(s.describe(), "postgres://ca@db1:5433,db2:5432/hsmca");
+        assert!(settings("postgresql://ca@db/hsmca?sslmode=require")
+            .expect_err("no CA")
+            .contains("ca_file"));
+    }
+}
