@@ -147,18 +147,8 @@ fn checkpoints_are_signed_in_the_device_and_tampering_is_found() {
     let cut = &good[..good.len() - 3];
     assert!(check(cut, Some(&key.spki)).expect("chain ok").unsigned_tail > 0);
 
-    // Edits in the sled files themselves are found.
-    {
-        let db = hsm_ca::store::open(&dir.path().join("audit")).expect("sled");
-        let tree = db.open_tree("records").expect("tree");
-        let k = 7u64.to_be_bytes();
-        let v = tree.get(k).expect("get").expect("record");
-        let text = String::from_utf8(v.to_vec())
-            .expect("utf8")
-            .replace("SAN mismatch", "all fine");
-        tree.insert(k, text.as_bytes()).expect("insert");
-        db.flush().expect("flush");
-    }
+    // Edits in the segment files themselves are found.
+    support::edit_audit_record(dir.path(), 7, |l| l.replace("SAN mismatch", "all fine"));
     let found = audit::verify_store(dir.path(), Some(&key.spki));
     assert!(
         matches!(

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hsm_ca::audit::record::{self, AuditEvent, GENESIS};
-use hsm_ca::audit::{self, AuditLog, AuditOptions};
+use hsm_ca::audit::{self, segments, AuditLog, AuditOptions};
 use hsm_ca::keystore::SignatureScheme;
 use support::TestToken;
 
@@ -24,9 +24,9 @@ fn event(name: &str) -> AuditEvent {
 /// A measurement, not a check (run by hand, in release):
 /// `HSMCA_BULK_RECORDS=10000000 cargo test --release --test audit_bulk -- --ignored
 /// --nocapture bulk_log_open_time`. Writes that many signed records (a checkpoint every 1000)
-/// straight into a log's store, opens it once (the whole chain is read: what every start did
-/// before), then opens it again in a fresh process (from the verification marker) and prints
-/// both times and that process's memory.
+/// straight into a log's segment files, opens it once (no marker and no index side files yet:
+/// the whole chain is read and every sealed segment indexed), then opens it again in a fresh
+/// process (from the verification marker) and prints both times and that process's memory.
 #[test]
 #[ignore]
 fn bulk_log_open_time() {
@@ -53,9 +53,6 @@ fn bulk_log_open_time() {
         let dir = std::path::PathBuf::from(dir);
         let label = std::env::var("HSMCA_BULK_LABEL").expect("label");
         let store = key_store(&label, &dir.join("pin"));
-        let started = Instant::now();
-        drop(hsm_ca::store::open(&dir.join("audit")).expect("sled"));
-        println!("open from the marker: sled alone {:?}", started.elapsed());
         let started = Instant::now();
         let log = AuditLog::open_signed(&dir, &store, AuditOptions::default()).expect("open");
         let took = started.elapsed();
@@ -89,11 +86,25 @@ fn bulk_log_open_time() {
     let key = audit::recorded_key(dir).expect("meta").expect("key");
     let started = Instant::now();
     {
-        let db = hsm_ca::store::open(&dir.join("audit")).expect("sled");
-        let tree = db.open_tree("records").expect("records");
+        use std::io::Write;
         let (mut head, mut seq) = (GENESIS, 1u64);
         let time = "2026-12-01T00:00:00Z".to_string();
-        let mut batch = sled::Batch::default();
+        let mut first = 1u64;
+        let mut segment = std::io::BufWriter::new(
+            std::fs::File::create(segments::segment_path(dir, first)).expect("segment"),
+        );
+        let mut put =
+            |seq: u64, bytes: Vec<u8>, segment: &mut std::io::BufWriter<std::fs::File>| {
+                if seq - first == segments::SEGMENT_RECORDS {
+                    segment.flush().expect("flush");
+                    first = seq;
+                    *segment = std::io::BufWriter::new(
+                        std::fs::File::create(segments::segment_path(dir, first)).expect("segment"),
+                    );
+                }
+                segment.write_all(&bytes).expect("write");
+                segment.write_all(b"\n").expect("write");
+            };
         for i in 0..n {
             let ev = AuditEvent::Issued {
                 serial: format!("{:040x}", u128::from(i) * 7919 + 1),
@@ -107,7 +118,7 @@ fn bulk_log_open_time() {
                 certificate_sha256: None,
             };
             let (bytes, next) = record::seal(seq, time.clone(), &head, ev);
-            batch.insert(&seq.to_be_bytes(), bytes);
+            put(seq, bytes, &mut segment);
             head = next;
             seq += 1;
             if i % 1000 == 999 || i + 1 == n {
@@ -126,16 +137,12 @@ fn bulk_log_open_time() {
                     signature: base64::engine::general_purpose::STANDARD.encode(sig),
                 };
                 let (bytes, next) = record::seal(seq, time.clone(), &head, cp);
-                batch.insert(&seq.to_be_bytes(), bytes);
+                put(seq, bytes, &mut segment);
                 head = next;
                 seq += 1;
             }
-            if i % 100_000 == 99_999 {
-                tree.apply_batch(std::mem::take(&mut batch)).expect("batch");
-            }
         }
-        tree.apply_batch(batch).expect("batch");
-        db.flush().expect("flush");
+        segment.flush().expect("flush");
         println!("wrote {} records in {:?}", seq - 1, started.elapsed());
     }
     let started = Instant::now();

@@ -229,15 +229,10 @@ fn a_full_disk_stops_the_log_and_the_writer_recovers_once_space_is_freed() {
 
 /// Replaces the stored bytes of record `seq` in the log under `dir`.
 fn edit_record(dir: &Path, seq: u64, from: &str, to: &str) {
-    let db = hsm_ca::store::open(&dir.join("audit")).expect("sled");
-    let tree = db.open_tree("records").expect("records");
-    let k = seq.to_be_bytes();
-    let v = tree.get(k).expect("get").expect("record");
-    let text = String::from_utf8(v.to_vec()).expect("utf8");
-    assert!(text.contains(from), "{text}");
-    tree.insert(k, text.replace(from, to).as_bytes())
-        .expect("insert");
-    db.flush().expect("flush");
+    support::edit_audit_record(dir, seq, |text| {
+        assert!(text.contains(from), "{text}");
+        text.replace(from, to)
+    });
 }
 
 #[test]
@@ -272,13 +267,9 @@ fn start_up_verifies_from_the_last_verified_checkpoint_and_audit_verify_reads_ev
     ));
     // A marker that no longer matches its record means the whole chain is verified: the
     // edit is found and the log is refused.
-    {
-        let db = hsm_ca::store::open(&dir.path().join("audit")).expect("sled");
-        let meta = db.open_tree("meta").expect("meta");
-        meta.insert("verified_checkpoint_hash", [7u8; 32].as_slice())
-            .expect("insert");
-        db.flush().expect("flush");
-    }
+    support::edit_audit_meta(dir.path(), |meta| {
+        meta["marker"]["hash"] = hex::encode([7u8; 32]).into();
+    });
     assert!(matches!(
         AuditLog::open_signed(dir.path(), &store, options(10)),
         Err(AuditError::Chain(ChainError::Link { seq: 4, .. }))
@@ -303,12 +294,9 @@ fn a_log_with_a_good_marker_opens_without_reading_old_records_and_a_new_one_read
         assert!(log.verify().expect("intact").records >= 12);
     }
     // Without a marker (a log written by an older build) the whole chain is read.
-    {
-        let db = hsm_ca::store::open(&dir.path().join("audit")).expect("sled");
-        let meta = db.open_tree("meta").expect("meta");
-        meta.remove("verified_checkpoint_seq").expect("remove");
-        db.flush().expect("flush");
-    }
+    support::edit_audit_meta(dir.path(), |meta| {
+        meta.as_object_mut().expect("object").remove("marker");
+    });
     let log = AuditLog::open_signed(dir.path(), &store, options(5)).expect("reopen");
     assert!(log.whole_chain_verified());
 }

@@ -182,7 +182,7 @@ fn change_pin_replaces_the_pin_records_it_and_refuses_what_would_lose_the_token(
     // While another process holds the appliance's audit log (a running appliance), nothing
     // changes.
     {
-        let _held = hsm_ca::store::open(&env.path("data").join("audit")).expect("audit store");
+        let _held = hsm_ca::audit::AuditLog::open(&env.path("data")).expect("audit log");
         let out = change("new-pin", new_pin);
         assert!(!out.ok);
         assert!(

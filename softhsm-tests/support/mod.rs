@@ -281,3 +281,33 @@ pub fn slot_by_label(ctx: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::
         })
         .expect("slot by label")
 }
+
+/// Rewrites record `seq` of the audit log under `dir` (its segment files) with `edit`, as
+/// someone with access to the files would.
+pub fn edit_audit_record(dir: &Path, seq: u64, edit: impl FnOnce(String) -> String) {
+    for path in hsm_ca::audit::segments::segment_files(dir) {
+        let text = std::fs::read_to_string(&path).expect("segment");
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let at = lines.iter().position(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["seq"] == seq)
+                .unwrap_or(false)
+        });
+        if let Some(at) = at {
+            let old = std::mem::take(&mut lines[at]);
+            lines[at] = edit(old);
+            std::fs::write(&path, lines.join("\n") + "\n").expect("write segment");
+            return;
+        }
+    }
+    panic!("record {seq} not found");
+}
+
+/// Changes the audit log's `meta.json` under `dir` with `edit`.
+pub fn edit_audit_meta(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("audit").join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("meta.json")).expect("json");
+    edit(&mut meta);
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).expect("json")).expect("write");
+}

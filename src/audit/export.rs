@@ -9,22 +9,23 @@ use std::io::Write;
 use std::path::Path;
 
 use super::key::stored_key;
-use super::verify::verify_tree;
-use super::{records_tree, storage, AuditError};
+use super::segments::Store;
+use super::verify::verify_whole;
+use super::{open_store, storage, AuditError};
 
 /// Writes every record as one JSON line (the exact stored bytes) and returns how many.
 pub fn export(dir: &Path, out: &mut dyn Write) -> Result<u64, AuditError> {
-    let (db, tree) = records_tree(dir)?;
-    let stored = stored_key(&db)?;
-    verify_tree(&tree, stored.as_ref().map(|k| k.spki.as_slice()))?;
-    write_lines(&tree, out)
+    let store = open_store(dir)?;
+    let stored = stored_key(&store)?;
+    verify_whole(&store, stored.as_ref().map(|k| k.spki.as_slice()))?;
+    write_lines(&store, out)
 }
 
 /// Writes every record of `tree` as one line (its exact stored bytes); returns how many.
-pub(super) fn write_lines(tree: &sled::Tree, out: &mut dyn Write) -> Result<u64, AuditError> {
+pub(super) fn write_lines(store: &Store, out: &mut dyn Write) -> Result<u64, AuditError> {
     let mut n = 0;
-    for value in tree.iter().values() {
-        let value = value.map_err(storage)?;
+    for value in store.iter_from(1) {
+        let value = value?;
         out.write_all(&value).map_err(storage)?;
         out.write_all(b"\n").map_err(storage)?;
         n += 1;

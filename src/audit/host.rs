@@ -11,8 +11,9 @@ use std::path::Path;
 use super::export::write_lines;
 use super::key::sign_checkpoint;
 use super::record::{self, AuditEvent, AuditRecord};
-use super::verify::verify_tree;
-use super::{records_tree, storage, AuditError};
+use super::segments::{index_key, Store};
+use super::verify::verify_whole;
+use super::{open_store, storage, AuditError};
 use crate::keystore::{KeyId, KeyStore, SignatureScheme};
 
 /// The log of an offline host (the root ceremony's): one process appends at a time, each
@@ -20,8 +21,7 @@ use crate::keystore::{KeyId, KeyStore, SignatureScheme};
 /// by the key it names (the root key the ceremony used). Same store layout and record format
 /// as [`AuditLog`](super::AuditLog), so `audit verify` and `audit export` read it too.
 pub struct HostLog {
-    db: sled::Db,
-    tree: sled::Tree,
+    store: Store,
     head: [u8; 32],
     next: u64,
 }
@@ -29,11 +29,10 @@ pub struct HostLog {
 impl HostLog {
     /// Opens (or creates) the log under `dir/audit`; its chain must verify.
     pub fn open(dir: &Path) -> Result<Self, AuditError> {
-        let (db, tree) = records_tree(dir)?;
-        let summary = verify_tree(&tree, None)?;
+        let store = open_store(dir)?;
+        let summary = verify_whole(&store, None)?;
         Ok(HostLog {
-            db,
-            tree,
+            store,
             head: summary.head,
             next: summary.records + 1,
         })
@@ -52,11 +51,9 @@ impl HostLog {
 
     fn append_at(&mut self, event: AuditEvent, time: String) -> Result<u64, AuditError> {
         let seq = self.next;
+        let key = index_key(&event);
         let (bytes, head) = record::seal(seq, time, &self.head, event);
-        self.tree
-            .insert(seq.to_be_bytes(), bytes)
-            .map_err(storage)?;
-        self.db.flush().map_err(storage)?;
+        self.store.append(&[(seq, bytes, key)])?;
         self.head = head;
         self.next += 1;
         Ok(seq)
@@ -77,15 +74,14 @@ impl HostLog {
 
     /// Every record, as stored (one JSON line each).
     pub fn export(&self, out: &mut dyn Write) -> Result<u64, AuditError> {
-        write_lines(&self.tree, out)
+        write_lines(&self.store, out)
     }
 
     /// Records from sequence number `from` on.
     pub fn records_from(&self, from: u64) -> Result<Vec<AuditRecord>, AuditError> {
-        self.tree
-            .range(from.max(1).to_be_bytes()..)
-            .values()
-            .map(|v| serde_json::from_slice(&v.map_err(storage)?).map_err(storage))
+        self.store
+            .iter_from(from)
+            .map(|v| serde_json::from_slice(&v?).map_err(storage))
             .collect()
     }
 

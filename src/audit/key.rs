@@ -1,5 +1,5 @@
 //! The audit key: an ECDSA P-256 key generated in the device on first use, its id and public
-//! key kept in the log's own `meta` tree, and the checkpoint it signs over a chain head (and
+//! key kept in the log's own `meta.json`, and the checkpoint it signs over a chain head (and
 //! over the checkpoint record's own position, time and key id).
 //!
 //! This part never holds private key material (the device signs) and never accepts a stored
@@ -11,14 +11,12 @@ use std::path::Path;
 use base64::Engine;
 
 use super::record::{self, AuditEvent};
-use super::{records_tree, storage, AuditError};
+use super::segments::Store;
+use super::{open_store, AuditError};
 use crate::keystore::{KeyAlgorithm, KeyId, KeyRequest, KeyStore, SignatureScheme};
 
 /// The label of the audit key in the device.
 pub const AUDIT_KEY_LABEL: &str = "hsm-ca audit";
-
-const META_KEY_ID: &[u8] = b"audit_key_id";
-const META_KEY_SPKI: &[u8] = b"audit_key_spki";
 
 /// The audit key: where it lives and its public half.
 #[derive(Clone, Debug)]
@@ -36,14 +34,14 @@ impl AuditKey {
 }
 
 /// The audit key recorded in the log, if any (id and public key as stored).
-pub(super) fn stored_key(db: &sled::Db) -> Result<Option<AuditKey>, AuditError> {
-    let meta = db.open_tree("meta").map_err(storage)?;
-    let id = meta.get(META_KEY_ID).map_err(storage)?;
-    let spki = meta.get(META_KEY_SPKI).map_err(storage)?;
-    Ok(match (id, spki) {
+pub(super) fn stored_key(store: &Store) -> Result<Option<AuditKey>, AuditError> {
+    let meta = store.meta();
+    let unreadable =
+        |what: &str| AuditError::Key(format!("the audit key {what} in meta.json is not hex"));
+    Ok(match (meta.key_id, meta.key_spki) {
         (Some(id), Some(spki)) => Some(AuditKey {
-            id: KeyId(id.to_vec()),
-            spki: spki.to_vec(),
+            id: KeyId(hex::decode(id).map_err(|_| unreadable("id"))?),
+            spki: hex::decode(spki).map_err(|_| unreadable("public key"))?,
         }),
         _ => None,
     })
@@ -51,8 +49,8 @@ pub(super) fn stored_key(db: &sled::Db) -> Result<Option<AuditKey>, AuditError> 
 
 /// Finds the log's audit key in the device, or creates it on first use. A log whose key is not
 /// in this device, or whose stored public key differs from the device's, is refused.
-pub(super) fn device_key(db: &sled::Db, store: &KeyStore) -> Result<AuditKey, AuditError> {
-    if let Some(stored) = stored_key(db)? {
+pub(super) fn device_key(log: &Store, store: &KeyStore) -> Result<AuditKey, AuditError> {
+    if let Some(stored) = stored_key(log)? {
         let info = store.key_info_blocking(&stored.id).map_err(|e| {
             AuditError::Key(format!(
                 "the log's audit key {} is not usable in this device: {e}",
@@ -73,12 +71,10 @@ pub(super) fn device_key(db: &sled::Db, store: &KeyStore) -> Result<AuditKey, Au
             label: AUDIT_KEY_LABEL.into(),
         })
         .map_err(|e| AuditError::Key(format!("cannot create the audit key: {e}")))?;
-    let meta = db.open_tree("meta").map_err(storage)?;
-    meta.insert(META_KEY_ID, info.id.0.clone())
-        .map_err(storage)?;
-    meta.insert(META_KEY_SPKI, info.public_key.clone())
-        .map_err(storage)?;
-    db.flush().map_err(storage)?;
+    let mut meta = log.meta();
+    meta.key_id = Some(hex::encode(&info.id.0));
+    meta.key_spki = Some(hex::encode(&info.public_key));
+    log.set_meta(meta)?;
     Ok(AuditKey {
         id: info.id,
         spki: info.public_key,
@@ -111,8 +107,7 @@ pub(super) fn sign_checkpoint(
 
 /// The audit key recorded in the log under `dir`.
 pub fn recorded_key(dir: &Path) -> Result<Option<AuditKey>, AuditError> {
-    let (db, _) = records_tree(dir)?;
-    stored_key(&db)
+    stored_key(&open_store(dir)?)
 }
 
 /// Reads a PEM `PUBLIC KEY` (as `audit export` writes it) into DER.

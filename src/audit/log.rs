@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -19,12 +19,14 @@ use crossbeam_channel::Sender;
 use super::key::{device_key, AuditKey};
 use super::limiter::{Decision, RefusalLimiter, RefusalLimits};
 use super::record::{AuditEvent, AuditRecord, ChainSummary};
-use super::verify::verify_tree;
-use super::writer::{self, AuditStats, CheckpointPolicy, Pending, Place, Signer, Slot};
-use super::{resume, storage, AuditError, Trees};
+use super::segments::{issued_key, Store};
+use super::verify::verify_whole;
+use super::writer::{self, AuditStats, CheckpointPolicy, Pending, Signer};
+use super::{open_store, resume, storage, AuditError};
 use crate::keystore::KeyStore;
 
-/// The audit log's page cache unless configured (`[audit] cache_mb`).
+/// Accepted for configurations written for the sled-backed log (`[audit] cache_mb`); the
+/// segment files need no page cache of their own.
 pub const DEFAULT_AUDIT_CACHE_BYTES: u64 = 16 << 20;
 
 /// How the log behaves.
@@ -32,7 +34,7 @@ pub const DEFAULT_AUDIT_CACHE_BYTES: u64 = 16 << 20;
 pub struct AuditOptions {
     pub checkpoints: CheckpointPolicy,
     pub refusals: RefusalLimits,
-    /// Bound of the store's page cache, in bytes.
+    /// No longer used (the sled-backed log's page cache); kept so configurations still load.
     pub cache_bytes: u64,
 }
 
@@ -50,7 +52,7 @@ impl Default for AuditOptions {
 pub struct AuditLog {
     tx: Option<Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
-    slot: Slot,
+    store: Store,
     key: Option<AuditKey>,
     stats: Arc<AuditStats>,
     limiter: Arc<Mutex<RefusalLimiter>>,
@@ -90,18 +92,17 @@ impl AuditLog {
         store: Option<&KeyStore>,
         options: AuditOptions,
     ) -> Result<Self, AuditError> {
-        let trees = Trees::open(dir, options.cache_bytes)?;
+        let log = open_store(dir)?;
         let signer = match store {
             Some(store) => Some(Signer {
                 store: store.clone(),
-                key: device_key(&trees.db, store)?,
+                key: device_key(&log, store)?,
             }),
             None => None,
         };
         let key = signer.as_ref().map(|s| s.key.clone());
         let (summary, whole_chain_verified) =
-            resume::verify_for_open(&trees, key.as_ref().map(|k| k.spki.as_slice()))?;
-        resume::catch_up_index(&trees)?;
+            resume::verify_for_open(&log, key.as_ref().map(|k| k.spki.as_slice()))?;
         if summary.unsigned_tail > 0 && signer.is_some() {
             tracing::warn!(
                 records = summary.unsigned_tail,
@@ -117,13 +118,8 @@ impl AuditLog {
                 .store(unix_of(t), Ordering::Relaxed);
         }
         let limiter = Arc::new(Mutex::new(RefusalLimiter::new(options.refusals)));
-        let slot: Slot = Arc::new(RwLock::new(Some(trees)));
         let (tx, writer) = writer::start(
-            Place {
-                dir: dir.to_path_buf(),
-                cache_bytes: options.cache_bytes,
-                slot: slot.clone(),
-            },
+            log.clone(),
             signer,
             options.checkpoints,
             &summary,
@@ -133,24 +129,12 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Some(tx),
             writer: Some(writer),
-            slot,
+            store: log,
             key,
             stats,
             limiter,
             whole_chain_verified,
         })
-    }
-
-    /// The open store (a moment's copy of its handles): an error while the writer reopens it
-    /// after a storage error.
-    fn trees(&self) -> Result<Trees, AuditError> {
-        self.slot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                AuditError::Storage("the audit log is being reopened after a storage error".into())
-            })
     }
 
     fn submit(
@@ -240,29 +224,21 @@ impl AuditLog {
     /// Whether the key `ca_key` (an intermediate's key id) issued `serial` (hex, as audited)
     /// according to this log's `issued` records.
     pub fn was_issued(&self, ca_key: &str, serial: &str) -> Result<bool, AuditError> {
-        resume::was_issued(&self.trees()?, ca_key, serial)
+        self.store.was_issued(&issued_key(ca_key, serial))
     }
 
     /// Up to `limit` records from sequence number `from` on, as stored.
     pub fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
-        self.trees()?
-            .records
-            .range(from.max(1).to_be_bytes()..)
-            .values()
+        self.store
+            .iter_from(from)
             .take(limit)
-            .map(|v| {
-                let v = v.map_err(storage)?;
-                serde_json::from_slice(&v).map_err(storage)
-            })
+            .map(|v| serde_json::from_slice(&v?).map_err(storage))
             .collect()
     }
 
     /// Verifies the whole chain and checkpoints as they are on disk now.
     pub fn verify(&self) -> Result<ChainSummary, AuditError> {
-        verify_tree(
-            &self.trees()?.records,
-            self.key.as_ref().map(|k| k.spki.as_slice()),
-        )
+        verify_whole(&self.store, self.key.as_ref().map(|k| k.spki.as_slice()))
     }
 }
 
@@ -279,7 +255,6 @@ impl Drop for AuditLog {
 mod tests {
     use super::*;
     use crate::audit::record::ChainError;
-    use crate::audit::records_tree;
     use crate::audit::verify::verify_store;
 
     fn refused(i: usize) -> AuditEvent {
@@ -336,10 +311,14 @@ mod tests {
         );
     }
 
-    fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
-        let (db, tree) = records_tree(dir).expect("tree");
-        f(&tree);
-        db.flush().expect("flush");
+    /// Edits the log's lines (record `n` is line `n - 1`) as someone with the files would.
+    fn tamper(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let files = crate::audit::segments::segment_files(dir);
+        let path = files.last().expect("a segment");
+        let text = std::fs::read_to_string(path).expect("read");
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        f(&mut lines);
+        std::fs::write(path, lines.join("\n") + "\n").expect("write");
     }
 
     #[test]
@@ -354,13 +333,8 @@ mod tests {
             dir
         };
         let edited = make();
-        tamper(edited.path(), |t| {
-            let v = t.get(4u64.to_be_bytes()).expect("get").expect("record");
-            let text = String::from_utf8(v.to_vec())
-                .expect("utf8")
-                .replace("SAN mismatch", "fine");
-            t.insert(4u64.to_be_bytes(), text.as_bytes())
-                .expect("insert");
+        tamper(edited.path(), |lines| {
+            lines[3] = lines[3].replace("SAN mismatch", "fine");
         });
         assert!(matches!(
             verify_store(edited.path(), None),
@@ -372,8 +346,8 @@ mod tests {
         ));
 
         let deleted = make();
-        tamper(deleted.path(), |t| {
-            t.remove(6u64.to_be_bytes()).expect("remove");
+        tamper(deleted.path(), |lines| {
+            lines.remove(5);
         });
         assert!(matches!(
             verify_store(deleted.path(), None),
@@ -381,11 +355,8 @@ mod tests {
         ));
 
         let reordered = make();
-        tamper(reordered.path(), |t| {
-            let a = t.get(2u64.to_be_bytes()).expect("get").expect("a");
-            let b = t.get(3u64.to_be_bytes()).expect("get").expect("b");
-            t.insert(2u64.to_be_bytes(), b).expect("insert");
-            t.insert(3u64.to_be_bytes(), a).expect("insert");
+        tamper(reordered.path(), |lines| {
+            lines.swap(1, 2);
         });
         assert!(matches!(
             verify_store(reordered.path(), None),

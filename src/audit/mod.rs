@@ -1,8 +1,9 @@
-//! The tamper-evident audit log: hash-chained records in sled, written by one thread that
-//! commits in groups (many records, one fsync) and answers each caller only once its record is
-//! durable. Opening a log whose chain does not verify is refused; opening reads only the records
-//! after the last checkpoint already verified (a marker in the `meta` tree), full verification
-//! reads them all. The store's page cache is bounded.
+//! The tamper-evident audit log: hash-chained records in JSON Lines segment files, written by
+//! one thread that commits in groups (many records, one write and one `fdatasync`) and answers
+//! each caller only once its record is durable. Opening a log whose chain does not verify is
+//! refused; opening reads only the last segment and the records after the last checkpoint
+//! already verified (the marker in `meta.json`), so start time and memory do not grow with the
+//! log; full verification reads them all.
 //!
 //! Checkpoints: every `checkpoint_every` records or `checkpoint_interval` (whichever comes
 //! first), and when the log closes, the writer appends a [`AuditEvent::Checkpoint`] record: an
@@ -22,18 +23,19 @@
 //!
 //! The parts, each importing (outside its tests) only those listed before it:
 //! - [`record`]: the record format and the hash chain; [`limiter`]: refusal rate limits.
-//! - `key`: the audit key (found or created in the device, kept in the `meta` tree) and the
+//! - `segments`: the files (segments, their index side files, `meta.json`, the lock);
+//!   `migrate`: moving a log kept in sled by an earlier version to segments, once.
+//! - `key`: the audit key (found or created in the device, kept in `meta.json`) and the
 //!   checkpoint it signs.
 //! - `verify`: verification of a stored log or an exported JSON Lines file.
-//! - `resume`: where an open log takes up its chain (the verification marker) and the index
-//!   of issued serials.
+//! - `resume`: where an open log takes up its chain (the verification marker).
 //! - `export`: writing a log out as JSON Lines.
 //! - `writer`: the writer thread (group commit, when checkpoints are due, live figures,
 //!   retries after a storage error).
 //! - `log`: the appliance's [`AuditLog`] handle (open, append, refusals, pages).
 //! - `host`: the offline ceremony host's [`HostLog`].
 //!
-//! This file holds what they all share: the error type and where the store lives (its trees).
+//! This file holds what they all share: the error type.
 //!
 //! Never written here: PINs, tokens, key material. Records name identities, serials, key ids.
 
@@ -42,8 +44,10 @@ mod host;
 mod key;
 pub mod limiter;
 mod log;
+mod migrate;
 pub mod record;
 mod resume;
+pub mod segments;
 mod verify;
 mod writer;
 
@@ -79,41 +83,9 @@ fn storage(e: impl std::fmt::Display) -> AuditError {
     AuditError::Storage(e.to_string())
 }
 
-/// Opens the store under `dir/audit` (created when missing) and its `records` tree, with the
-/// default page cache (for tools and the ceremony host).
-fn records_tree(dir: &Path) -> Result<(sled::Db, sled::Tree), AuditError> {
-    let trees = Trees::open(dir, crate::store::DEFAULT_CACHE_BYTES)?;
-    Ok((trees.db, trees.records))
-}
-
-/// An open log store: the records, the `meta` tree (audit key, verification marker) and the
-/// index of issued serials.
-#[derive(Clone)]
-struct Trees {
-    db: sled::Db,
-    records: sled::Tree,
-    meta: sled::Tree,
-    issued: sled::Tree,
-}
-
-impl Trees {
-    /// Opens the store under `dir/audit` (created when missing), its page cache bounded by
-    /// `cache_bytes`.
-    fn open(dir: &Path, cache_bytes: u64) -> Result<Trees, AuditError> {
-        let path = dir.join("audit");
-        let open = |reason: String| AuditError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
-        let db = crate::store::open_with_cache(&path, cache_bytes)
-            .map_err(|e| open(crate::store::explain(&e)))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open(e.to_string()));
-        Ok(Trees {
-            records: tree("records")?,
-            meta: tree("meta")?,
-            issued: tree("issued")?,
-            db,
-        })
-    }
+/// Opens the log store under `dir/audit` (created when missing), moving a log kept in sled by
+/// an earlier version to segment files first.
+fn open_store(dir: &Path) -> Result<segments::Store, AuditError> {
+    migrate::from_sled_if_needed(dir)?;
+    segments::Store::open(dir)
 }

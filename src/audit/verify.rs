@@ -9,38 +9,31 @@ use std::path::Path;
 
 use super::key::stored_key;
 use super::record::{self, ChainStart, ChainSummary};
-use super::{records_tree, storage, AuditError};
+use super::segments::Store;
+use super::{open_store, AuditError};
 
 /// Records read into memory at once while verifying a stored chain.
 const CHUNK: usize = 4096;
 
-/// Verifies the chain stored in a tree, in key (= sequence) order.
-pub(super) fn verify_tree(
-    tree: &sled::Tree,
-    key: Option<&[u8]>,
-) -> Result<ChainSummary, AuditError> {
-    verify_tree_from(tree, ChainStart::default(), key)
+/// Verifies a whole stored log against `key` (the checkpoints' key; none: chain only).
+pub(super) fn verify_whole(store: &Store, key: Option<&[u8]>) -> Result<ChainSummary, AuditError> {
+    verify_store_from(store, ChainStart::default(), key)
 }
 
-/// Verifies the records of a tree after `start`, a chunk at a time (memory stays bounded
-/// however long the log).
-pub(super) fn verify_tree_from(
-    tree: &sled::Tree,
+/// Verifies the stored records after `start` (a point already verified), in chunks.
+pub(super) fn verify_store_from(
+    store: &Store,
     start: ChainStart,
     key: Option<&[u8]>,
 ) -> Result<ChainSummary, AuditError> {
-    let mut values = tree.range((start.seq + 1).to_be_bytes()..).values();
+    let mut values = store.iter_from(start.seq + 1);
     let mut at = start;
     let mut checkpoints = 0;
     loop {
-        let chunk = values
-            .by_ref()
-            .take(CHUNK)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(storage)?;
+        let chunk = values.by_ref().take(CHUNK).collect::<Result<Vec<_>, _>>()?;
         let done = chunk.len() < CHUNK;
         let mut summary =
-            record::verify_chain_from(at, chunk.iter().map(|v| v.as_ref()), key.as_slice())?;
+            record::verify_chain_from(at, chunk.iter().map(|v| v.as_slice()), key.as_slice())?;
         checkpoints += summary.checkpoints;
         if done {
             summary.checkpoints = checkpoints;
@@ -54,14 +47,12 @@ pub(super) fn verify_tree_from(
     }
 }
 
-/// Verifies the log under `dir/audit` without opening it for writing. Checkpoint signatures
-/// are checked against `key` (DER SubjectPublicKeyInfo) when given, else against the public
-/// key recorded in the log.
+/// Verifies the whole log under `dir` against `key`, or against the key it records.
 pub fn verify_store(dir: &Path, key: Option<&[u8]>) -> Result<ChainSummary, AuditError> {
-    let (db, tree) = records_tree(dir)?;
-    let stored = stored_key(&db)?;
+    let store = open_store(dir)?;
+    let stored = stored_key(&store)?;
     let key = key.or(stored.as_ref().map(|k| k.spki.as_slice()));
-    verify_tree(&tree, key)
+    verify_whole(&store, key)
 }
 
 /// Verifies an exported JSON Lines file; checkpoint signatures against `key` when given.

@@ -1,21 +1,20 @@
 //! The writer thread: the only code that appends to an open [`AuditLog`](super::AuditLog)'s
 //! store. It takes records from a bounded queue, commits them in groups (many records, one
-//! flush, the index of issued serials and the verification marker in the same flush), folds in
-//! due refusal summaries, appends a checkpoint signed in the device when one is due, and
-//! answers each caller only once its record is durable.
+//! write and one `fdatasync`), folds in due refusal summaries, appends a checkpoint signed in
+//! the device when one is due, moves the verification marker now and then (at most every
+//! [`MARKER_EVERY`], and when the log closes), and answers each caller only once its record is
+//! durable.
 //!
-//! After a failed write (a full disk) what reached the disk is unknown, and sled refuses every
-//! write after an I/O error: the writer answers the callers of that group and of every record
-//! that comes meanwhile with an error (refusals are folded into counts instead), and retries
-//! with a growing pause. A retry opens the store again, verifies it from the marker, and takes
-//! up the chain from the last record really there; its first commit is a
+//! After a failed write (a full disk) the writer answers the callers of that group and of every
+//! record that comes meanwhile with an error (refusals are folded into counts instead), and
+//! retries with a growing pause. A retry reads the last segment again, verifies it from the
+//! marker, and takes up the chain from the last record really there; its first commit is a
 //! [`AuditEvent::StorageResumed`] record with every folded count. A record may thus be on disk
 //! for a caller answered with an error (its group reached the disk before the failure was
 //! reported), never the reverse, and no record is written twice.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,10 +23,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::key::{sign_checkpoint, AuditKey};
 use super::limiter::RefusalLimiter;
 use super::record::{self, AuditEvent, ChainSummary};
-use super::{resume, storage, AuditError, Trees};
+use super::segments::{index_key, Store};
+use super::{resume, storage, AuditError};
 use crate::keystore::{KeyStore, SignatureScheme};
 
-/// Records committed with one flush at most.
+/// How often the verification marker moves forward at most (it also moves when the log
+/// closes): a start verifies the records written since.
+pub const MARKER_EVERY: Duration = Duration::from_secs(10);
+
+/// Records committed with one write at most.
 pub const MAX_GROUP: usize = 256;
 
 /// The first pause before a retry after a storage error; it doubles up to [`RETRY_MAX`].
@@ -77,20 +81,10 @@ pub(super) struct Pending {
     pub(super) done: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
-/// The open store, shared with the handle's readers; `None` while the writer reopens it.
-pub(super) type Slot = Arc<RwLock<Option<Trees>>>;
-
-/// Where the store lives and how it is opened again after a storage error.
-pub(super) struct Place {
-    pub(super) dir: PathBuf,
-    pub(super) cache_bytes: u64,
-    pub(super) slot: Slot,
-}
-
 /// Starts the writer thread on a store whose chain verified as `chain`. The thread ends, after
 /// a last commit (with a checkpoint when one is owed), once every sender is dropped.
 pub(super) fn start(
-    place: Place,
+    store: Store,
     signer: Option<Signer>,
     policy: CheckpointPolicy,
     chain: &ChainSummary,
@@ -99,7 +93,8 @@ pub(super) fn start(
 ) -> Result<(Sender<Pending>, JoinHandle<()>), AuditError> {
     let (tx, rx) = crossbeam_channel::bounded::<Pending>(4 * MAX_GROUP);
     let writer = Writer {
-        place,
+        store,
+        marker_moved: Instant::now(),
         signer,
         policy,
         head: chain.head,
@@ -131,7 +126,9 @@ struct Failure {
 }
 
 struct Writer {
-    place: Place,
+    store: Store,
+    /// When the verification marker last moved.
+    marker_moved: Instant,
     signer: Option<Signer>,
     policy: CheckpointPolicy,
     head: [u8; 32],
@@ -253,12 +250,10 @@ impl Writer {
     }
 
     fn reopen(&mut self) -> Result<(), AuditError> {
-        // sled refuses every write after an I/O error: let go of the store and open it anew.
-        *self.place.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
-        let trees = Trees::open(&self.place.dir, self.place.cache_bytes)?;
+        // What reached the disk before the error is read back, a torn tail set aside.
+        self.store.recover()?;
         let key = self.signer.as_ref().map(|s| s.key.spki.as_slice());
-        let (chain, _) = resume::verify_for_open(&trees, key)?;
-        resume::catch_up_index(&trees)?;
+        let (chain, _) = resume::verify_for_open(&self.store, key)?;
         self.head = chain.head;
         self.next = chain.records + 1;
         self.since_checkpoint = chain.unsigned_tail;
@@ -272,7 +267,6 @@ impl Writer {
                 }
             }
         }
-        *self.place.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(trees);
         Ok(())
     }
 
@@ -322,16 +316,6 @@ impl Writer {
     /// Writes `first` (a record of the writer's own), `group`, due refusal summaries (all of
     /// them after a recovery) and a checkpoint when one is due, with one flush.
     fn commit(&mut self, group: Vec<Pending>, closing: bool, first: Option<AuditEvent>) {
-        let trees = self
-            .place
-            .slot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(trees) = trees else {
-            self.fail("the store is not open", Vec::new(), 0);
-            return self.refuse(group);
-        };
         let resuming = first.is_some();
         let now = Instant::now();
         let summaries = self
@@ -353,15 +337,14 @@ impl Writer {
                     folded: n,
                 }),
         );
-        let mut batch = sled::Batch::default();
-        let mut index = sled::Batch::default();
+        let mut batch = Vec::with_capacity(events.len() + 1);
         let (mut h, mut seq) = (self.head, self.next);
         let mut assigned = Vec::with_capacity(events.len());
         let mut since = self.since_checkpoint;
         for event in events {
-            resume::index_event(&mut index, seq, &event);
+            let key = index_key(&event);
             let (bytes, new_head) = record::seal(seq, time.clone(), &h, event.clone());
-            batch.insert(&seq.to_be_bytes(), bytes);
+            batch.push((seq, bytes, key));
             assigned.push((seq, event));
             h = new_head;
             seq += 1;
@@ -375,7 +358,7 @@ impl Writer {
         if due {
             if let Some(cp) = self.checkpoint_event(seq - 1, &h, &time) {
                 let (bytes, new_head) = record::seal(seq, time.clone(), &h, cp);
-                batch.insert(&seq.to_be_bytes(), bytes);
+                batch.push((seq, bytes, None));
                 h = new_head;
                 seq += 1;
                 checkpointed = true;
@@ -384,20 +367,18 @@ impl Writer {
         if seq == self.next {
             return;
         }
-        resume::index_watermark(&mut index, seq - 1);
-        let outcome = trees
-            .records
-            .apply_batch(batch)
-            .map_err(storage)
-            .and_then(|()| trees.issued.apply_batch(index).map_err(storage))
-            .and_then(|()| {
-                if checkpointed {
-                    resume::set_marker(&trees, seq - 1, &h)?;
-                }
-                trees.db.flush().map(|_| ()).map_err(storage)
-            });
+        let outcome = self.store.append(&batch);
         match outcome {
             Ok(()) => {
+                if checkpointed
+                    && (closing || now.duration_since(self.marker_moved) >= MARKER_EVERY)
+                {
+                    // The checkpoint is durable; the marker only shortens the next start.
+                    match resume::set_marker(&self.store, seq - 1, &h) {
+                        Ok(()) => self.marker_moved = now,
+                        Err(e) => tracing::warn!(error = %e, "audit verification marker not moved"),
+                    }
+                }
                 self.head = h;
                 self.next = seq;
                 self.since_checkpoint = if checkpointed { 0 } else { since };
@@ -441,7 +422,6 @@ impl Writer {
                     }
                 }
                 self.fail(&reason, refusals, errors);
-                drop(trees);
             }
         }
     }

@@ -112,11 +112,10 @@ pub fn keys_change_pin(config_path: &Path, new: &SecretSource) -> Result<(), Cli
     if config.audit_enabled {
         let path = config.data_dir.join("audit");
         if path.exists() {
-            crate::store::open_waiting(&path, std::time::Duration::from_secs(1)).map_err(|e| {
+            crate::audit::recorded_key(&config.data_dir).map_err(|e| {
                 CliError::Message(format!(
-                    "cannot open the audit log {}: {}; stop the appliance first, nothing was changed",
+                    "cannot open the audit log {}: {e}; stop the appliance first, nothing was changed",
                     path.display(),
-                    crate::store::explain(&e)
                 ))
             })?;
         }
