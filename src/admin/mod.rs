@@ -57,6 +57,9 @@ fn outcome(o: Outcome) -> Response {
         Outcome::Pending(p) => {
             (StatusCode::ACCEPTED, Json(json!({"pending_approval": p}))).into_response()
         }
+        Outcome::RunElsewhere(p) => {
+            (StatusCode::ACCEPTED, Json(json!({"proposal": p}))).into_response()
+        }
     }
 }
 
@@ -244,8 +247,20 @@ async fn import_crl(
     json(api.control.import_crl(&caller, &b.crl_pem).await)
 }
 
-async fn proposals(State(api): Ctl, _: Authorized<AnyRole>) -> Response {
-    Json(json!({"proposals": api.control.proposals()})).into_response()
+/// `GET /v1/proposals[?all=true]`: the open proposals, or all of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposalsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn proposals(
+    State(api): Ctl,
+    _: Authorized<AnyRole>,
+    Query(q): Query<ProposalsQuery>,
+) -> Answer {
+    Ok(Json(json!({"proposals": api.control.proposals(q.all).await?})).into_response())
 }
 
 /// An approval's body: `{}`, or `{"operation": "<name>"}` to approve only if the proposal is
@@ -264,7 +279,7 @@ async fn approve(
     JsonBody(b): JsonBody<ApproveBody>,
 ) -> Answer {
     if let Some(expected) = &b.operation {
-        let proposed = api.control.proposals().into_iter().find(|p| p.id == id);
+        let proposed = api.control.proposal(&id).await?;
         if let Some(p) = proposed.filter(|p| p.operation.name() != expected) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

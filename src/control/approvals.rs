@@ -1,22 +1,29 @@
 //! Officer approvals, on top of the rest of the control plane: a sensitive operation
 //! (`admin.approvals.sensitive`, and a forced root removal always) is checked and filed as a
-//! proposal, and runs, with its checks repeated, when enough distinct officers approved it
-//! before it expired. Proposals live in memory. This is the only part that calls across the
-//! others (roots, rotation, revocation); none of them may call back up into it.
+//! proposal in the CA state, so it survives a restart and every appliance sharing the state
+//! sees it; it runs, with its checks repeated, when enough distinct officers (who still hold
+//! the role) approved it before it expired. Exactly one approval runs it: the state's claim
+//! moves it from pending to executing once, whichever node asks, and the outcome is recorded.
+//! A runner that dies mid-way leaves the proposal `executing`, listed for officers to see; it
+//! is never run again. This is the only part that calls across the others (roots, rotation,
+//! revocation); none of them may call back up into it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use super::{
-    key_id, lock, record_der, Activation, Caller, Control, ControlError, RevocationDone,
-    RevokeRequest, RootAdded, RootRemoved,
+    key_id, record_der, Activation, Caller, Control, ControlError, RevocationDone, RevokeRequest,
+    RootAdded, RootRemoved,
 };
 use crate::audit::AuditEvent;
 use crate::clock::rfc3339;
 use crate::config::Role;
 use crate::keystore::KeyId;
+use crate::state::{Claim, ProposalRecord, ProposalStatus, ProposalStep, StateError};
+
+/// Version of the operation's JSON form in a stored proposal.
+pub const OPERATION_VERSION: u32 = 1;
 
 /// An operation that may need officer approvals before it runs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,7 +57,8 @@ pub enum OperationResult {
     Activated(Activation),
 }
 
-/// An operation waiting for approvals.
+/// A proposal as officers see it: the operation, its approvals, where it is in its life and,
+/// once run, what it produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Proposal {
     pub id: String,
@@ -61,35 +69,87 @@ pub struct Proposal {
     pub threshold: u32,
     pub created_at: String,
     pub expires_at: String,
-    #[serde(skip)]
-    expires: OffsetDateTime,
+    pub status: ProposalStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Proposal {
-    fn new(
-        id: String,
-        operation: Operation,
-        proposer: &Caller,
-        threshold: u32,
-        now: OffsetDateTime,
-        ttl: std::time::Duration,
-    ) -> Self {
-        let expires = now + ttl;
-        let mut approvals = BTreeSet::new();
-        if proposer.has(Role::Officer) {
-            approvals.insert(proposer.identity.clone());
+    /// Reads a stored proposal; an operation this build cannot read is a corrupt record.
+    fn from_record(r: ProposalRecord) -> Result<Self, ControlError> {
+        let corrupt = |reason: String| {
+            ControlError::State(StateError::Corrupt {
+                key: format!("proposal {}", r.id),
+                reason,
+            })
+        };
+        if r.operation_version != OPERATION_VERSION {
+            return Err(corrupt(format!(
+                "operation version {} (this build reads {OPERATION_VERSION})",
+                r.operation_version
+            )));
         }
-        Proposal {
-            id,
+        let operation =
+            serde_json::from_value(r.operation.clone()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Proposal {
+            id: r.id,
             operation,
-            proposer: proposer.identity.clone(),
-            approvals,
-            threshold,
-            created_at: rfc3339(now),
-            expires_at: rfc3339(expires),
-            expires,
-        }
+            proposer: r.proposer,
+            approvals: r.approvals,
+            threshold: r.threshold,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            status: r.status,
+            claimed_by: r.claimed_by,
+            claimed_at: r.claimed_at,
+            finished_at: r.finished_at,
+            result: r.result,
+            error: r.error,
+        })
     }
+}
+
+/// A new, pending proposal of `operation` by `proposer` (whose own call counts as the first
+/// approval when they are an officer).
+fn new_record(
+    id: String,
+    operation: &Operation,
+    proposer: &Caller,
+    threshold: u32,
+    now: time::OffsetDateTime,
+    ttl: std::time::Duration,
+) -> Result<ProposalRecord, ControlError> {
+    let mut approvals = BTreeSet::new();
+    if proposer.has(Role::Officer) {
+        approvals.insert(proposer.identity.clone());
+    }
+    let operation = serde_json::to_value(operation)
+        .map_err(|e| ControlError::State(StateError::Storage(e.to_string())))?;
+    Ok(ProposalRecord {
+        version: 0,
+        id,
+        operation,
+        operation_version: OPERATION_VERSION,
+        proposer: proposer.identity.clone(),
+        approvals,
+        threshold,
+        created_at: rfc3339(now),
+        expires_at: rfc3339(now + ttl),
+        status: ProposalStatus::Pending,
+        claimed_by: None,
+        claimed_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
+    })
 }
 
 /// The outcome of asking for an operation.
@@ -99,61 +159,9 @@ pub enum Outcome {
     Done(OperationResult),
     /// It waits for approvals.
     Pending(Box<Proposal>),
-}
-
-/// What one approval did to its proposal.
-#[derive(Debug)]
-enum Approval {
-    /// The threshold is reached: the proposal is closed and its operation runs.
-    Ready(Proposal),
-    /// More approvals are needed.
-    Pending(Proposal),
-}
-
-/// The open proposals, by id.
-#[derive(Default)]
-pub(super) struct Proposals(BTreeMap<String, Proposal>);
-
-impl Proposals {
-    fn file(&mut self, proposal: Proposal) {
-        self.0.insert(proposal.id.clone(), proposal);
-    }
-
-    /// The proposals still open at `now`; expired ones are dropped.
-    fn open(&mut self, now: OffsetDateTime) -> Vec<Proposal> {
-        self.0.retain(|_, p| p.expires > now);
-        self.0.values().cloned().collect()
-    }
-
-    /// `identity` approves proposal `id` at `now`.
-    fn approve(
-        &mut self,
-        id: &str,
-        identity: &str,
-        now: OffsetDateTime,
-    ) -> Result<(Approval, u32), ControlError> {
-        let Some(p) = self.0.get_mut(id) else {
-            return Err(ControlError::UnknownProposal(id.to_string()));
-        };
-        if p.expires <= now {
-            self.0.remove(id);
-            return Err(ControlError::ProposalExpired(id.to_string()));
-        }
-        if !p.approvals.insert(identity.to_string()) {
-            return Err(ControlError::AlreadyApproved {
-                identity: identity.to_string(),
-                proposal: id.to_string(),
-            });
-        }
-        let n = u32::try_from(p.approvals.len()).unwrap_or(u32::MAX);
-        if n < p.threshold {
-            return Ok((Approval::Pending(p.clone()), n));
-        }
-        match self.0.remove(id) {
-            Some(p) => Ok((Approval::Ready(p), n)),
-            None => Err(ControlError::UnknownProposal(id.to_string())),
-        }
-    }
+    /// It had enough approvals, but another approval (perhaps on another appliance) claimed
+    /// it first and runs it, or ran it: the proposal as it stands.
+    RunElsewhere(Box<Proposal>),
 }
 
 impl Control {
@@ -184,45 +192,140 @@ impl Control {
         }
         self.precheck(&op).await?;
         let id = hex::encode(KeyId::random().0);
-        let proposal = Proposal::new(
+        let record = new_record(
             id.clone(),
-            op.clone(),
+            &op,
             caller,
             threshold,
             self.clock.now(),
             self.config.admin.proposal_ttl,
-        );
+        )?;
         self.record(AuditEvent::Proposed {
             actor: caller.identity.clone(),
-            proposal: id,
+            proposal: id.clone(),
             operation: op.name().into(),
             threshold,
         })
         .await?;
-        lock(&self.proposals).file(proposal.clone());
-        Ok(Outcome::Pending(Box::new(proposal)))
+        if !self.state.file_proposal(record.clone()).await? {
+            return Err(StateError::Storage(format!("proposal id {id} is taken")).into());
+        }
+        Ok(Outcome::Pending(Box::new(Proposal::from_record(record)?)))
     }
 
-    /// Open proposals (expired ones are dropped).
-    pub fn proposals(&self) -> Vec<Proposal> {
-        lock(&self.proposals).open(self.clock.now())
+    /// The open proposals: pending ones that have not expired, and executing ones (a runner
+    /// that died leaves its proposal here, for officers to see). With `all`, every proposal
+    /// in the state, whatever its status.
+    pub async fn proposals(&self, all: bool) -> Result<Vec<Proposal>, ControlError> {
+        let now = self.clock.now();
+        let mut list = Vec::new();
+        for record in self.state.proposals(all).await? {
+            let stale = record.status == ProposalStatus::Pending && record.expired_at(now);
+            if all || !stale {
+                list.push(Proposal::from_record(record)?);
+            }
+        }
+        Ok(list)
+    }
+
+    /// One proposal, whatever its status.
+    pub async fn proposal(&self, id: &str) -> Result<Option<Proposal>, ControlError> {
+        self.state
+            .proposal(id)
+            .await?
+            .map(Proposal::from_record)
+            .transpose()
+    }
+
+    /// The identities that hold the officer role now: only their approvals count.
+    fn officers(&self) -> BTreeSet<String> {
+        self.config
+            .admin
+            .users
+            .iter()
+            .filter(|(_, roles)| roles.contains(&Role::Officer))
+            .map(|(identity, _)| identity.clone())
+            .collect()
     }
 
     /// An officer approves; the operation runs when the threshold is reached.
     pub async fn approve(&self, caller: &Caller, id: &str) -> Result<Outcome, ControlError> {
         let now = self.clock.now();
-        let (approval, approvals) = lock(&self.proposals).approve(id, &caller.identity, now)?;
+        let step = self
+            .state
+            .approve_proposal(id, &caller.identity, now)
+            .await?;
+        let record = match step {
+            ProposalStep::Done(record) => *record,
+            ProposalStep::Expired(_) => return Err(ControlError::ProposalExpired(id.into())),
+            ProposalStep::AlreadyApproved(_) => {
+                return Err(ControlError::AlreadyApproved {
+                    identity: caller.identity.clone(),
+                    proposal: id.to_string(),
+                })
+            }
+            ProposalStep::NotPending(r) if r.status == ProposalStatus::Expired => {
+                return Err(ControlError::ProposalExpired(id.into()))
+            }
+            ProposalStep::NotFound | ProposalStep::NotPending(_) | ProposalStep::NotReady(_) => {
+                return Err(ControlError::UnknownProposal(id.into()))
+            }
+        };
+        let threshold = record.threshold.max(self.config.admin.approval_threshold);
         self.record(AuditEvent::Approved {
             actor: caller.identity.clone(),
             proposal: id.to_string(),
-            approvals,
-            threshold: self.config.admin.approval_threshold,
+            approvals: record.counted(None),
+            threshold,
         })
         .await?;
-        match approval {
-            Approval::Ready(p) => self.execute(caller, &p.operation).await.map(Outcome::Done),
-            Approval::Pending(p) => Ok(Outcome::Pending(Box::new(p))),
+        let officers = self.officers();
+        if record.counted(Some(&officers)) < threshold {
+            return Ok(Outcome::Pending(Box::new(Proposal::from_record(record)?)));
         }
+        self.run(caller, id, threshold, &officers).await
+    }
+
+    /// Claims proposal `id` and, if this call won the claim, runs it and records the outcome.
+    async fn run(
+        &self,
+        caller: &Caller,
+        id: &str,
+        threshold: u32,
+        officers: &BTreeSet<String>,
+    ) -> Result<Outcome, ControlError> {
+        let claim = Claim {
+            runner: &caller.identity,
+            now: self.clock.now(),
+            threshold,
+            officers: Some(officers),
+        };
+        let record = match self.state.claim_proposal(id, &claim).await? {
+            ProposalStep::Done(record) => Proposal::from_record(*record)?,
+            ProposalStep::Expired(_) => return Err(ControlError::ProposalExpired(id.into())),
+            ProposalStep::NotReady(r) => {
+                return Ok(Outcome::Pending(Box::new(Proposal::from_record(*r)?)))
+            }
+            ProposalStep::NotPending(r) | ProposalStep::AlreadyApproved(r) => {
+                return Ok(Outcome::RunElsewhere(Box::new(Proposal::from_record(*r)?)))
+            }
+            ProposalStep::NotFound => return Err(ControlError::UnknownProposal(id.into())),
+        };
+        let result = self.execute(caller, &record.operation).await;
+        let outcome = match &result {
+            Ok(done) => serde_json::to_value(done).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let finished = self
+            .state
+            .finish_proposal(id, &outcome, self.clock.now())
+            .await;
+        if let Err(e) = finished {
+            // The operation ran (or failed) and is audited; only its outcome is not recorded,
+            // so the proposal stays `executing`, which is what officers must see.
+            tracing::warn!(proposal = id, error = %e, "the outcome of a proposal was not recorded");
+        }
+        result.map(Outcome::Done)
     }
 
     async fn execute(
@@ -269,7 +372,6 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use time::macros::datetime;
 
     fn officer(name: &str) -> Caller {
@@ -279,67 +381,57 @@ mod tests {
         }
     }
 
-    fn filed(clock: &ManualClock, book: &mut Proposals, threshold: u32) -> String {
-        let op = Operation::RootRemove {
-            fingerprint: "ab".into(),
-            force: true,
+    #[test]
+    fn every_operation_reads_back_from_its_stored_form() {
+        let ops = [
+            Operation::RootAdd {
+                certificate_pem: "pem".into(),
+            },
+            Operation::RootRemove {
+                fingerprint: "ab".into(),
+                force: true,
+            },
+            Operation::Revoke(RevokeRequest {
+                serial: Some("0a".into()),
+                issuer: None,
+                intermediate: None,
+                reason: Some("keyCompromise".into()),
+            }),
+            Operation::ActivateNewRoot {
+                key_id: "01".into(),
+            },
+        ];
+        for op in ops {
+            let now = datetime!(2030-01-01 00:00 UTC);
+            let ttl = std::time::Duration::from_secs(600);
+            let record =
+                new_record("p".into(), &op, &officer("alice"), 2, now, ttl).expect("record");
+            assert_eq!(record.approvals.len(), 1, "the proposer's call counts");
+            assert_eq!(record.expires_at, "2030-01-01T00:10:00Z");
+            let read = Proposal::from_record(record).expect("read");
+            assert_eq!(read.operation, op);
+        }
+    }
+
+    #[test]
+    fn an_operation_of_another_version_is_not_run() {
+        let op = Operation::RootAdd {
+            certificate_pem: "pem".into(),
         };
-        let ttl = std::time::Duration::from_secs(600);
-        let p = Proposal::new(
-            "p1".into(),
-            op,
+        let now = datetime!(2030-01-01 00:00 UTC);
+        let mut record = new_record(
+            "p".into(),
+            &op,
             &officer("alice"),
-            threshold,
-            clock.now(),
-            ttl,
-        );
-        book.file(p);
-        "p1".into()
-    }
-
-    #[test]
-    fn a_proposal_expires_after_its_ttl_without_sleeping() {
-        let clock = ManualClock::new(datetime!(2030-01-01 00:00 UTC));
-        let mut book = Proposals::default();
-        let id = filed(&clock, &mut book, 2);
-        clock.advance(time::Duration::seconds(599));
-        assert_eq!(book.open(clock.now()).len(), 1);
-        clock.advance(time::Duration::seconds(1));
+            2,
+            now,
+            std::time::Duration::from_secs(1),
+        )
+        .expect("record");
+        record.operation_version = OPERATION_VERSION + 1;
         assert!(matches!(
-            book.approve(&id, "bob", clock.now()),
-            Err(ControlError::ProposalExpired(_))
+            Proposal::from_record(record),
+            Err(ControlError::State(StateError::Corrupt { .. }))
         ));
-        assert!(book.open(clock.now()).is_empty());
-        assert!(matches!(
-            book.approve(&id, "bob", clock.now()),
-            Err(ControlError::UnknownProposal(_))
-        ));
-    }
-
-    #[test]
-    fn expired_proposals_leave_the_open_list() {
-        let clock = ManualClock::new(datetime!(2030-01-01 00:00 UTC));
-        let mut book = Proposals::default();
-        filed(&clock, &mut book, 2);
-        clock.advance(time::Duration::minutes(10));
-        assert!(book.open(clock.now()).is_empty());
-    }
-
-    #[test]
-    fn the_threshold_counts_distinct_officers_and_the_proposer() {
-        let clock = ManualClock::new(datetime!(2030-01-01 00:00 UTC));
-        let mut book = Proposals::default();
-        let id = filed(&clock, &mut book, 3);
-        assert!(matches!(
-            book.approve(&id, "alice", clock.now()),
-            Err(ControlError::AlreadyApproved { .. })
-        ));
-        let (pending, n) = book.approve(&id, "bob", clock.now()).expect("bob");
-        assert!(matches!(pending, Approval::Pending(_)));
-        assert_eq!(n, 2);
-        let (ready, n) = book.approve(&id, "carol", clock.now()).expect("carol");
-        assert!(matches!(ready, Approval::Ready(ref p) if p.approvals.len() == 3));
-        assert_eq!(n, 3);
-        assert!(book.open(clock.now()).is_empty(), "a proposal runs once");
     }
 }

@@ -57,7 +57,6 @@ pub struct Control {
     clock: Clock,
     /// State changes run one at a time.
     changes: tokio::sync::Mutex<()>,
-    proposals: Mutex<approvals::Proposals>,
     crls: Mutex<revocation::CrlCache>,
 }
 
@@ -110,7 +109,6 @@ impl Control {
             audit: None,
             clock: Clock::system(),
             changes: tokio::sync::Mutex::new(()),
-            proposals: Mutex::new(approvals::Proposals::default()),
             crls: Mutex::new(revocation::CrlCache::default()),
         }
     }

@@ -1,5 +1,6 @@
 //! The CA state: the trust bundle (roots and its sequence number), the installed intermediates
-//! and which one issues, revocations, CRL numbers and imported root CRLs. Two backends keep it
+//! and which one issues, revocations, CRL numbers, imported root CRLs and the officers'
+//! proposals with their approvals ([`proposals`]). Two backends keep it
 //! with the same semantics: [`sled`] (embedded, the default, synchronous; the offline ceremony
 //! uses it directly) and [`postgres`] (shared by several appliances, asynchronous). The running
 //! appliance holds a [`CaState`], which names its backend and whose `async` methods delegate.
@@ -9,14 +10,18 @@
 //! a log line or a record.
 
 pub mod postgres;
+pub mod proposals;
 mod records;
 pub mod sled;
 
 use std::path::{Path, PathBuf};
 
+use time::OffsetDateTime;
+
 use crate::keystore::KeyId;
 
 pub use postgres::{PgSettings, PgState};
+pub use proposals::{Claim, ProposalRecord, ProposalStatus, ProposalStep};
 pub use records::{
     ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord, Snapshot,
     Transition, RECORD_VERSION,
@@ -255,6 +260,71 @@ impl CaState {
         match self {
             CaState::Sled(s) => s.snapshot(),
             CaState::Postgres(p) => p.snapshot().await,
+        }
+    }
+
+    /// Files a new proposal (pending); false, changing nothing, when its id is taken.
+    pub async fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.file_proposal(record),
+            CaState::Postgres(p) => p.file_proposal(record).await,
+        }
+    }
+
+    /// One proposal by id, whatever its status.
+    pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.proposal(id),
+            CaState::Postgres(p) => p.proposal(id).await,
+        }
+    }
+
+    /// The proposals, oldest first: all, or the open ones (pending or executing).
+    pub async fn proposals(&self, all: bool) -> Result<Vec<ProposalRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.proposals(all),
+            CaState::Postgres(p) => p.proposals(all).await,
+        }
+    }
+
+    /// `officer` approves proposal `id`: once per officer, only while it is pending and has
+    /// not expired (an expired one is recorded as expired). Durable on return.
+    pub async fn approve_proposal(
+        &self,
+        id: &str,
+        officer: &str,
+        now: OffsetDateTime,
+    ) -> Result<ProposalStep, StateError> {
+        match self {
+            CaState::Sled(s) => s.approve_proposal(id, officer, now),
+            CaState::Postgres(p) => p.approve_proposal(id, officer, now).await,
+        }
+    }
+
+    /// Claims proposal `id` for execution, atomically: pending → executing only with enough
+    /// approvals and before it expires, so of any number of callers on any number of nodes
+    /// exactly one gets [`ProposalStep::Done`] and runs it. Durable on return.
+    pub async fn claim_proposal(
+        &self,
+        id: &str,
+        claim: &Claim<'_>,
+    ) -> Result<ProposalStep, StateError> {
+        match self {
+            CaState::Sled(s) => s.claim_proposal(id, claim),
+            CaState::Postgres(p) => p.claim_proposal(id, claim).await,
+        }
+    }
+
+    /// Records what running an executing proposal came to. Durable on return.
+    pub async fn finish_proposal(
+        &self,
+        id: &str,
+        outcome: &Result<serde_json::Value, String>,
+        now: OffsetDateTime,
+    ) -> Result<ProposalStep, StateError> {
+        match self {
+            CaState::Sled(s) => s.finish_proposal(id, outcome, now),
+            CaState::Postgres(p) => p.finish_proposal(id, outcome, now).await,
         }
     }
 }

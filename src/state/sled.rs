@@ -1,8 +1,8 @@
 //! The CA state in sled, the embedded default: one node, nothing to install. Trees for the
-//! intermediates, the roots, the revocations and `meta` (counters, imported CRLs), holding the
-//! versioned JSON records of [`super::records`]. Synchronous: the offline ceremony uses it as it
-//! is, the running appliance through [`super::CaState`]. Every change is flushed before it
-//! returns.
+//! intermediates, the roots, the revocations, `meta` (counters, imported CRLs) and the
+//! officers' proposals ([`proposals`]), holding the versioned JSON records of
+//! [`super::records`]. Synchronous: the offline ceremony uses it as it is, the running
+//! appliance through [`super::CaState`]. Every change is flushed before it returns.
 //!
 //! It must never hold key material, and never let two intermediate state changes interleave
 //! (they run under one lock, so "at most one active" holds within the process; sled's own lock
@@ -25,6 +25,7 @@ pub struct SledState {
     roots: sled::Tree,
     revocations: sled::Tree,
     meta: sled::Tree,
+    proposals: sled::Tree,
     /// Intermediate state changes (install, activate, retire) run one at a time.
     transitions: Mutex<()>,
 }
@@ -59,11 +60,12 @@ impl SledState {
         let db = crate::store::open_with_cache(&path, cache_bytes)
             .map_err(|e| open_err(crate::store::explain(&e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let (intermediates, roots, revocations, meta) = (
+        let (intermediates, roots, revocations, meta, proposals) = (
             tree("intermediates")?,
             tree("roots")?,
             tree("revocations")?,
             tree("meta")?,
+            tree("proposals")?,
         );
         Ok(SledState {
             db,
@@ -71,6 +73,7 @@ impl SledState {
             roots,
             revocations,
             meta,
+            proposals,
             transitions: Mutex::new(()),
         })
     }
@@ -330,5 +333,6 @@ impl SledState {
     }
 }
 
+mod proposals;
 #[cfg(test)]
 mod tests;

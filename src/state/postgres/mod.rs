@@ -4,12 +4,14 @@
 //! `INSERT .. ON CONFLICT .. RETURNING` (strictly increasing per issuer however many nodes
 //! ask); an imported CRL replaces the stored one only when its number is greater; intermediate
 //! state changes run under an advisory lock, and a partial unique index keeps "at most one
-//! active" even against a writer that skips the lock.
+//! active" even against a writer that skips the lock. Officer proposals are in [`proposals`]:
+//! each step locks its row, so exactly one caller claims a proposal for execution.
 //!
 //! It must never put the database password into an error or a log line (see [`settings`]),
 //! and never trusts the database for more than storage yet: signing rows is issue 11's next
 //! step (the `signature` columns are there for it).
 
+mod proposals;
 mod schema;
 mod settings;
 mod tls;

@@ -22,9 +22,13 @@ const MIGRATION_LOCK: i32 = 0;
 /// one active" is per node; trust-changing rows carry a nullable `signature` for the writing
 /// node's device-held key. Later versions add the node registry, the change sequence and the
 /// signing keys, and make `signature` required once every row is signed.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+///
+/// Version 2 adds the officers' proposals: one row per proposal, its status in a column (for
+/// listing and for the conditional updates that claim one), the record as JSON.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE roots (
     fingerprint text COLLATE "C" PRIMARY KEY,
     added_at    text COLLATE "C" NOT NULL,
@@ -62,7 +66,23 @@ CREATE TABLE imported_crls (
     record jsonb NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE proposals (
+    id         text COLLATE "C" PRIMARY KEY,
+    status     text NOT NULL
+               CHECK (status IN ('pending', 'executing', 'executed', 'failed', 'expired')),
+    created_at text COLLATE "C" NOT NULL,
+    record     jsonb NOT NULL,
+    signature  bytea
+);
+CREATE INDEX proposals_open ON proposals (created_at, id)
+    WHERE status IN ('pending', 'executing');
+"#,
+    ),
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

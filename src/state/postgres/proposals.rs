@@ -1,0 +1,127 @@
+//! Officer proposals in PostgreSQL (table `proposals`, schema version 2). Every step (approve,
+//! claim, finish) is one transaction that locks the row (`SELECT .. FOR UPDATE`), applies the
+//! shared check of [`crate::state::proposals`] and writes the row back, status column and
+//! record together: so of concurrent claims on any number of nodes exactly one moves a
+//! proposal from pending to executing, and the others see it executing.
+//!
+//! It must never change a proposal row outside such a transaction, nor interpret the
+//! operation.
+
+use time::OffsetDateTime;
+use tokio_postgres::types::Json;
+
+use super::{db, record, records, PgState};
+use crate::state::proposals::{approved, claimed, filing, finished, Step};
+use crate::state::{Claim, ProposalRecord, ProposalStep, StateError};
+
+impl PgState {
+    /// Files a new proposal (pending); false, changing nothing, when its id is taken.
+    pub async fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
+        let record = filing(record);
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO proposals (id, status, created_at, record) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    &record.id,
+                    &record.status.as_str(),
+                    &record.created_at,
+                    &Json(&record),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(inserted == 1)
+    }
+
+    /// One proposal by id, whatever its status.
+    pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT record FROM proposals WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// The proposals, oldest first: all, or the open ones (pending or executing).
+    pub async fn proposals(&self, all: bool) -> Result<Vec<ProposalRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM proposals
+                 WHERE $1 OR status IN ('pending', 'executing')
+                 ORDER BY created_at, id",
+                &[&all],
+            )
+            .await
+            .map_err(db)?;
+        records(rows)
+    }
+
+    /// `officer` approves proposal `id` (once per officer; only while pending and unexpired).
+    pub async fn approve_proposal(
+        &self,
+        id: &str,
+        officer: &str,
+        now: OffsetDateTime,
+    ) -> Result<ProposalStep, StateError> {
+        self.step(id, |r| approved(r, officer, now)).await
+    }
+
+    /// Moves proposal `id` from pending to executing when it has enough approvals and has not
+    /// expired; of concurrent callers on every node, exactly one gets [`ProposalStep::Done`].
+    pub async fn claim_proposal(
+        &self,
+        id: &str,
+        claim: &Claim<'_>,
+    ) -> Result<ProposalStep, StateError> {
+        self.step(id, |r| claimed(r, claim)).await
+    }
+
+    /// Records the outcome of an executing proposal: executed with its result, or failed.
+    pub async fn finish_proposal(
+        &self,
+        id: &str,
+        outcome: &Result<serde_json::Value, String>,
+        now: OffsetDateTime,
+    ) -> Result<ProposalStep, StateError> {
+        self.step(id, |r| finished(r, outcome, now)).await
+    }
+
+    /// Applies `f` to the row, locked for the transaction, and writes the result back.
+    async fn step(
+        &self,
+        id: &str,
+        f: impl FnOnce(ProposalRecord) -> Step,
+    ) -> Result<ProposalStep, StateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM proposals WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(ProposalStep::NotFound);
+        };
+        let (changed, answer) = match f(record(&row)?) {
+            Ok(changed) => changed,
+            Err(refused) => return Ok(refused),
+        };
+        tx.execute(
+            "UPDATE proposals SET status = $2, record = $3 WHERE id = $1",
+            &[&id, &changed.status.as_str(), &Json(&changed)],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(answer)
+    }
+}
