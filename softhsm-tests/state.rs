@@ -5,6 +5,8 @@
 
 #[path = "state/pg.rs"]
 mod pg;
+#[path = "state/proposals.rs"]
+mod proposals;
 mod support;
 
 use std::sync::Arc;
@@ -13,6 +15,10 @@ use hsm_ca::keystore::KeyId;
 use hsm_ca::state::{
     CaState, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord,
     Transition, RECORD_VERSION,
+};
+use proposals::{
+    an_expired_proposal_cannot_be_approved_or_claimed, of_eight_racing_claims_exactly_one_wins,
+    proposals_are_filed_approved_once_per_officer_and_claimed, proposals_survive_a_reopen,
 };
 use support::postgres::PgCluster;
 
@@ -97,6 +103,10 @@ conformance!(
     concurrent_crl_numbers_are_distinct_and_increasing,
     racing_activations_leave_exactly_one_active,
     a_snapshot_holds_the_bundle_intermediates_and_revocations,
+    proposals_are_filed_approved_once_per_officer_and_claimed,
+    an_expired_proposal_cannot_be_approved_or_claimed,
+    of_eight_racing_claims_exactly_one_wins,
+    proposals_survive_a_reopen,
 );
 
 fn intermediate(id: u8) -> IntermediateRecord {
