@@ -1,0 +1,164 @@
+//! Officer approvals kept in the CA state, over the real admin API (mTLS on 127.0.0.1, CA keys
+//! in SoftHSM): a proposal filed before a restart is still there after it, and when two
+//! officers approve it at once the operation runs exactly once.
+
+mod support;
+
+use std::time::Duration;
+
+use hsm_ca::client::{self, WorkloadKey};
+use serde_json::json;
+use support::appliance::Appliance;
+use support::http::AdminClient;
+use time::OffsetDateTime;
+
+const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
+const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
+const OFFICER_C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
+
+fn config() -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+development_shared_ca = true
+
+[[admin.users]]
+identity = "{OFFICER_A}"
+roles = ["auditor", "officer"]
+
+[[admin.users]]
+identity = "{OFFICER_B}"
+roles = ["officer"]
+
+[[admin.users]]
+identity = "{OFFICER_C}"
+roles = ["officer"]
+
+[admin.approvals]
+threshold = 2
+expires_secs = 600
+"#
+    )
+}
+
+/// An admin client for `id`, with a client certificate from the active intermediate.
+fn admin(app: &Appliance, id: &str) -> AdminClient {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let snap = app.server.view.load();
+    let cert = tokio::task::block_in_place(|| {
+        snap.ca.issue_leaf(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            id,
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+    })
+    .expect("admin cert");
+    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
+    AdminClient::new(
+        app.server.admin_addr.expect("admin listens"),
+        &app.roots,
+        Some((&chain, &key.serialize_der())),
+    )
+}
+
+/// The serial (hex) of a workload certificate just issued.
+async fn issued_serial(app: &Appliance) -> String {
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let csr = client::workload_csr(WorkloadKey::P256, id).expect("csr");
+    let mut grpc = app.client(None, false).await;
+    let token = app.token_for("default", "web");
+    let chain = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .expect("issued")
+        .cert_chain;
+    let der = hsm_ca::ca::certificates_from_pem(chain[0].as_bytes()).expect("pem");
+    hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&der[0])
+            .expect("leaf")
+            .raw_serial(),
+    )
+}
+
+/// The audit records of `kind`.
+async fn audited(auditor: &AdminClient, kind: &str) -> Vec<serde_json::Value> {
+    let page = auditor.get("/v1/audit?from=1&limit=1000").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    page.json()["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["event"]["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proposal_survives_a_restart_and_racing_approvals_run_it_once() {
+    let app = Appliance::start(&config()).await;
+    let serial = issued_serial(&app).await;
+    let proposed = admin(&app, OFFICER_A)
+        .post("/v1/revocations", json!({"serial": serial}))
+        .await;
+    assert_eq!(proposed.status, 202, "{}", proposed.text());
+    let pid = proposed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(proposed.json()["pending_approval"]["status"], "pending");
+
+    let app = app.restart().await;
+    let (a, b, c) = (
+        admin(&app, OFFICER_A),
+        admin(&app, OFFICER_B),
+        admin(&app, OFFICER_C),
+    );
+    let open = a.get("/v1/proposals").await.json();
+    let listed = open["proposals"].as_array().expect("list");
+    assert_eq!(listed.len(), 1, "{open}");
+    assert_eq!(
+        (&listed[0]["id"], &listed[0]["status"]),
+        (&json!(pid), &json!("pending"))
+    );
+    assert_eq!(listed[0]["approvals"], json!([OFFICER_A]));
+
+    // Two officers approve at once: the threshold is reached by both, the operation runs once.
+    let path = format!("/v1/proposals/{pid}/approve");
+    let (rb, rc) = tokio::join!(b.post(&path, json!({})), c.post(&path, json!({})));
+    let ran = if rb.status == 200 { &rb } else { &rc };
+    let other = if rb.status == 200 { &rc } else { &rb };
+    let oks = [rb.status, rc.status].iter().filter(|s| **s == 200).count();
+    assert_eq!(oks, 1, "{} / {}", rb.text(), rc.text());
+    assert!(
+        (other.status == 404 && other.code() == "not_found")
+            || (other.status == 202 && other.json()["proposal"]["id"] == json!(pid)),
+        "the other approval: {} {}",
+        other.status,
+        other.text()
+    );
+    assert_eq!(ran.json()["serial"], json!(serial), "{}", ran.text());
+
+    // Once run it is no longer open; with ?all=true it shows what it produced.
+    assert!(a.get("/v1/proposals").await.json()["proposals"]
+        .as_array()
+        .expect("list")
+        .is_empty());
+    let all = a.get("/v1/proposals?all=true").await.json();
+    let record = &all["proposals"][0];
+    assert_eq!(record["status"], "executed", "{all}");
+    assert_eq!(record["result"]["serial"], json!(serial), "{all}");
+    let again = b.post(&path, json!({})).await;
+    assert_eq!((again.status, again.code().as_str()), (404, "not_found"));
+
+    // The audit log holds the proposal, the approvals and exactly one revocation.
+    let revoked: Vec<_> = audited(&a, "revoked")
+        .await
+        .into_iter()
+        .filter(|r| r["event"]["serial"] == json!(serial))
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(audited(&a, "proposed").await.len(), 1);
+    assert!(!audited(&a, "approved").await.is_empty());
+    app.server.shutdown().await;
+}
