@@ -332,6 +332,7 @@ pub async fn start(
             .with_audit(audit.clone())
             .with_clock(clock),
     );
+    control.warn_of_stuck_proposals().await;
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();

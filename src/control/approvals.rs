@@ -228,6 +228,29 @@ impl Control {
         Ok(list)
     }
 
+    /// Logs a warning for every proposal left `executing` (its runner may have died before
+    /// recording the outcome; it is never run again), so an operator sees it at start.
+    pub async fn warn_of_stuck_proposals(&self) {
+        match self.state.proposals(false).await {
+            Ok(open) => {
+                for p in open
+                    .iter()
+                    .filter(|p| p.status == ProposalStatus::Executing)
+                {
+                    tracing::warn!(
+                        proposal = %p.id,
+                        claimed_by = p.claimed_by.as_deref().unwrap_or_default(),
+                        claimed_at = p.claimed_at.as_deref().unwrap_or_default(),
+                        "a proposal was claimed for execution and has no recorded outcome: check \
+                         GET /v1/state and the audit log for whether it ran, and propose it \
+                         again if it did not"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the proposals could not be read"),
+        }
+    }
+
     /// One proposal, whatever its status.
     pub async fn proposal(&self, id: &str) -> Result<Option<Proposal>, ControlError> {
         self.state
