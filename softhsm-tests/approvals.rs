@@ -1,15 +1,18 @@
 //! Officer approvals kept in the CA state, over the real admin API (mTLS on 127.0.0.1, CA keys
 //! in SoftHSM): a proposal filed before a restart is still there after it, and when two
-//! officers approve it at once the operation runs exactly once.
+//! officers approve it at once the operation runs exactly once — also when they approve on two
+//! appliances sharing one PostgreSQL database (Debian's, started by the test).
 
 mod support;
 
 use std::time::Duration;
 
 use hsm_ca::client::{self, WorkloadKey};
+use hsm_ca::server::RunningServer;
 use serde_json::json;
 use support::appliance::Appliance;
 use support::http::AdminClient;
+use support::postgres::PgCluster;
 use time::OffsetDateTime;
 
 const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
@@ -43,8 +46,13 @@ expires_secs = 600
 
 /// An admin client for `id`, with a client certificate from the active intermediate.
 fn admin(app: &Appliance, id: &str) -> AdminClient {
+    admin_on(&app.server, &app.roots, id)
+}
+
+/// An admin client for `id` of the appliance `server`.
+fn admin_on(server: &RunningServer, roots: &[Vec<u8>], id: &str) -> AdminClient {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let snap = app.server.view.load();
+    let snap = server.view.load();
     let cert = tokio::task::block_in_place(|| {
         snap.ca.issue_leaf(
             &rcgen::PublicKeyData::subject_public_key_info(&key),
@@ -57,8 +65,8 @@ fn admin(app: &Appliance, id: &str) -> AdminClient {
     .expect("admin cert");
     let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
     AdminClient::new(
-        app.server.admin_addr.expect("admin listens"),
-        &app.roots,
+        server.admin_addr.expect("admin listens"),
+        roots,
         Some((&chain, &key.serialize_der())),
     )
 }
@@ -81,6 +89,37 @@ async fn issued_serial(app: &Appliance) -> String {
     )
 }
 
+/// The id of the proposal a `202` reply filed.
+fn filed(reply: &support::http::Reply) -> String {
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    reply.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+/// Two approvals of `pid` at once: exactly one runs it (200: its result, returned), the other
+/// finds it claimed (202 with the proposal) or closed (404).
+async fn race(first: &AdminClient, second: &AdminClient, pid: &str) -> serde_json::Value {
+    let path = format!("/v1/proposals/{pid}/approve");
+    let (r1, r2) = tokio::join!(first.post(&path, json!({})), second.post(&path, json!({})));
+    let oks = [r1.status, r2.status].iter().filter(|s| **s == 200).count();
+    assert_eq!(oks, 1, "{} / {}", r1.text(), r2.text());
+    let (ran, other) = if r1.status == 200 {
+        (&r1, &r2)
+    } else {
+        (&r2, &r1)
+    };
+    assert!(
+        (other.status == 404 && other.code() == "not_found")
+            || (other.status == 202 && other.json()["proposal"]["id"] == json!(pid)),
+        "the other approval: {} {}",
+        other.status,
+        other.text()
+    );
+    ran.json()
+}
+
 /// The audit records of `kind`.
 async fn audited(auditor: &AdminClient, kind: &str) -> Vec<serde_json::Value> {
     let page = auditor.get("/v1/audit?from=1&limit=1000").await;
@@ -98,15 +137,11 @@ async fn audited(auditor: &AdminClient, kind: &str) -> Vec<serde_json::Value> {
 async fn a_proposal_survives_a_restart_and_racing_approvals_run_it_once() {
     let app = Appliance::start(&config()).await;
     let serial = issued_serial(&app).await;
-    let proposed = admin(&app, OFFICER_A)
-        .post("/v1/revocations", json!({"serial": serial}))
-        .await;
-    assert_eq!(proposed.status, 202, "{}", proposed.text());
-    let pid = proposed.json()["pending_approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    assert_eq!(proposed.json()["pending_approval"]["status"], "pending");
+    let pid = filed(
+        &admin(&app, OFFICER_A)
+            .post("/v1/revocations", json!({"serial": serial}))
+            .await,
+    );
 
     let app = app.restart().await;
     let (a, b, c) = (
@@ -124,20 +159,9 @@ async fn a_proposal_survives_a_restart_and_racing_approvals_run_it_once() {
     assert_eq!(listed[0]["approvals"], json!([OFFICER_A]));
 
     // Two officers approve at once: the threshold is reached by both, the operation runs once.
+    let ran = race(&b, &c, &pid).await;
+    assert_eq!(ran["serial"], json!(serial), "{ran}");
     let path = format!("/v1/proposals/{pid}/approve");
-    let (rb, rc) = tokio::join!(b.post(&path, json!({})), c.post(&path, json!({})));
-    let ran = if rb.status == 200 { &rb } else { &rc };
-    let other = if rb.status == 200 { &rc } else { &rb };
-    let oks = [rb.status, rc.status].iter().filter(|s| **s == 200).count();
-    assert_eq!(oks, 1, "{} / {}", rb.text(), rc.text());
-    assert!(
-        (other.status == 404 && other.code() == "not_found")
-            || (other.status == 202 && other.json()["proposal"]["id"] == json!(pid)),
-        "the other approval: {} {}",
-        other.status,
-        other.text()
-    );
-    assert_eq!(ran.json()["serial"], json!(serial), "{}", ran.text());
 
     // Once run it is no longer open; with ?all=true it shows what it produced.
     assert!(a.get("/v1/proposals").await.json()["proposals"]
@@ -161,4 +185,49 @@ async fn a_proposal_survives_a_restart_and_racing_approvals_run_it_once() {
     assert_eq!(audited(&a, "proposed").await.len(), 1);
     assert!(!audited(&a, "approved").await.is_empty());
     app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proposal_filed_on_one_appliance_runs_once_when_approved_on_two() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let two = one.second_node(&settings).await;
+    // A root: adding it changes only the shared state, so either appliance can run it (a
+    // revocation's check looks for the issuance in the audit log of the appliance running it).
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "offline root 2");
+    let root = params.self_signed(&key).expect("root");
+    let fingerprint = hsm_ca::ca::fingerprint_id(root.der());
+    let a1 = admin(&one, OFFICER_A);
+    let pid = filed(
+        &a1.post("/v1/roots", json!({"certificate_pem": root.pem()}))
+            .await,
+    );
+
+    // The other appliance sees it, and officers approve it on both at once.
+    let a2 = admin_on(&two.server, &one.roots, OFFICER_A);
+    let open = a2.get("/v1/proposals").await.json();
+    assert_eq!(open["proposals"][0]["id"], json!(pid), "{open}");
+    let b1 = admin(&one, OFFICER_B);
+    let c2 = admin_on(&two.server, &one.roots, OFFICER_C);
+    let ran = race(&b1, &c2, &pid).await;
+    assert_eq!(ran["root"]["fingerprint"], json!(fingerprint), "{ran}");
+    assert_eq!(ran["bundle_sequence"], json!(2), "added once: {ran}");
+    for node in [&a1, &a2] {
+        let all = node.get("/v1/proposals?all=true").await.json();
+        assert_eq!(all["proposals"][0]["status"], "executed", "{all}");
+    }
+    // One root added, in the two appliances' audit logs together.
+    let mut added = audited(&a1, "root_added").await;
+    added.extend(audited(&a2, "root_added").await);
+    assert_eq!(added.len(), 1, "{added:?}");
+    two.server.shutdown().await;
+    one.server.shutdown().await;
 }

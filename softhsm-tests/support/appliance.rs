@@ -189,6 +189,66 @@ jwks_file = "east-jwks.json"
     }
 }
 
+/// A second appliance serving the same CA from the same device, on one PostgreSQL database:
+/// its own data directory (audit log, bundle file) and listeners.
+#[allow(dead_code)]
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub server: RunningServer,
+    pub config: Config,
+}
+
+#[allow(dead_code)]
+impl Appliance {
+    /// Like [`Appliance::start`], with the CA state in the PostgreSQL database `settings`
+    /// names: the intermediate prepared on the token is installed there, and the first start
+    /// seeds the bundle from the root file.
+    pub async fn start_on_postgres(extra: &str, settings: &hsm_ca::state::PgSettings) -> Appliance {
+        let app = Self::start(extra).await;
+        app.server.shutdown().await;
+        let local =
+            tokio::task::block_in_place(|| SledState::open(&app.config.data_dir)).expect("state");
+        let shared = postgres(settings).await;
+        for record in local.intermediates().expect("intermediates") {
+            shared.install(record).await.expect("install");
+        }
+        drop(local);
+        let server = serve(&app.config, &app.store, shared).await;
+        Appliance { server, ..app }
+    }
+
+    /// Another appliance on this one's device and on the database `settings` names, with its
+    /// own data directory (the config, JWKS and root files copied).
+    pub async fn second_node(&self, settings: &hsm_ca::state::PgSettings) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "hsm-ca.toml",
+            "jwks.json",
+            "east-jwks.json",
+            "root-cert.pem",
+        ] {
+            std::fs::copy(self.path(name), dir.path().join(name)).expect("copy");
+        }
+        let config = Config::load(&dir.path().join("hsm-ca.toml")).expect("config");
+        let server = serve(&config, &self.store, postgres(settings).await).await;
+        Node {
+            dir,
+            server,
+            config,
+        }
+    }
+}
+
+async fn postgres(settings: &hsm_ca::state::PgSettings) -> CaState {
+    CaState::connect(
+        &hsm_ca::state::StoreBackend::Postgres(settings.clone()),
+        std::path::Path::new("/nonexistent"),
+        1 << 20,
+    )
+    .await
+    .expect("postgres state")
+}
+
 /// Serves `config` with the CA keys in `store` and the CA state `state`.
 async fn serve(config: &Config, store: &KeyStore, state: CaState) -> RunningServer {
     hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
