@@ -79,6 +79,23 @@ impl PgSettings {
         if !(1..=256).contains(&pool_size) {
             return Err(format!("pool_size {pool_size} is outside 1..=256"));
         }
+        // Without TLS the SCRAM exchange and every row would cross the network in the clear.
+        let local = |h: &Host| match h {
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        };
+        if ca_file.is_none() && !parsed.get_hosts().iter().all(local) {
+            return Err(
+                "names a host on another machine without store.postgres.ca_file: set it so the \
+                 connection is encrypted and the server's certificate and name are checked"
+                    .into(),
+            );
+        }
         Ok(PgSettings {
             url: url.to_string(),
             password,
@@ -190,11 +207,28 @@ mod tests {
 
     #[test]
     fn multi_host_urls_are_described_without_secrets() {
-        let s = settings("postgresql://ca@db1:5433,db2/hsmca?target_session_attrs=read-write")
-            .expect("valid");
+        let s = PgSettings::new(
+            "postgresql://ca@db1:5433,db2/hsmca?target_session_attrs=read-write",
+            SecretSource::Env("PGPASS".into()),
+            Some(PathBuf::from("ca.pem")),
+            4,
+        )
+        .expect("valid");
         assert_eq!(s.describe(), "postgres://ca@db1:5433,db2:5432/hsmca");
         assert!(settings("postgresql://ca@db/hsmca?sslmode=require")
             .expect_err("no CA")
             .contains("ca_file"));
+    }
+
+    #[test]
+    fn a_remote_host_needs_tls_and_a_local_one_does_not() {
+        let err = settings("postgresql://ca@127.0.0.1,db.example/hsmca").expect_err("remote");
+        assert!(err.contains("ca_file"), "{err}");
+        for url in [
+            "postgresql://ca@127.0.0.1:5433/hsmca",
+            "postgresql://ca@localhost,[::1]:5434/hsmca",
+        ] {
+            settings(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
     }
 }
