@@ -126,13 +126,20 @@ pub(super) fn scan(path: &Path, first: u64) -> Result<Scan, AuditError> {
     })
 }
 
-/// Complete lines between two offsets of a file.
+/// Complete lines between two offsets of a file (read in pieces: a broken region may be large).
 fn count_lines(path: &Path, from: u64, to: u64) -> Result<u64, AuditError> {
     let mut f = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut buf = vec![0u8; usize::try_from(to - from).unwrap_or(0)];
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from)).map_err(|e| io_err(path, e))?;
-    f.read_exact(&mut buf).map_err(|e| io_err(path, e))?;
-    Ok(buf.iter().filter(|b| **b == b'\n').count() as u64)
+    let mut region = f.take(to.saturating_sub(from));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    loop {
+        let n = region.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
 }
 
 pub(super) fn side_path(dir: &Path, first: u64, ext: &str) -> PathBuf {
