@@ -145,8 +145,16 @@ impl SealedShare {
             from: source.to_string(),
             reason: reason.to_string(),
         };
-        let block = match (text.find(BEGIN), text.find(END)) {
-            (Some(b), Some(e)) if e > b => &text[b + BEGIN.len()..e],
+        // The END line is looked for after the BEGIN line: the two may share their dashes.
+        let begin = text.find(BEGIN);
+        let end = match begin {
+            Some(b) => text[b + BEGIN.len()..]
+                .find(END)
+                .map(|e| b + BEGIN.len() + e),
+            None => text.find(END),
+        };
+        let block = match (begin, end) {
+            (Some(b), Some(e)) => &text[b + BEGIN.len()..e],
             (None, None) => text,
             _ => return Err(malformed("the BEGIN/END lines are damaged")),
         };

@@ -140,3 +140,19 @@ fn thresholds_outside_two_to_n_are_refused() {
         Err(QuorumError::BadThreshold { .. })
     ));
 }
+
+#[test]
+fn begin_and_end_lines_that_share_their_dashes_are_damaged_not_a_crash() {
+    // Found by the `shares` fuzz target: the END line starting inside the BEGIN line's dashes.
+    for text in [
+        "-----BEGIN HSM-CA PIN SHARE-------END HSM-CA PIN SHARE-----",
+        "x-----BEGIN HSM-CA PIN SHARE----END HSM-CA PIN SHARE-----",
+        "-----END HSM-CA PIN SHARE----- then -----BEGIN HSM-CA PIN SHARE-----",
+    ] {
+        let parsed = SealedShare::parse("typed", text);
+        assert!(
+            matches!(parsed, Err(QuorumError::Malformed { .. })),
+            "{text:?}"
+        );
+    }
+}
