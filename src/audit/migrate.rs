@@ -103,22 +103,9 @@ fn put_in_place(dir: &Path, work: &Path, path: &Path) -> Result<(), AuditError> 
 #[cfg(test)]
 mod tests {
     use super::super::open_store;
-    use super::super::record::{self, AuditEvent, GENESIS};
+    use super::super::record::{self, GENESIS};
     use super::super::segments::issued_key;
-
-    fn issued(i: u64) -> AuditEvent {
-        AuditEvent::Issued {
-            serial: format!("{:040x}", i + 1),
-            identity: "spiffe://td/ns/a/sa/w".into(),
-            caller: "spiffe://td/ns/a/sa/w".into(),
-            method: "jwt".into(),
-            ca_key: "0a0b".into(),
-            not_before: "2026-12-01T00:00:00Z".into(),
-            not_after: "2026-12-02T00:00:00Z".into(),
-            csr_key_sha256: hex::encode([1u8; 32]),
-            certificate_sha256: None,
-        }
-    }
+    use super::super::segments::tests::issued;
 
     #[test]
     fn a_log_kept_in_sled_is_moved_to_segments_byte_for_byte() {

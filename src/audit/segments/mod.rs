@@ -20,7 +20,7 @@
 
 mod files;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

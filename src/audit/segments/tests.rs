@@ -1,7 +1,8 @@
 use super::*;
 use crate::audit::record::{self, AuditRecord, GENESIS};
 
-fn issued(i: u64) -> AuditEvent {
+/// An issuance record's event; record `i` carries serial `i + 1`.
+pub(in crate::audit) fn issued(i: u64) -> AuditEvent {
     AuditEvent::Issued {
         serial: format!("{:040x}", i + 1),
         identity: "spiffe://td/ns/a/sa/w".into(),

@@ -83,6 +83,49 @@ fn record<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T
     Ok(value)
 }
 
+/// Serializes intermediate transitions (install, activate, retire) across every appliance on
+/// the database, until the transaction ends.
+async fn transition_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StateError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&LOCK_CLASS, &TRANSITION_LOCK],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The intermediate `key_id`'s row, locked for the transaction.
+async fn locked_intermediate(
+    tx: &tokio_postgres::Transaction<'_>,
+    key_id: &str,
+) -> Result<Option<tokio_postgres::Row>, StateError> {
+    tx.query_opt(
+        "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
+        &[&key_id],
+    )
+    .await
+    .map_err(db)
+}
+
+/// Writes an intermediate's status and record.
+async fn update_intermediate(
+    tx: &tokio_postgres::Transaction<'_>,
+    change: &IntermediateRecord,
+) -> Result<(), StateError> {
+    tx.execute(
+        "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
+        &[
+            &change.key_id.to_string(),
+            &change.status.as_str(),
+            &Json(change),
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 impl PgState {
     /// Connects (through the first host of the URL that takes it as asked) and brings the
     /// schema up to date. A database newer than this binary is refused.
@@ -129,21 +172,9 @@ impl PgState {
     pub async fn activate(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&LOCK_CLASS, &TRANSITION_LOCK],
-        )
-        .await
-        .map_err(db)?;
+        transition_lock(&tx).await?;
         let id = key_id.to_string();
-        let Some(row) = tx
-            .query_opt(
-                "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db)?
-        else {
+        let Some(row) = locked_intermediate(&tx, &id).await? else {
             return Ok(Transition::NotFound);
         };
         let next = match activated(record(&row)?, now) {
@@ -162,16 +193,7 @@ impl PgState {
             .transpose()?;
         // Retire first: the unique index allows one active row per node at every moment.
         for change in previous.iter().chain(std::iter::once(&next)) {
-            tx.execute(
-                "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
-                &[
-                    &change.key_id.to_string(),
-                    &change.status.as_str(),
-                    &Json(change),
-                ],
-            )
-            .await
-            .map_err(db)?;
+            update_intermediate(&tx, change).await?;
         }
         tx.commit().await.map_err(db)?;
         Ok(Transition::Done(Box::new(next), previous.map(Box::new)))
@@ -181,33 +203,16 @@ impl PgState {
     pub async fn retire(&self, key_id: &KeyId, now: &str) -> Result<Transition, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&LOCK_CLASS, &TRANSITION_LOCK],
-        )
-        .await
-        .map_err(db)?;
+        transition_lock(&tx).await?;
         let id = key_id.to_string();
-        let Some(row) = tx
-            .query_opt(
-                "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db)?
-        else {
+        let Some(row) = locked_intermediate(&tx, &id).await? else {
             return Ok(Transition::NotFound);
         };
         let record = match retired(record(&row)?, now) {
             Ok(record) => record,
             Err(refused) => return Ok(refused),
         };
-        tx.execute(
-            "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
-            &[&id, &record.status.as_str(), &Json(&record)],
-        )
-        .await
-        .map_err(db)?;
+        update_intermediate(&tx, &record).await?;
         tx.commit().await.map_err(db)?;
         Ok(Transition::Done(Box::new(record), None))
     }
@@ -219,12 +224,7 @@ impl PgState {
     ) -> Result<IntermediateRecord, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&LOCK_CLASS, &TRANSITION_LOCK],
-        )
-        .await
-        .map_err(db)?;
+        transition_lock(&tx).await?;
         let active = tx
             .query_opt(
                 "SELECT 1 FROM intermediates WHERE node_id = $1 AND status = 'active'",
