@@ -150,6 +150,16 @@ impl PgState {
         self.pool.get().await.map_err(db)
     }
 
+    /// The `record` column of every row `sql` selects, decoded.
+    async fn select<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<T>, StateError> {
+        let rows = self.client().await?.query(sql, params).await.map_err(db)?;
+        records(rows)
+    }
+
     /// One intermediate by key id.
     pub async fn intermediate(
         &self,
@@ -254,13 +264,8 @@ impl PgState {
 
     /// All installed intermediates, by key id.
     pub async fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT record FROM intermediates ORDER BY key_id", &[])
+        self.select("SELECT record FROM intermediates ORDER BY key_id", &[])
             .await
-            .map_err(db)?;
-        records(rows)
     }
 
     /// The intermediate that issues now, if any.
@@ -279,16 +284,11 @@ impl PgState {
 
     /// The roots of the trust bundle, oldest first.
     pub async fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record FROM roots ORDER BY added_at, fingerprint",
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        records(rows)
+        self.select(
+            "SELECT record FROM roots ORDER BY added_at, fingerprint",
+            &[],
+        )
+        .await
     }
 
     /// Adds a root and bumps the bundle sequence in one transaction; false when present.
@@ -357,30 +357,20 @@ impl PgState {
 
     /// Every revocation by the CA whose certificate fingerprint is `issuer`.
     pub async fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record FROM revocations WHERE issuer = $1 ORDER BY serial",
-                &[&issuer],
-            )
-            .await
-            .map_err(db)?;
-        records(rows)
+        self.select(
+            "SELECT record FROM revocations WHERE issuer = $1 ORDER BY serial",
+            &[&issuer],
+        )
+        .await
     }
 
     /// Every revocation, of every CA.
     pub async fn all_revocations(&self) -> Result<Vec<RevocationRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record FROM revocations ORDER BY issuer, serial",
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        records(rows)
+        self.select(
+            "SELECT record FROM revocations ORDER BY issuer, serial",
+            &[],
+        )
+        .await
     }
 
     /// The next CRL number for `issuer`: one statement, so concurrent callers on any node get
