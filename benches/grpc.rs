@@ -1,28 +1,38 @@
 //! The running appliance under load, beside the raw HSM sign rate and a software CA, in one run.
 //!
-//! `ops/bench.sh` (installs golang-cfssl) or `cargo bench --bench grpc`.
-//! Settings: `BENCH_SECS` (per figure, default 5), `BENCH_CONNECTIONS` (default 8).
+//! `ops/bench.sh` (installs golang-cfssl and nghttp2-client) or `cargo bench --bench grpc`.
+//! Settings: `BENCH_SECS` (per figure, default 10). `ops/bench.sh --profile` builds with the
+//! `profile` feature and writes where the audit-on appliance spent its CPU.
 //!
-//! 1. Starts `hsm-ca dev` (release build) on a fresh SoftHSM token in a temporary folder.
+//! 1. Sets up two `hsm-ca dev` appliances (release build) on fresh SoftHSM tokens: one as
+//!    shipped, one with the audit log off (to show what durability costs). Measures the
+//!    start to serving on the existing folder and the idle resident memory.
 //! 2. Raw sign rate: ECDSA P-256 signatures through the keystore, 2 sessions, on that token.
-//! 3. hsm-ca: N clients, one reused TLS connection each (as istio-agents do), each sending
-//!    ztunnel-style CSRs with a service-account token, one after another; issued/s, p50, p99.
+//! 3. Load from h2load (C, so the generator costs little of the 2 cores): gRPC over TLS with a
+//!    ztunnel-style P-256 CSR and a service-account token, at 8 connections × 1 stream (as 8
+//!    istio-agents) and 8 × 8 (64 in flight, saturation). Issued/s counts only answers the
+//!    appliance's metrics count as issued; p50/p99 from h2load's per-request log; CPU per
+//!    request from the appliance's /proc accounting.
 //! 4. cfssl: `cfssl serve` over TLS with a software P-256 CA key, its HTTP sign API, the same
-//!    CSR and the same concurrency.
+//!    CSR, at 8 and 32 connections; its best rate is the one compared.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
     clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
     reason = "a benchmark prints approximate figures"
 )]
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::config::Config;
 use hsm_ca::keystore::SignatureScheme;
+use prost::Message;
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -32,116 +42,234 @@ impl Drop for Kill {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+/// A dev appliance serving in its own process.
+struct Appliance {
+    child: Kill,
+    dir: PathBuf,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    /// From spawning `hsm-ca dev` on the set-up folder to its banner.
+    start: Duration,
 }
 
-struct Load {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
-/// Runs `connections` tasks, each calling `call` in a loop for `secs`.
-async fn drive<F, Fut>(connections: usize, secs: f64, make: impl Fn() -> F) -> Load
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let mut call = make();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            while Instant::now() < stop {
-                let t = Instant::now();
-                if call().await {
-                    lat.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (lat, e) = t.await.expect("task");
-        all.extend(lat);
-        errors += e;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    Load {
-        rate: all.len() as f64 / elapsed,
-        p50: percentile(&all, 0.50),
-        p99: percentile(&all, 0.99),
-        errors,
-    }
-}
-
-fn start_dev(dir: &std::path::Path) -> (Kill, std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader};
-    // BENCH_VERIFY=0 turns the keystore's signature self-check off and BENCH_AUDIT=0 the audit
-    // log, to measure what each costs.
-    let no_verify = std::env::var("BENCH_VERIFY").as_deref() == Ok("0");
-    let no_audit = std::env::var("BENCH_AUDIT").as_deref() == Ok("0");
-    if no_verify || no_audit {
+impl Appliance {
+    /// Sets up a dev folder (`audit` off when false) and serves it.
+    fn start(dir: &Path, audit: bool, profile: Option<&Path>) -> Appliance {
         let setup = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
             .args(["dev", "--setup-only", "--dir"])
             .arg(dir)
             .output()
             .expect("hsm-ca dev --setup-only");
-        assert!(setup.status.success());
-        let path = dir.join("hsm-ca.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let mut text = text;
-        if no_verify {
-            text = text.replace(
-                "signing_sessions = 2",
-                "signing_sessions = 2\nverify_signatures = false",
-            );
-        }
-        if no_audit {
+        assert!(setup.status.success(), "{setup:?}");
+        if !audit {
+            let path = dir.join("hsm-ca.toml");
+            let mut text = std::fs::read_to_string(&path).expect("config");
             text.push_str("\n[audit]\nenabled = false\n");
+            std::fs::write(&path, text).expect("config");
         }
-        std::fs::write(&path, text).expect("config");
+        let began = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hsm-ca"));
+        command
+            .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(file) = profile {
+            command.env("HSM_CA_PROFILE", file);
+        }
+        let mut child = command.spawn().expect("hsm-ca dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let guard = Kill(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let mut grpc = None;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(rest) =
+                line.strip_prefix("Serving istio.v1.auth.IstioCertificateService on ")
+            {
+                grpc = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("Admin API on https://") {
+                let admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                let start = began.elapsed();
+                // Keep reading so the appliance never writes into a closed pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Appliance {
+                    child: guard,
+                    dir: dir.to_path_buf(),
+                    grpc: grpc.expect("gRPC address"),
+                    admin: admin.expect("admin address"),
+                    start,
+                };
+            }
+        }
+        panic!("hsm-ca dev did not start");
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hsm-ca dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = Kill(child);
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(rest) = line.strip_prefix("Serving istio.v1.auth.IstioCertificateService on ") {
-            let addr = rest
-                .split_whitespace()
-                .next()
-                .expect("addr")
-                .parse()
-                .expect("addr");
-            // Keep reading so the appliance never writes into a closed pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (guard, addr);
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// `hsmca_issuances_total{result="ok"}` from the admin API's /metrics.
+    fn issued(&self) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(self.dir.join("root-cert.pem"))
+            .arg("--cert")
+            .arg(self.dir.join("admin-cert.pem"))
+            .arg("--key")
+            .arg(self.dir.join("admin-key.pem"))
+            .arg(format!("https://localhost:{}/metrics", self.admin.port()))
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", self.admin.port()),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("hsmca_issuances_total") && l.contains("result=\"ok\""))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Stops with SIGTERM (so a profile is written), then waits.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
-    panic!("hsm-ca dev did not start");
 }
 
-fn start_cfssl(dir: &std::path::Path) -> Option<(Kill, u16, Vec<u8>)> {
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // getconf CLK_TCK is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of a process in MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One measured load.
+struct Load {
+    name: String,
+    /// Successful answers per second.
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Server CPU per successful answer.
+    cpu_us: f64,
+    failed: u64,
+}
+
+/// Runs h2load for `secs` against `url` and reads its per-request log.
+fn h2load(
+    url: &str,
+    connections: usize,
+    streams: usize,
+    secs: f64,
+    extra: &[&str],
+    work: &Path,
+) -> (u64, f64, f64, f64) {
+    let log = work.join(format!("h2load-{connections}x{streams}.log"));
+    let _ = std::fs::remove_file(&log);
+    let began = Instant::now();
+    let out = Command::new("h2load")
+        .args(["-c", &connections.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &format!("{}", secs.ceil() as u64)])
+        .arg(format!("--log-file={}", log.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("h2load (apt-get install nghttp2-client)");
+    let elapsed = began.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let succeeded = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| w.starts_with("succeeded"))?;
+            words.get(at - 1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let mut micros: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    micros.sort_unstable();
+    let at = |p: f64| {
+        micros
+            .get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1)))
+            .map_or(0.0, |&u| u as f64 / 1e3)
+    };
+    (succeeded, at(0.50), at(0.99), elapsed)
+}
+
+/// h2load against the appliance: issued/s as the appliance counts them.
+fn load_appliance(
+    name: &str,
+    app: &Appliance,
+    (connections, streams): (usize, usize),
+    secs: f64,
+    (body, token): (&Path, &str),
+    work: &Path,
+) -> Load {
+    let url = format!(
+        "https://127.0.0.1:{}/istio.v1.auth.IstioCertificateService/CreateCertificate",
+        app.grpc.port()
+    );
+    let before = (app.issued(), cpu_seconds(app.pid()));
+    let auth = format!("authorization: Bearer {token}");
+    let extra = [
+        "-d",
+        body.to_str().expect("path"),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        &auth,
+    ];
+    let (answered, p50_ms, p99_ms, elapsed) =
+        h2load(&url, connections, streams, secs, &extra, work);
+    let cpu = cpu_seconds(app.pid()) - before.1;
+    let issued = app.issued() - before.0;
+    Load {
+        name: name.into(),
+        rate: issued as f64 / elapsed,
+        p50_ms,
+        p99_ms,
+        cpu_us: cpu * 1e6 / issued.max(1) as f64,
+        failed: answered.saturating_sub(issued),
+    }
+}
+
+fn start_cfssl(dir: &Path) -> Option<(Kill, u16)> {
     let run = |args: &[&str]| {
         Command::new("openssl")
             .current_dir(dir)
@@ -243,10 +371,7 @@ fn start_cfssl(dir: &std::path::Path) -> Option<(Kill, u16, Vec<u8>)> {
     let guard = Kill(child);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let tls_root = pem::parse(std::fs::read(dir.join("ca.pem")).expect("ca"))
-                .expect("pem")
-                .into_contents();
-            return Some((guard, port, tls_root));
+            return Some((guard, port));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -257,15 +382,15 @@ fn main() {
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    let connections: usize = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(10.0);
+    let profile = std::env::var_os("BENCH_PROFILE").map(PathBuf::from);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dev_dir = tmp.path().join("dev");
-    let (_appliance, addr) = start_dev(&dev_dir);
-    let config = Config::load(&dev_dir.join("hsm-ca.toml")).expect("dev config");
+    let work = tmp.path();
+    let on = Appliance::start(&work.join("audit-on"), true, profile.as_deref());
+    let off = Appliance::start(&work.join("audit-off"), false, None);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss = rss_mb(on.pid());
+    let config = Config::load(&on.dir.join("hsm-ca.toml")).expect("dev config");
 
     // Raw HSM sign rate on the same token, two sessions, before the load.
     let raw = {
@@ -301,187 +426,185 @@ fn main() {
         count.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
     };
 
+    // One IstioCertificateRequest as a gRPC message: a fresh ztunnel-style CSR, one hour.
     let identity = "spiffe://cluster.local/ns/bench/sa/load";
     let csr = client::workload_csr(WorkloadKey::P256, identity).expect("csr");
-    let signer_key = std::fs::read_to_string(dev_dir.join("token-signer-key.pem")).expect("signer");
-    let cluster = &config.clusters[0];
-    let token = hsm_ca::dev::token::mint(
-        &signer_key,
-        hsm_ca::cli::DEV_TOKEN_KID,
-        &hsm_ca::dev::token::TokenClaims {
-            issuer: &cluster.issuer,
-            audiences: &cluster.audiences,
-            namespace: "bench",
-            service_account: "load",
-            expires_in: 3600,
-            not_before_in: 0,
-        },
-    )
-    .expect("token");
-    let roots = hsm_ca::authority::read_certificates(&dev_dir.join("root-cert.pem")).expect("root");
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let hsm = runtime.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..connections {
-            let tls = hsm_ca::tls::client_config(&roots, None, false).expect("tls");
-            clients.push(
-                client::connect(addr, "localhost", tls)
-                    .await
-                    .expect("connect"),
-            );
-        }
-        let (csr_pem, token) = (Arc::new(csr.csr_pem.clone()), Arc::new(token));
-        // Warm up every connection once.
-        for c in clients.iter_mut() {
-            client::create_certificate(c, &csr_pem, 0, Some(&token), None, None)
-                .await
-                .expect("warm-up");
-        }
-        let clients = Arc::new(std::sync::Mutex::new(clients));
-        drive(connections, secs, || {
-            let c = clients.lock().expect("clients").pop().expect("client");
-            let (csr_pem, token) = (csr_pem.clone(), token.clone());
-            move || {
-                let mut c = c.clone();
-                let (csr_pem, token) = (csr_pem.clone(), token.clone());
-                async move {
-                    client::create_certificate(&mut c, &csr_pem, 0, Some(&token), None, None)
-                        .await
-                        .is_ok()
-                }
-            }
-        })
-        .await
-    });
-
-    let cfssl_dir = tmp.path().join("cfssl");
-    std::fs::create_dir_all(&cfssl_dir).expect("dir");
-    let cfssl = start_cfssl(&cfssl_dir).map(|(guard, port, tls_root)| {
-        let load = runtime.block_on(cfssl_load(
-            port,
-            tls_root,
-            csr.csr_pem.clone(),
-            connections,
-            secs,
-        ));
-        drop(guard);
-        load
-    });
-
-    println!("hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, {connections} connections, {secs}s per figure, {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let verify = std::env::var("BENCH_VERIFY").as_deref() != Ok("0");
-    println!(
-        "audit log: {}",
-        if std::env::var("BENCH_AUDIT").as_deref() == Ok("0") {
-            "off in the appliance"
-        } else {
-            "on (default)"
-        }
-    );
-    println!(
-        "keystore signature self-check: {}",
-        if verify {
-            "on (default)"
-        } else {
-            "off in the appliance"
-        }
-    );
-    println!("raw HSM sign rate (2 sessions)      {raw:>9.0} /s");
-    println!(
-        "hsm-ca issued over gRPC+TLS         {:>9.0} /s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-        hsm.rate,
-        hsm.p50.as_secs_f64() * 1e3,
-        hsm.p99.as_secs_f64() * 1e3,
-        hsm.errors
-    );
-    if let Some(c) = &cfssl {
-        println!("cfssl signed over HTTPS (software)  {:>9.0} /s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-            c.rate, c.p50.as_secs_f64() * 1e3, c.p99.as_secs_f64() * 1e3, c.errors);
+    let message = hsm_ca::issuance::pb::IstioCertificateRequest {
+        csr: csr.csr_pem.clone(),
+        validity_duration: 3600,
+        metadata: None,
     }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let body = work.join("request.bin");
+    std::fs::write(&body, framed).expect("body");
+    let token = |app: &Appliance| {
+        let signer_key =
+            std::fs::read_to_string(app.dir.join("token-signer-key.pem")).expect("signer");
+        let config = Config::load(&app.dir.join("hsm-ca.toml")).expect("config");
+        let cluster = &config.clusters[0];
+        hsm_ca::dev::token::mint(
+            &signer_key,
+            hsm_ca::cli::DEV_TOKEN_KID,
+            &hsm_ca::dev::token::TokenClaims {
+                issuer: &cluster.issuer,
+                audiences: &cluster.audiences,
+                namespace: "bench",
+                service_account: "load",
+                expires_in: 3600,
+                not_before_in: 0,
+            },
+        )
+        .expect("token")
+    };
+    let (token_on, token_off) = (token(&on), token(&off));
+
+    let mut loads = Vec::new();
+    let cfssl_dir = work.join("cfssl");
+    std::fs::create_dir_all(&cfssl_dir).expect("dir");
+    if let Some((guard, port)) = start_cfssl(&cfssl_dir) {
+        let json = cfssl_dir.join("request.json");
+        std::fs::write(
+            &json,
+            serde_json::to_vec(&serde_json::json!({ "certificate_request": csr.csr_pem }))
+                .expect("json"),
+        )
+        .expect("body");
+        let url = format!("https://127.0.0.1:{port}/api/v1/cfssl/sign");
+        for connections in [8usize, 32] {
+            let cpu = cpu_seconds(guard.0.id());
+            let extra = [
+                "--h1",
+                "-d",
+                json.to_str().expect("path"),
+                "-H",
+                "content-type: application/json",
+            ];
+            let (ok, p50_ms, p99_ms, elapsed) = h2load(&url, connections, 1, secs, &extra, work);
+            let cpu = cpu_seconds(guard.0.id()) - cpu;
+            loads.push(Load {
+                name: format!("cfssl sign API, {connections} connections"),
+                rate: ok as f64 / elapsed,
+                p50_ms,
+                p99_ms,
+                cpu_us: cpu * 1e6 / ok.max(1) as f64,
+                failed: 0,
+            });
+        }
+        drop(guard);
+    }
+    let cfssl_best = loads.iter().map(|l| l.rate).fold(0.0, f64::max);
+    let sets = [
+        ("hsm-ca 8 conns x 1, audit on", &on, &token_on, (8, 1)),
+        ("hsm-ca 8 conns x 1, audit off", &off, &token_off, (8, 1)),
+        (
+            "hsm-ca 8 conns x 8 (64 in flight), audit on",
+            &on,
+            &token_on,
+            (8, 8),
+        ),
+        (
+            "hsm-ca 8 conns x 8 (64 in flight), audit off",
+            &off,
+            &token_off,
+            (8, 8),
+        ),
+    ];
+    for (name, app, token, shape) in sets {
+        loads.push(load_appliance(name, app, shape, secs, (&body, token), work));
+    }
+    let loaded_rss = rss_mb(on.pid());
+    let start = on.start;
+    on.stop();
+    off.stop();
+
     println!(
-        "ratio hsm-ca / raw sign rate        {:>9.2}   (target >= 0.35)",
-        hsm.rate / raw
+        "hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, h2load over TLS, {secs}s per figure, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    if let Some(c) = &cfssl {
+    println!(
+        "{:<48} {:>9} {:>8} {:>8} {:>9} {:>7}",
+        "", "per s", "p50 ms", "p99 ms", "CPU us", "failed"
+    );
+    println!("{:<48} {:>9.0}", "raw HSM sign rate (2 sessions)", raw);
+    for l in &loads {
         println!(
-            "ratio hsm-ca / cfssl                {:>9.2}   (target >= 1.5)",
-            hsm.rate / c.rate
+            "{:<48} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>7}",
+            l.name, l.rate, l.p50_ms, l.p99_ms, l.cpu_us, l.failed
         );
     }
-}
-
-async fn cfssl_load(
-    port: u16,
-    tls_root: Vec<u8>,
-    csr_pem: String,
-    connections: usize,
-    secs: f64,
-) -> Load {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::TokioIo;
-    let tls = Arc::new(
-        hsm_ca::tls::client_config(&[tls_root], None, false)
-            .map(|mut c| {
-                c.alpn_protocols.clear();
-                c
-            })
-            .expect("tls"),
-    );
-    let body = Bytes::from(
-        serde_json::to_vec(&serde_json::json!({ "certificate_request": csr_pem })).expect("json"),
-    );
-    // One HTTP/1.1 keep-alive connection per client, reused for every request.
-    let mut senders = Vec::new();
-    for _ in 0..connections {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("tcp");
-        tcp.set_nodelay(true).expect("nodelay");
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect("localhost".try_into().expect("name"), tcp)
-            .await
-            .expect("tls");
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .expect("http1");
-        tokio::spawn(conn);
-        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
+    let find = |name: &str| loads.iter().find(|l| l.name == name);
+    let rate = |name: &str| find(name).map_or(0.0, |l| l.rate);
+    let saturated = rate("hsm-ca 8 conns x 8 (64 in flight), audit on");
+    let single_on = rate("hsm-ca 8 conns x 1, audit on");
+    let single_off = rate("hsm-ca 8 conns x 1, audit off");
+    let p99 = find("hsm-ca 8 conns x 1, audit on").map_or(0.0, |l| l.p99_ms);
+    let check = |ok: bool| if ok { "met" } else { "NOT MET" };
+    println!();
+    let row = |what: &str, value: String, target: &str, ok: bool| {
+        println!("{what:<48} {value:>9}   {target:<14} {}", check(ok));
+    };
+    if cfssl_best > 0.0 {
+        let r = saturated / cfssl_best;
+        row(
+            "saturation, audit on / cfssl's best",
+            format!("{r:.2}"),
+            ">= 1.2 (1.5)",
+            r >= 1.2,
+        );
     }
-    let senders = std::sync::Mutex::new(senders);
-    drive(connections, secs, || {
-        let sender = senders.lock().expect("senders").pop().expect("sender");
-        let body = body.clone();
-        move || {
-            let (sender, body) = (sender.clone(), body.clone());
-            async move {
-                let req = http::Request::post("/api/v1/cfssl/sign")
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .expect("request");
-                let mut s = sender.lock().await;
-                match s.send_request(req).await {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        let bytes = resp
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        ok && bytes.windows(14).any(|w| w == b"\"success\":true")
-                    }
-                    Err(_) => false,
-                }
+    let r = saturated / raw;
+    row(
+        "saturation, audit on / raw sign rate",
+        format!("{r:.2}"),
+        ">= 0.3",
+        r >= 0.3,
+    );
+    let r = single_on / single_off;
+    row(
+        "8 x 1: audit on / audit off",
+        format!("{r:.2}"),
+        ">= 0.9",
+        r >= 0.9,
+    );
+    row(
+        "8 x 1, audit on: p99 (ms)",
+        format!("{p99:.2}"),
+        "<= 3",
+        p99 <= 3.0,
+    );
+    row(
+        "idle resident memory (MB)",
+        format!("{idle_rss:.0}"),
+        "<= 50",
+        idle_rss <= 50.0,
+    );
+    row(
+        "resident memory after the load (MB)",
+        format!("{loaded_rss:.0}"),
+        "",
+        true,
+    );
+    let s = start.as_secs_f64();
+    row(
+        "start to serving on an existing folder (s)",
+        format!("{s:.2}"),
+        "<= 1",
+        s <= 1.0,
+    );
+    if let Some(file) = profile {
+        // The appliance writes it when it stops.
+        for _ in 0..50 {
+            if file.exists() {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
-    })
-    .await
+        println!(
+            "\nCPU profile of the audit-on appliance: {}",
+            file.display()
+        );
+    }
 }

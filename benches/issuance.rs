@@ -4,6 +4,8 @@
 //! Everything runs against a fresh SoftHSM token in a temporary folder. Issuance is the whole
 //! in-process path: parse the CSR PEM and verify its signature, build the leaf, sign it in the
 //! HSM (through the keystore queue), encode PEM. Ratios are what to compare across machines.
+//! Last, the audit writer alone: 1, 8 and 64 concurrent callers appending issuance records,
+//! each answered once its record is durable, checkpoints signed on the same token.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -170,6 +172,79 @@ fn main() {
         println!(
             "signature self-check cost at 2 workers: issuance with it / without it = {:.2}",
             on.3 / off.3
+        );
+    }
+    audit_writer(dir.path(), &open(2, true), secs);
+}
+
+/// The audit log's writer alone: `callers` tasks each appending issuance records one after
+/// another (as concurrent requests do), for 1, 8 and 64 callers. Prints records/s and the
+/// latency of one durable append.
+fn audit_writer(dir: &Path, store: &KeyStore, secs: f64) {
+    use hsm_ca::audit::{AuditEvent, AuditLog, AuditOptions};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "\naudit writer alone (durable appends, signed checkpoints every 1000 records)\n{:<8} {:>12} {:>10} {:>10}",
+        "callers", "records/s", "p50 ms", "p99 ms"
+    );
+    for callers in [1usize, 8, 64] {
+        let log_dir = dir.join(format!("audit-{callers}"));
+        let log = Arc::new(
+            AuditLog::open_signed(&log_dir, store, AuditOptions::default()).expect("audit log"),
+        );
+        let start = Instant::now();
+        let stop = start + Duration::from_secs_f64(secs);
+        let mut latencies: Vec<Duration> = runtime.block_on(async {
+            let tasks: Vec<_> = (0..callers)
+                .map(|c| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        let mut i = 0u64;
+                        while Instant::now() < stop {
+                            let t = Instant::now();
+                            log.append(AuditEvent::Issued {
+                                serial: format!("{c:04x}{i:016x}"),
+                                identity: "spiffe://cluster.local/ns/bench/sa/load".into(),
+                                caller: "spiffe://cluster.local/ns/bench/sa/load".into(),
+                                method: "jwt".into(),
+                                ca_key: "bench".into(),
+                                not_before: "2026-01-01T00:00:00Z".into(),
+                                not_after: "2026-01-02T00:00:00Z".into(),
+                                csr_key_sha256: "00".repeat(32),
+                                certificate_sha256: None,
+                            })
+                            .await
+                            .expect("append");
+                            lat.push(t.elapsed());
+                            i += 1;
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("task"));
+            }
+            all
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        latencies.sort();
+        let at = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "{:<8} {:>12.0} {:>10.3} {:>10.3}",
+            callers,
+            latencies.len() as f64 / elapsed,
+            at(0.50),
+            at(0.99)
         );
     }
 }

@@ -721,3 +721,61 @@ async fn every_issued_certificate_is_in_the_verified_audit_log() {
     assert!(text.contains("\"caller\":\"spiffe://cluster.local/ns/default/sa/web\""));
     assert!(!text.contains(&token), "a token reached the audit log");
 }
+
+/// Records are written while the device signs. A signature that fails after its record was
+/// made leaves an `issued` record followed by `not_issued` for the same serial, never a
+/// certificate; while the device keeps failing, requests sign first and add no `issued` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_that_fails_after_its_record_is_recorded_as_not_issued() {
+    let app = Appliance::start("").await;
+    let token = app.token_for("default", "web");
+    let csr = client::workload_csr(WorkloadKey::P256, WEB).expect("csr");
+    ask(&app, &csr.csr_pem, Some(&token), 0)
+        .await
+        .expect("issued while the key is there");
+    let destroyed = tokio::task::block_in_place(|| {
+        support::destroy_keys_from_outside(&app.token, "hsm-ca intermediate")
+    });
+    assert_eq!(destroyed, 1, "the intermediate's key");
+    for attempt in 0..3 {
+        let e = ask(&app, &csr.csr_pem, Some(&token), 0)
+            .await
+            .expect_err("no key, no certificate");
+        assert!(
+            matches!(e.0, Code::Unavailable | Code::Internal),
+            "attempt {attempt}: {e:?}"
+        );
+    }
+    let data_dir = app.config.data_dir.clone();
+    let Appliance { server, .. } = app;
+    server.shutdown().await;
+    let mut out = Vec::new();
+    hsm_ca::audit::export(&data_dir, &mut out).expect("export");
+    let records: Vec<serde_json::Value> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["event"]["kind"] == kind)
+            .collect()
+    };
+    let issued = of_kind("issued");
+    let not_issued = of_kind("not_issued");
+    assert_eq!(
+        issued.len(),
+        2,
+        "the certificate that left and the one whose signature failed: {records:#?}"
+    );
+    assert_eq!(not_issued.len(), 1, "{records:#?}");
+    assert_eq!(
+        not_issued[0]["event"]["serial"], issued[1]["event"]["serial"],
+        "not_issued names the failed issuance"
+    );
+    assert!(
+        not_issued[0]["seq"].as_u64() > issued[1]["seq"].as_u64(),
+        "not_issued follows its issued record"
+    );
+}

@@ -40,6 +40,8 @@ pub mod dev;
 pub mod issuance;
 pub mod keystore;
 pub mod metrics;
+#[cfg(feature = "profile")]
+pub mod profile;
 pub mod quorum;
 pub mod secret;
 pub mod server;

@@ -269,6 +269,39 @@ pub fn log_out_from_outside(label: &str) {
         .expect("logout");
 }
 
+/// Destroys every private key on `token` whose label starts with `prefix`, from a session of
+/// its own (as an operator's tool would): what the keystore then signs with is gone.
+pub fn destroy_keys_from_outside(token: &TestToken, prefix: &str) -> usize {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let ctx = cryptoki::context::Pkcs11::new(module()).expect("module");
+    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
+    let slot = slot_by_label(&ctx, &token.label);
+    let session = ctx.open_rw_session(slot).expect("session");
+    // The process is logged in already when the keystore is open; logging in again is refused.
+    let pin = cryptoki::types::AuthPin::new(token.pin.expose().to_string().into());
+    let _ = session.login(cryptoki::session::UserType::User, Some(&pin));
+    let mut destroyed = 0;
+    for handle in session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .expect("find")
+    {
+        let label = session
+            .get_attributes(handle, &[AttributeType::Label])
+            .expect("label")
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if label.starts_with(prefix) {
+            session.destroy_object(handle).expect("destroy");
+            destroyed += 1;
+        }
+    }
+    destroyed
+}
+
 /// The slot of the token labelled `label`, asked of a context directly (as an outsider would).
 pub fn slot_by_label(ctx: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
     ctx.get_slots_with_token()

@@ -176,6 +176,13 @@ pub enum AuditEvent {
     /// `failed_at`; `errors` callers were answered with an error meanwhile, their records not
     /// written (refusals are not among them: they are in the folded counts).
     StorageResumed { failed_at: String, errors: u64 },
+    /// An `issued` record whose certificate never left: the device failed to sign it after
+    /// the record was made (records are made while the device signs).
+    NotIssued {
+        serial: String,
+        ca_key: String,
+        reason: String,
+    },
     /// The appliance started.
     Started { version: String },
     /// The appliance stopped cleanly.

@@ -41,6 +41,44 @@ impl IssuedCert {
     }
 }
 
+/// A certificate built and not yet signed ([`IssuingCa::prepare`]): its serial and validity
+/// can be recorded while the device signs it.
+#[derive(Debug)]
+pub struct PreparedCert {
+    params: CertificateParams,
+    tbs: Vec<u8>,
+    /// The DER signatureAlgorithm that goes beside the signature.
+    algorithm: Vec<u8>,
+    serial: String,
+}
+
+impl PreparedCert {
+    /// Serial number as lowercase hex (as in [`IssuedCert::serial`]).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.params.not_before
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.params.not_after
+    }
+
+    /// Signs it in the device with `ca`'s key (the CA that prepared it) and assembles the
+    /// certificate.
+    pub async fn sign(self, ca: &IssuingCa) -> Result<IssuedCert, CaError> {
+        let signature = ca
+            .key
+            .store()
+            .sign(ca.key.id(), ca.key.algorithm().default_scheme(), &self.tbs)
+            .await?;
+        let cert_der = der::sequence(&[&self.tbs, &self.algorithm, &der::bit_string(&signature)]);
+        Ok(IssuedCert::new(cert_der, &self.params))
+    }
+}
+
 /// A CA certificate and the device key that belongs to it.
 pub struct IssuingCa {
     issuer: Issuer<'static, DeviceSigningKey>,
@@ -161,6 +199,19 @@ impl IssuingCa {
         spki_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
+        self.prepare(params.clone(), spki_der, now)?
+            .sign(self)
+            .await
+    }
+
+    /// Everything of a certificate but its signature: what will be signed, with its serial
+    /// and validity known before the device is asked.
+    pub fn prepare(
+        &self,
+        params: CertificateParams,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<PreparedCert, CaError> {
         let subject_key = self.subject_key(spki_der, now)?;
         let (unsigned, tbs) = crate::keystore::signer::capture_signed_message(|| {
             params.signed_by(&subject_key, &self.issuer)
@@ -176,13 +227,30 @@ impl IssuingCa {
         if tbs_tlv != tbs.as_slice() {
             return Err(malformed());
         }
-        let signature = self
-            .key
-            .store()
-            .sign(self.key.id(), self.key.algorithm().default_scheme(), &tbs)
-            .await?;
-        let cert_der = der::sequence(&[&tbs, algorithm, &der::bit_string(&signature)]);
-        Ok(IssuedCert::new(cert_der, params))
+        let algorithm = algorithm.to_vec();
+        Ok(PreparedCert {
+            serial: params
+                .serial_number
+                .as_ref()
+                .map(|s| hex::encode(s.to_bytes()))
+                .unwrap_or_default(),
+            params,
+            tbs,
+            algorithm,
+        })
+    }
+
+    /// [`IssuingCa::prepare`] for a workload leaf (see [`IssuingCa::issue_leaf`]).
+    pub fn prepare_leaf(
+        &self,
+        spki_der: &[u8],
+        spiffe_id: &str,
+        ttl: Duration,
+        clock_skew: Duration,
+        now: OffsetDateTime,
+    ) -> Result<PreparedCert, CaError> {
+        let params = self.leaf_params(spiffe_id, ttl, clock_skew, now)?;
+        self.prepare(params, spki_der, now)
     }
 
     /// The workload profile for `spiffe_id`, valid for `ttl` but never past this CA.
@@ -206,8 +274,9 @@ impl IssuingCa {
         clock_skew: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        let params = self.leaf_params(spiffe_id, ttl, clock_skew, now)?;
-        self.sign_async(&params, spki_der, now).await
+        self.prepare_leaf(spki_der, spiffe_id, ttl, clock_skew, now)?
+            .sign(self)
+            .await
     }
 
     /// Issues a workload leaf for `spiffe_id` valid for `ttl` (capped at this CA's NotAfter).

@@ -10,7 +10,7 @@ pub mod issuer;
 pub mod profile;
 
 pub use csr::{parse_csr, CsrKey, ParsedCsr};
-pub use issuer::{IssuedCert, IssuingCa};
+pub use issuer::{IssuedCert, IssuingCa, PreparedCert};
 
 use crate::keystore::KeystoreError;
 

@@ -58,7 +58,9 @@ pub(super) fn run_appliance(
     state: CaState,
     banner: impl FnOnce(&crate::server::RunningServer) -> String,
 ) -> Result<(), CliError> {
-    runtime.block_on(async move {
+    #[cfg(feature = "profile")]
+    let profile = crate::profile::Profile::from_env();
+    let served = runtime.block_on(async move {
         let mut server = crate::server::start(config, store, std::sync::Arc::new(state))
             .await
             .map_err(|e| CliError::Message(e.to_string()))?;
@@ -83,5 +85,10 @@ pub(super) fn run_appliance(
         let _ = writeln!(std::io::stdout(), "Stopping.");
         server.shutdown().await;
         Ok(())
-    })
+    });
+    #[cfg(feature = "profile")]
+    if let Some(profile) = profile {
+        profile.finish();
+    }
+    served
 }

@@ -119,6 +119,9 @@ pub struct CertificateService {
     rules: IssuanceRules,
     audit: Option<Arc<AuditLog>>,
     metrics: Arc<crate::metrics::IssuanceMetrics>,
+    /// Whether the last signature asked of the device was made: only then is a record
+    /// written while the device signs (see [`CertificateService::handle`]).
+    signing: std::sync::atomic::AtomicBool,
 }
 
 impl CertificateService {
@@ -135,6 +138,7 @@ impl CertificateService {
             rules,
             audit,
             metrics,
+            signing: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -234,46 +238,86 @@ impl CertificateService {
 
         // Hold this snapshot for the whole request: a rotation meanwhile does not affect it.
         let issuer = self.view.load();
-        let leaf = issuer
-            .ca
-            .issue_leaf_async(
-                &csr.spki,
-                &identity.to_string(),
-                ttl,
-                self.rules.clock_skew,
-                OffsetDateTime::now_utc(),
-            )
-            .await?;
-
-        // The certificate leaves only once its record is on disk.
+        let prepared = issuer.ca.prepare_leaf(
+            &csr.spki,
+            &identity.to_string(),
+            ttl,
+            self.rules.clock_skew,
+            OffsetDateTime::now_utc(),
+        )?;
+        let Some(audit) = &self.audit else {
+            let leaf = prepared.sign(&issuer.ca).await?;
+            return Ok(answer(&issuer, leaf.pem, caller, identity, leaf.serial));
+        };
         let rfc3339 = |t: OffsetDateTime| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
-        // From here on the issuance is recorded even if the caller goes away.
-        progress.recorded = true;
-        if let Some(audit) = &self.audit {
-            audit
-                .append(AuditEvent::Issued {
-                    serial: leaf.serial.clone(),
-                    identity: identity.to_string(),
-                    caller: caller.id.to_string(),
-                    method: caller.method.to_string(),
-                    ca_key: issuer.ca.key().id().to_string(),
-                    not_before: rfc3339(leaf.not_before),
-                    not_after: rfc3339(leaf.not_after),
-                    csr_key_sha256: csr.public_key_fingerprint(),
-                    certificate_sha256: None,
-                })
-                .await?;
-        }
-
-        let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
-        chain.push(leaf.pem);
-        chain.extend(issuer.intermediates_pem.iter().cloned());
-        chain.push(issuer.bundle_pem.clone());
-        Ok((chain, caller, identity, leaf.serial))
+        let ca_key = issuer.ca.key().id().to_string();
+        let record = AuditEvent::Issued {
+            serial: prepared.serial().to_string(),
+            identity: identity.to_string(),
+            caller: caller.id.to_string(),
+            method: caller.method.to_string(),
+            ca_key: ca_key.clone(),
+            not_before: rfc3339(prepared.not_before()),
+            not_after: rfc3339(prepared.not_after()),
+            csr_key_sha256: csr.public_key_fingerprint(),
+            certificate_sha256: None,
+        };
+        let serial = prepared.serial().to_string();
+        // The certificate leaves only once its record is on disk. While the device signs, the
+        // record is written meanwhile (the disk sync and the signature overlap); a signature
+        // that then fails is recorded as `not_issued`. After a failed signature the device
+        // signs first until it signs again, so an outage adds no records beyond refusals.
+        use std::sync::atomic::Ordering;
+        let leaf = if self.signing.load(Ordering::Relaxed) {
+            // From here on the issuance is recorded even if the caller goes away.
+            progress.recorded = true;
+            let (leaf, recorded) = tokio::join!(prepared.sign(&issuer.ca), audit.append(record));
+            self.signing.store(leaf.is_ok(), Ordering::Relaxed);
+            match (leaf, recorded) {
+                (Ok(leaf), Ok(_)) => leaf,
+                (Err(e), recorded) => {
+                    if recorded.is_ok() {
+                        let not_issued = AuditEvent::NotIssued {
+                            serial,
+                            ca_key,
+                            reason: e.to_string(),
+                        };
+                        if let Err(a) = audit.append(not_issued).await {
+                            tracing::warn!(error = %a, "a failed signature was not recorded");
+                        }
+                    }
+                    return Err(e.into());
+                }
+                (Ok(_), Err(e)) => return Err(e.into()),
+            }
+        } else {
+            let leaf = prepared.sign(&issuer.ca).await;
+            self.signing.store(leaf.is_ok(), Ordering::Relaxed);
+            let leaf = leaf?;
+            progress.recorded = true;
+            audit.append(record).await?;
+            leaf
+        };
+        Ok(answer(&issuer, leaf.pem, caller, identity, serial))
     }
+}
+
+/// The answer for an issued leaf: `[leaf, intermediate(s)…, trust bundle]`.
+fn answer(
+    issuer: &IssuerSnapshot,
+    leaf_pem: String,
+    caller: Caller,
+    identity: SpiffeId,
+    serial: String,
+) -> (Vec<String>, Caller, SpiffeId, String) {
+    let mut chain = Vec::with_capacity(issuer.intermediates_pem.len() + 2);
+    chain.push(leaf_pem);
+    chain.extend(issuer.intermediates_pem.iter().cloned());
+    chain.push(issuer.bundle_pem.clone());
+    (chain, caller, identity, serial)
 }
 
 /// How far one request got. Counted in the metrics when answered, or, when the caller went
