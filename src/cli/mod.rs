@@ -29,6 +29,7 @@ mod audit;
 mod ceremony;
 mod commands;
 mod dev;
+mod generate;
 mod keys;
 pub mod logging;
 mod officers;
@@ -110,6 +111,9 @@ pub enum Command {
         #[arg(long, default_value = "istio-system")]
         namespace: String,
     },
+    /// Write the man page or shell completions (what the package installs).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +237,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Intermediate(IntermediateCommand::List) => {
             commands::intermediate_list(&cli.config)
         }
+        Command::Generate(cmd) => generate::run(cmd),
     }
 }
 
