@@ -545,6 +545,8 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
         .trim_start_matches("serial=")
         .to_uppercase();
     assert!(text.contains(&serial), "{serial} not in\n{text}");
+    // The entry carries the reason given on the command line.
+    assert!(text.contains("KEY COMPROMISE"), "{text}");
 
     // Root rotation: a new root, cross-signed by the old one.
     let out = host.ceremony(

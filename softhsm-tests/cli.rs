@@ -70,6 +70,24 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
     let out = env.run(&["intermediate", "list"]);
     assert!(out.stdout.starts_with("active"), "{}", out.stdout);
 
+    // `config check --devices` opens the token and names the keys the appliance would use.
+    let out = env.run(&["config", "check", "--devices"]);
+    assert!(out.ok, "{out:?}");
+    for want in [
+        "hsm-ca.toml: valid",
+        "  root ",
+        ": key in this device",
+        "(active), key ",
+        ": in this device",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "missing {want:?}:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains(&env.pin) && !out.stderr.contains(&env.pin));
+
     let out = env.run(&["keys", "list"]);
     assert!(out.ok, "{out:?}");
     let rows: Vec<&str> = out.stdout.lines().skip(1).collect();
@@ -796,4 +814,111 @@ fn documented_command_lines_match_the_binary() {
         }
     }
     assert!(checked > 20, "only {checked} command lines found");
+}
+
+#[test]
+fn config_check_accepts_every_example_config() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo.join("hsm-config")).expect("hsm-config") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = run_in(repo, &path, &["config", "check"]);
+        assert!(out.ok, "{}: {out:?}", path.display());
+        assert!(
+            out.stdout.contains(": valid"),
+            "{}: {}",
+            path.display(),
+            out.stdout
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} example configs");
+}
+
+#[test]
+fn config_check_names_the_broken_key_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base =
+        "trust_domain = \"example.org\"\n[keystore]\nmodule = \"/nonexistent/libpkcs11.so\"\n\
+                token_label = \"ca\"\npin_file = \"pin\"\n";
+    for (extra, key) in [
+        ("[server]\nlisen = \"127.0.0.1:15012\"\n", "lisen"),
+        ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
+        (
+            "[rotation]\nprepare_at = 0.8\nactivate_at = 0.5\n",
+            "rotation.activate_at",
+        ),
+        ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+        ("signing_sessions = 0\n", "keystore.signing_sessions"),
+        ("[workload]\nmax_ttl_secs = \"long\"\n", "max_ttl_secs"),
+    ] {
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, format!("{base}{extra}")).expect("config");
+        let out = run_in(dir.path(), &path, &["config", "check"]);
+        assert!(!out.ok, "{extra} was accepted: {out:?}");
+        let line = last_line(&out.stderr);
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(
+            line.contains(key),
+            "{extra}: the error does not name {key}: {line}"
+        );
+    }
+    // The module does not exist: without --devices nothing is opened, so the check passes…
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, base).expect("config");
+    let out = run_in(dir.path(), &path, &["config", "check"]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("plaintext metrics  off"),
+        "{}",
+        out.stdout
+    );
+    // …and with it, the device is what fails.
+    let out = run_in(dir.path(), &path, &["config", "check", "--devices"]);
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        last_line(&out.stderr).contains("libpkcs11.so"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_config_log_section_sets_the_format_and_the_flag_wins() {
+    let env = CliEnv::new("[log]\nformat = \"json\"\nlevel = \"warn\"\n");
+    // run_in sets HSM_CA_LOG=trace, which wins over the config's level; the format comes from
+    // the config.
+    let out = env.run(&["keys", "list"]);
+    assert!(out.ok, "{out:?}");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "nothing logged at trace");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(!out.stderr.contains(&env.pin));
+    let text = run_in(
+        env.dir.path(),
+        &env.path("hsm-ca.toml"),
+        &["--log-format", "text", "keys", "list"],
+    );
+    assert!(text.ok, "{text:?}");
+    assert!(
+        text.stderr
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{}",
+        text.stderr
+    );
 }

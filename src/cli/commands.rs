@@ -20,7 +20,7 @@ fn open(config_path: &Path) -> Result<(Config, KeyStore), CliError> {
 
 /// Runs `work` on the CA state the config names (sled, or the PostgreSQL database), on a
 /// runtime of its own.
-fn with_state<T>(
+pub(super) fn with_state<T>(
     config: &Config,
     work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
 ) -> Result<T, CliError> {

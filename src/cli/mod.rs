@@ -28,6 +28,7 @@ macro_rules! say_raw {
 mod audit;
 mod ceremony;
 mod commands;
+mod config_check;
 mod dev;
 mod keys;
 pub mod logging;
@@ -55,18 +56,14 @@ pub struct Cli {
     )]
     pub config: PathBuf,
     /// Which log events are written to stderr: a level (error, warn, info, debug, trace) or a
-    /// filter such as `hsm_ca=debug,warn`. Without it: `RUST_LOG`, else warn.
+    /// filter such as `hsm_ca=debug,warn`. Without it: `RUST_LOG`, else the config's
+    /// `[log] level`, else warn.
     #[arg(long, global = true, env = "HSM_CA_LOG")]
     pub log_level: Option<String>,
-    /// Log line format: text, or one JSON object per line.
-    #[arg(
-        long,
-        global = true,
-        env = "HSM_CA_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: logging::LogFormat,
+    /// Log line format: text, or one JSON object per line. Without it: the config's
+    /// `[log] format`, else text.
+    #[arg(long, global = true, env = "HSM_CA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -100,6 +97,9 @@ pub enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Check the configuration file without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the trust bundle (every root clients must trust).
     Bundle {
         /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
@@ -109,6 +109,17 @@ pub enum Command {
         /// Namespace of the ConfigMap.
         #[arg(long, default_value = "istio-system")]
         namespace: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the config file (every error names its key); exit 1 when it is invalid.
+    Check {
+        /// Also open the token or TPM and the CA state, and report the keys the appliance
+        /// would use.
+        #[arg(long)]
+        devices: bool,
     },
 }
 
@@ -205,6 +216,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
         Command::Request(args) => request::run(*args),
+        Command::Config(ConfigCommand::Check { devices }) => {
+            config_check::check(&cli.config, devices)
+        }
         Command::Keys(KeysCommand::List { shares }) => {
             keys::keys_list(&cli.config, &shares.sources())
         }

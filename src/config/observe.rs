@@ -1,0 +1,121 @@
+//! The `[metrics]` section: the optional plaintext listener that serves only `/metrics`, for
+//! Prometheus to scrape without a client certificate (the admin API's `/metrics` needs one).
+//! The `[log]` section: the log filter and line format, below the command line's `--log-level`
+//! / `--log-format` and their environment variables (read before the rest of the config, by
+//! [`peek_log`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Ctx};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    /// `address:port`; absent (the default): no plaintext listener.
+    #[serde(default)]
+    pub(super) listen: Option<String>,
+}
+
+/// Where `/metrics` is served in plaintext, if anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+pub(super) fn metrics(ctx: &Ctx, raw: RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let listen = raw
+        .listen
+        .map(|l| {
+            l.parse()
+                .map_err(|_| ctx.invalid("metrics.listen", format!("{l:?} is not an address:port")))
+        })
+        .transpose()?;
+    Ok(MetricsConfig { listen })
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    #[serde(default)]
+    pub(super) level: Option<String>,
+    #[serde(default)]
+    pub(super) format: Option<String>,
+}
+
+/// The form of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    Text,
+    Json,
+}
+
+/// `[log]`: what the config asks for when neither a flag nor the environment says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A level or filter, as `--log-level` takes.
+    pub level: Option<String>,
+    pub format: Option<LogOutput>,
+}
+
+fn check_log(raw: RawLog) -> Result<LogConfig, (&'static str, String)> {
+    if let Some(level) = &raw.level {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| ("log.level", format!("{level:?}: {e}")))?;
+    }
+    let format = match raw.format.as_deref() {
+        None => None,
+        Some("text") => Some(LogOutput::Text),
+        Some("json") => Some(LogOutput::Json),
+        Some(other) => {
+            return Err(("log.format", format!("{other:?} is not text or json")));
+        }
+    };
+    Ok(LogConfig {
+        level: raw.level,
+        format,
+    })
+}
+
+pub(super) fn log(ctx: &Ctx, raw: RawLog) -> Result<LogConfig, ConfigError> {
+    check_log(raw).map_err(|(key, problem)| ctx.invalid(key, problem))
+}
+
+/// The `[log]` section of the config at `path`, read before logging starts and before the
+/// command loads the config: `None` when the file or the section is missing or does not
+/// validate (the command reports that when it loads the config).
+pub fn peek_log(path: &Path) -> Option<LogConfig> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let raw: RawLog = table.get("log")?.clone().try_into().ok()?;
+    check_log(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_section_is_read_before_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hsm-ca.toml");
+        std::fs::write(
+            &path,
+            "[log]\nlevel = \"hsm_ca=debug,warn\"\nformat = \"json\"\n[unknown]\n",
+        )
+        .expect("write");
+        assert_eq!(
+            peek_log(&path),
+            Some(LogConfig {
+                level: Some("hsm_ca=debug,warn".into()),
+                format: Some(LogOutput::Json),
+            })
+        );
+        std::fs::write(&path, "[log]\nformat = \"xml\"\n").expect("write");
+        assert_eq!(peek_log(&path), None);
+        assert_eq!(peek_log(&dir.path().join("missing.toml")), None);
+    }
+}
