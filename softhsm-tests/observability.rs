@@ -93,9 +93,11 @@ fn rule_expressions(yaml: &str) -> Vec<String> {
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
-        let indent = line.len() - line.trim_start().len();
+        let key = line.trim_start();
+        let key = key.strip_prefix("- ").unwrap_or(key);
+        let indent = line.len() - key.len();
         i += 1;
-        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
+        let Some(rest) = key.strip_prefix("expr:") else {
             continue;
         };
         let rest = rest.trim();
@@ -122,6 +124,21 @@ fn rule_expressions(yaml: &str) -> Vec<String> {
 /// keywords, label names of a grouping clause, or inside label matchers, ranges or strings.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
+    // Aggregations may put `by (…)` between their name and their argument.
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+    ];
     const GROUPING: &[&str] = &[
         "by",
         "without",
@@ -174,7 +191,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                         i = j;
                         skip_to(&mut i, ')');
                     }
-                } else if !called && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                } else if !called
+                    && !KEYWORDS.contains(&word.to_lowercase().as_str())
+                    && !AGGREGATIONS.contains(&word.as_str())
+                {
                     names.insert(word);
                 }
             }
