@@ -867,6 +867,7 @@ fn config_check_names_the_broken_key_and_starts_nothing() {
         );
     }
     // The module does not exist: without --devices nothing is opened, so the check passes…
+    std::fs::write(dir.path().join("pin"), "1234").expect("pin");
     let path = dir.path().join("good.toml");
     std::fs::write(&path, base).expect("config");
     let out = run_in(dir.path(), &path, &["config", "check"]);
@@ -886,39 +887,78 @@ fn config_check_names_the_broken_key_and_starts_nothing() {
     );
 }
 
+/// Runs `hsm-ca --config <env>/hsm-ca.toml serve --listen 127.0.0.1:0` without any log flag
+/// or variable until it says where it serves, stops it with SIGTERM and returns its stderr.
+fn serve_logs(env: &CliEnv) -> String {
+    use std::io::{BufRead, BufReader};
+    let log_path = env.path("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(env.dir.path())
+        .env_remove("HSM_CA_LOG")
+        .env_remove("HSM_CA_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(env.path("hsm-ca.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let serving = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("Serving istio.v1.auth.IstioCertificateService on "));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log_path).expect("log");
+    assert!(serving, "the appliance did not start: {logs}");
+    logs
+}
+
 #[test]
-fn the_config_log_section_sets_the_format_and_the_flag_wins() {
-    let env = CliEnv::new("[log]\nformat = \"json\"\nlevel = \"warn\"\n");
-    // run_in sets HSM_CA_LOG=trace, which wins over the config's level; the format comes from
-    // the config.
-    let out = env.run(&["keys", "list"]);
+fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
+    let env = CliEnv::new(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [log]\nlevel = \"info\"\nformat = \"json\"\n",
+    );
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
     assert!(out.ok, "{out:?}");
-    let lines: Vec<&str> = out
-        .stderr
+    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    let out = env.ceremony(&[
+        "sign-intermediate",
+        "--csr",
+        "inter.csr",
+        "--out-dir",
+        "inter",
+        "--yes",
+    ]);
+    assert!(out.ok, "{out:?}");
+    let out = env.run(&[
+        "intermediate",
+        "install",
+        "--cert",
+        "inter/intermediate-cert.pem",
+    ]);
+    assert!(out.ok, "{out:?}");
+
+    // [log] level = "info", format = "json": the start's info events, as JSON lines.
+    let logs = serve_logs(&env);
+    let events: Vec<serde_json::Value> = logs
         .lines()
         .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
         .collect();
-    assert!(!lines.is_empty(), "nothing logged at trace");
-    for line in &lines {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        assert!(
-            v["level"].is_string() && v["timestamp"].is_string(),
-            "{line}"
-        );
-    }
-    assert!(!out.stderr.contains(&env.pin));
-    let text = run_in(
-        env.dir.path(),
-        &env.path("hsm-ca.toml"),
-        &["--log-format", "text", "keys", "list"],
-    );
-    assert!(text.ok, "{text:?}");
     assert!(
-        text.stderr
-            .lines()
-            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
-        "{}",
-        text.stderr
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["message"] == "connection limits"),
+        "{logs}"
     );
+    assert!(!logs.contains(&env.pin), "{logs}");
 }

@@ -302,7 +302,12 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string()
+            message: e
+                .span()
+                .and_then(|s| observe::key_at(text, s.start))
+                .map(|key| format!("{key}: "))
+                .unwrap_or_default()
+                + e.message()
                 + &e.span()
                     .map(|s| format!(" (at byte {})", s.start))
                     .unwrap_or_default(),

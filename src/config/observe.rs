@@ -94,9 +94,39 @@ pub fn peek_log(path: &Path) -> Option<LogConfig> {
     check_log(raw).ok()
 }
 
+/// The dotted key (`workload.max_ttl_secs`) of a `key = value` line holding byte `offset` of
+/// `text`, for parse errors (a wrong type) that toml reports by position only.
+pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    });
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_names_its_key() {
+        let text = "trust_domain = \"x\"\n[workload]\nmax_ttl_secs = \"long\"\n";
+        let at = text.find("\"long").expect("value");
+        assert_eq!(key_at(text, at).as_deref(), Some("workload.max_ttl_secs"));
+        assert_eq!(key_at(text, 3).as_deref(), Some("trust_domain"));
+        assert_eq!(key_at(text, text.find("[work").expect("header")), None);
+    }
 
     #[test]
     fn the_log_section_is_read_before_the_rest() {
