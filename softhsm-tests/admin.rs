@@ -656,7 +656,7 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
     let unknown = a
         .post(
             "/v1/revocations",
-            json!({"serial": serial, "reason": "keyCompromise"}),
+            json!({"serial": serial, "reason": "stolen"}),
         )
         .await;
     assert_eq!(
@@ -1113,7 +1113,11 @@ fn root_crl(root: &hsm_ca::ca::IssuingCa, serials: &[&str], number: u64) -> (Vec
     let now = OffsetDateTime::now_utc();
     let entries: Vec<_> = serials
         .iter()
-        .map(|s| (hex::decode(s).expect("hex serial"), now))
+        .map(|s| hsm_ca::ca::Revoked {
+            serial: hex::decode(s).expect("hex serial"),
+            at: now,
+            reason: hsm_ca::ca::RevocationReason::KeyCompromise,
+        })
         .collect();
     let der = tokio::task::block_in_place(|| {
         root.sign_crl(&entries, number, now, now + time::Duration::days(30))

@@ -5,7 +5,8 @@
 use time::OffsetDateTime;
 
 /// Why a certificate is revoked, spelled as the ceremony, the admin API and the records spell
-/// it (`key-compromise`). `removeFromCRL` (delta CRLs only) is not one of them.
+/// it (`key-compromise`; RFC 5280's `keyCompromise` is read too). `removeFromCRL` (delta CRLs
+/// only) is not one of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevocationReason {
     Unspecified,
@@ -101,12 +102,22 @@ impl std::fmt::Display for RevocationReason {
 impl std::str::FromStr for RevocationReason {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
-            format!(
-                "unknown revocation reason {s:?} (expected one of {})",
-                ALL.map(RevocationReason::name).join(", ")
-            )
-        })
+        // `key-compromise`, `keyCompromise` and `KEY_COMPROMISE` are one reason.
+        let fold = |n: &str| {
+            n.chars()
+                .filter(|c| *c != '-' && *c != '_')
+                .map(|c| c.to_ascii_lowercase())
+                .collect::<String>()
+        };
+        let wanted = fold(s);
+        ALL.into_iter()
+            .find(|r| fold(r.name()) == wanted)
+            .ok_or_else(|| {
+                format!(
+                    "unknown revocation reason {s:?} (expected one of {})",
+                    ALL.map(RevocationReason::name).join(", ")
+                )
+            })
     }
 }
 
@@ -155,7 +166,9 @@ mod tests {
             assert_eq!(r.name().parse::<RevocationReason>(), Ok(r));
             assert_eq!(RevocationReason::from_code(r.code()), r);
         }
-        assert!("keyCompromise".parse::<RevocationReason>().is_err());
+        assert_eq!("keyCompromise".parse(), Ok(RevocationReason::KeyCompromise));
+        assert_eq!("cACompromise".parse(), Ok(RevocationReason::CaCompromise));
+        assert!("stolen".parse::<RevocationReason>().is_err());
         assert_eq!(
             RevocationReason::from_stored("an old free-form reason"),
             RevocationReason::Unspecified

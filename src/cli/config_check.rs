@@ -67,7 +67,7 @@ pub fn check(config_path: &Path, devices: bool) -> Result<(), CliError> {
 fn keystore_line(config: &Config) -> String {
     match &config.keystore.backend {
         BackendSettings::Pkcs11(p) => {
-            format!("PKCS#11 {} ({:?})", p.module.display(), p.token)
+            format!("PKCS#11 {} (token {})", p.module.display(), p.token)
         }
         BackendSettings::Tpm(t) => format!("TPM 2.0 {}", t.tcti),
     }
