@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::{offline, openssl_verify, run_in, CliEnv, Output};
+use support::{offline, openssl_in, openssl_verify, run_in, CliEnv, Output};
 
 /// The ceremony host: its own token, whose user PIN the officers will hold as shares.
 struct Host {
@@ -470,9 +470,9 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
     let old_root = host.path("media/root/root-cert.pem");
 
     // An intermediate from any CSR (here openssl's), then revoked.
-    let status = Command::new("openssl")
-        .current_dir(host.env.dir.path())
-        .args([
+    openssl_in(
+        host.env.dir.path(),
+        &[
             "req",
             "-new",
             "-newkey",
@@ -486,10 +486,8 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
             "east-key.pem",
             "-out",
             "east.csr",
-        ])
-        .output()
-        .expect("openssl");
-    assert!(status.status.success(), "{status:?}");
+        ],
+    );
     let out = host.ceremony(
         &args(
             &[

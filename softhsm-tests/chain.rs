@@ -11,7 +11,7 @@ use hsm_ca::ca::{self, IssuingCa};
 use hsm_ca::config::Config;
 use hsm_ca::keystore::{KeyAlgorithm, KeyStore};
 use rcgen::PublicKeyData;
-use support::{openssl_verify, TestToken};
+use support::{openssl_in, openssl_verify, TestToken};
 use time::OffsetDateTime;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -401,20 +401,6 @@ fn key_identifier(cert: &X509Certificate) -> Option<Vec<u8>> {
             ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
             _ => None,
         })
-}
-
-/// Runs openssl with `args` in `dir`; panics with its output when it fails.
-fn openssl_in(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -324,12 +324,18 @@ fn a_tampered_csr_is_refused_and_nothing_is_written() {
     assert!(!env.path("bad/intermediate-cert.pem").exists());
 }
 
+/// A root (`media/`) and an intermediate key with its CSR (`inter.csr`).
+fn root_and_intermediate_csr(env: &CliEnv) {
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
+    let out = env.run(&["intermediate", "new", "--out", "inter.csr"]);
+    assert!(out.ok, "{out:?}");
+}
+
 #[test]
 fn signing_needs_a_confirmation_when_not_scripted() {
     let env = CliEnv::new("");
-    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
-    assert!(out.ok, "{out:?}");
-    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    root_and_intermediate_csr(&env);
     let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",
@@ -925,9 +931,7 @@ fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [log]\nlevel = \"info\"\nformat = \"json\"\n",
     );
-    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
-    assert!(out.ok, "{out:?}");
-    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    root_and_intermediate_csr(&env);
     let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",

@@ -219,6 +219,21 @@ pub fn offline(cwd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) ->
 }
 
 /// `openssl verify -x509_strict` of `leaf` against `root`, with `untrusted` intermediates.
+/// Runs openssl with `args` in `dir`; panics with its output when it fails.
+#[allow(dead_code)]
+pub fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(root);
