@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::{offline, openssl_in, openssl_verify, run_in, CliEnv, Output};
+use support::{offline, openssl_p256_csr, openssl_verify, run_in, CliEnv, Output};
 
 /// The ceremony host: its own token, whose user PIN the officers will hold as shares.
 struct Host {
@@ -470,23 +470,11 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
     let old_root = host.path("media/root/root-cert.pem");
 
     // An intermediate from any CSR (here openssl's), then revoked.
-    openssl_in(
+    openssl_p256_csr(
         host.env.dir.path(),
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=east intermediate",
-            "-keyout",
-            "east-key.pem",
-            "-out",
-            "east.csr",
-        ],
+        "/CN=east intermediate",
+        "east-key.pem",
+        "east.csr",
     );
     let out = host.ceremony(
         &args(

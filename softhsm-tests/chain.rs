@@ -11,7 +11,7 @@ use hsm_ca::ca::{self, IssuingCa};
 use hsm_ca::config::Config;
 use hsm_ca::keystore::{KeyAlgorithm, KeyStore};
 use rcgen::PublicKeyData;
-use support::{openssl_in, openssl_verify, TestToken};
+use support::{openssl_in, openssl_p256_csr, openssl_verify, TestToken};
 use time::OffsetDateTime;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -450,23 +450,11 @@ fn a_cross_signed_root_keeps_the_subject_byte_for_byte_printable_string_included
          subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
     )
     .expect("extensions");
-    openssl_in(
+    openssl_p256_csr(
         dir.path(),
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/O=Example Org/CN=Imported Sub CA",
-            "-keyout",
-            "sub.key",
-            "-out",
-            "sub.csr",
-        ],
+        "/O=Example Org/CN=Imported Sub CA",
+        "sub.key",
+        "sub.csr",
     );
     openssl_in(
         dir.path(),

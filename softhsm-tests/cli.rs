@@ -30,15 +30,7 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
         .expect("fingerprint")
         .to_string();
 
-    let out = env.ceremony(&[
-        "sign-intermediate",
-        "--csr",
-        "inter.csr",
-        "--out-dir",
-        "inter",
-        "--yes",
-    ]);
-    assert!(out.ok, "{out:?}");
+    let out = sign_intermediate(&env);
     // The officer sees the same public-key fingerprint the operator saw.
     let fp = fp_line.trim_start_matches("Public key SHA-256:").trim();
     assert!(
@@ -59,13 +51,7 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
     );
     assert!(ok, "{text}");
 
-    let out = env.run(&[
-        "intermediate",
-        "install",
-        "--cert",
-        "inter/intermediate-cert.pem",
-    ]);
-    assert!(out.ok, "{out:?}");
+    let out = install_intermediate(&env);
     assert!(out.stdout.contains("as Active"), "{}", out.stdout);
     let out = env.run(&["intermediate", "list"]);
     assert!(out.stdout.starts_with("active"), "{}", out.stdout);
@@ -332,6 +318,32 @@ fn root_and_intermediate_csr(env: &CliEnv) {
     assert!(out.ok, "{out:?}");
 }
 
+/// The ceremony signs `inter.csr` into `inter/intermediate-cert.pem`.
+fn sign_intermediate(env: &CliEnv) -> support::Output {
+    let out = env.ceremony(&[
+        "sign-intermediate",
+        "--csr",
+        "inter.csr",
+        "--out-dir",
+        "inter",
+        "--yes",
+    ]);
+    assert!(out.ok, "{out:?}");
+    out
+}
+
+/// `intermediate install` of the signed `inter/intermediate-cert.pem`.
+fn install_intermediate(env: &CliEnv) -> support::Output {
+    let out = env.run(&[
+        "intermediate",
+        "install",
+        "--cert",
+        "inter/intermediate-cert.pem",
+    ]);
+    assert!(out.ok, "{out:?}");
+    out
+}
+
 #[test]
 fn signing_needs_a_confirmation_when_not_scripted() {
     let env = CliEnv::new("");
@@ -433,20 +445,8 @@ fn config_errors_name_the_key() {
 #[test]
 fn inspect_describes_each_certificate_of_a_bundle_and_rejects_garbage() {
     let env = CliEnv::new("");
-    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
-    assert!(out.ok, "{out:?}");
-    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
-    assert!(
-        env.ceremony(&[
-            "sign-intermediate",
-            "--csr",
-            "inter.csr",
-            "--out-dir",
-            "inter",
-            "--yes"
-        ])
-        .ok
-    );
+    root_and_intermediate_csr(&env);
+    sign_intermediate(&env);
     let bundle = std::fs::read_to_string(env.path("inter/intermediate-cert.pem")).expect("inter")
         + &std::fs::read_to_string(env.path("root-cert.pem")).expect("root");
     std::fs::write(env.path("bundle.pem"), bundle).expect("bundle");
@@ -932,22 +932,8 @@ fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
          [log]\nlevel = \"info\"\nformat = \"json\"\n",
     );
     root_and_intermediate_csr(&env);
-    let out = env.ceremony(&[
-        "sign-intermediate",
-        "--csr",
-        "inter.csr",
-        "--out-dir",
-        "inter",
-        "--yes",
-    ]);
-    assert!(out.ok, "{out:?}");
-    let out = env.run(&[
-        "intermediate",
-        "install",
-        "--cert",
-        "inter/intermediate-cert.pem",
-    ]);
-    assert!(out.ok, "{out:?}");
+    sign_intermediate(&env);
+    install_intermediate(&env);
 
     // [log] level = "info", format = "json": the start's info events, as JSON lines.
     let logs = serve_logs(&env);

@@ -234,6 +234,29 @@ pub fn openssl_in(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new P-256 key (`key`) and its CSR (`csr`) for `subject`, made by openssl in `dir`.
+#[allow(dead_code)]
+pub fn openssl_p256_csr(dir: &Path, subject: &str, key: &str, csr: &str) {
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            key,
+            "-out",
+            csr,
+        ],
+    );
+}
+
 pub fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(root);
