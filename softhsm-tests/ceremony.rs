@@ -440,6 +440,7 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
     ]);
     assert!(!out.ok);
     assert!(out.stderr.contains("checkpoint does not verify"), "{out:?}");
+    assert_eq!(out.code, Some(3), "a failed verification exits with 3");
 }
 
 #[test]

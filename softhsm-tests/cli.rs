@@ -952,3 +952,52 @@ fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
     );
     assert!(!logs.contains(&env.pin), "{logs}");
 }
+
+#[test]
+fn data_commands_print_stable_json_and_exit_codes_say_what_failed() {
+    let env = CliEnv::new("");
+    root_and_intermediate_csr(&env);
+    sign_intermediate(&env);
+    install_intermediate(&env);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = env.run(args);
+        assert!(out.ok, "{out:?}");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", out.stdout))
+    };
+
+    let keys = json(&["keys", "list", "--output", "json"]);
+    let keys = keys.as_array().expect("array");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in keys {
+        assert_eq!(k["device_bound"], true, "{k}");
+        assert_eq!(k["extractable"], false, "{k}");
+        assert!(
+            k["id"].is_string() && k["public_key_sha256"].is_string(),
+            "{k}"
+        );
+    }
+    let inters = json(&["intermediate", "list", "--output", "json"]);
+    assert_eq!(inters[0]["status"], "active", "{inters}");
+    assert!(inters[0]["key_id"].is_string(), "{inters}");
+    let inspected = json(&["inspect", "inter/intermediate-cert.pem", "--output", "json"]);
+    let cert = &inspected[0];
+    assert_eq!(cert["ca"], true, "{cert}");
+    assert_eq!(cert["path_len"], 0, "{cert}");
+    assert_eq!(cert["spiffe_id"], "spiffe://example.org", "{cert}");
+    assert_eq!(cert["subject"], "CN=hsm-ca intermediate", "{cert}");
+    let bundle = json(&["bundle", "--output", "json"]);
+    assert_eq!(bundle.as_array().map(Vec::len), Some(1), "{bundle}");
+    assert_eq!(bundle[0]["certificate"]["ca"], true, "{bundle}");
+    assert!(
+        bundle[0]["pem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{bundle}"
+    );
+
+    // 2: a usage error; 1: the operation failed.
+    assert_eq!(env.run(&["inspect"]).code, Some(2));
+    assert_eq!(env.run(&["keys", "list", "--output", "yaml"]).code, Some(2));
+    assert_eq!(env.run(&["inspect", "missing.pem"]).code, Some(1));
+}

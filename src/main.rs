@@ -12,6 +12,6 @@ fn main() {
     }
     if let Err(e) = hsm_ca::cli::run(cli) {
         let _ = writeln!(std::io::stderr(), "error: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }

@@ -163,6 +163,8 @@ SOFTHSM2_CONF = "{conf}"
 #[derive(Debug)]
 pub struct Output {
     pub ok: bool,
+    /// The exit code (`None`: ended by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -178,6 +180,7 @@ pub fn run_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
         .expect("hsm-ca runs");
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -213,6 +216,7 @@ pub fn offline(cwd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) ->
     );
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
     }

@@ -33,6 +33,7 @@ mod dev;
 mod keys;
 pub mod logging;
 mod officers;
+pub mod output;
 mod request;
 mod serve;
 
@@ -83,6 +84,8 @@ pub enum Command {
     Inspect {
         /// PEM file with one or more certificates.
         file: PathBuf,
+        #[command(flatten)]
+        output: output::OutputArgs,
     },
     /// Run the appliance: the Istio certificate API and the admin API, until SIGTERM or Ctrl-C.
     Serve {
@@ -109,6 +112,9 @@ pub enum Command {
         /// Namespace of the ConfigMap.
         #[arg(long, default_value = "istio-system")]
         namespace: String,
+        /// json: each root's fields and PEM (instead of --format).
+        #[command(flatten)]
+        output: output::OutputArgs,
     },
 }
 
@@ -145,7 +151,10 @@ pub enum IntermediateCommand {
         cert: PathBuf,
     },
     /// List installed intermediates and their state.
-    List,
+    List {
+        #[command(flatten)]
+        output: output::OutputArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +165,8 @@ pub enum KeysCommand {
         /// officers' shares that open the token.
         #[command(flatten)]
         shares: ceremony::ShareArgs,
+        #[command(flatten)]
+        output: output::OutputArgs,
     },
     /// Change the token's user PIN: log in with the PIN the config names and set a new one
     /// (the appliance must be stopped; afterwards put the new PIN where the config reads it).
@@ -187,6 +198,21 @@ pub enum CliError {
     Ceremony(#[from] crate::ceremony::CeremonyError),
     #[error("{0}")]
     Message(String),
+    /// Something did not verify (an audit chain, a ceremony transcript): exit code 3.
+    #[error("{0}")]
+    Verification(String),
+}
+
+impl CliError {
+    /// The process's exit code: 1 when the operation failed, 3 when something did not verify
+    /// (2, a usage error, comes from the argument parser).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Verification(_) => 3,
+            CliError::Ceremony(crate::ceremony::CeremonyError::TranscriptInvalid(_)) => 3,
+            _ => 1,
+        }
+    }
 }
 
 impl From<crate::keystore::KeystoreError> for CliError {
@@ -210,17 +236,21 @@ impl From<crate::state::StateError> for CliError {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Inspect { file } => commands::inspect(&file),
+        Command::Inspect { file, output } => commands::inspect(&file, output),
         Command::Dev(args) => dev::run(args),
         Command::Serve { listen } => serve::serve(&cli.config, listen),
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
-        Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
+        Command::Bundle {
+            format,
+            namespace,
+            output,
+        } => commands::bundle(&cli.config, format, &namespace, output),
         Command::Request(args) => request::run(*args),
         Command::Config(ConfigCommand::Check { devices }) => {
             config_check::check(&cli.config, devices)
         }
-        Command::Keys(KeysCommand::List { shares }) => {
-            keys::keys_list(&cli.config, &shares.sources())
+        Command::Keys(KeysCommand::List { shares, output }) => {
+            keys::keys_list(&cli.config, &shares.sources(), output)
         }
         Command::Keys(KeysCommand::ChangePin {
             new_pin_file,
@@ -244,8 +274,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Intermediate(IntermediateCommand::Install { cert }) => {
             commands::intermediate_install(&cli.config, &cert)
         }
-        Command::Intermediate(IntermediateCommand::List) => {
-            commands::intermediate_list(&cli.config)
+        Command::Intermediate(IntermediateCommand::List { output }) => {
+            commands::intermediate_list(&cli.config, output)
         }
     }
 }
