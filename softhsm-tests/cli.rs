@@ -912,10 +912,11 @@ fn serve_logs(env: &CliEnv) -> String {
         .spawn()
         .expect("serve");
     let stdout = child.stdout.take().expect("stdout");
+    // The banner names every listener; the plaintext /metrics one comes last.
     let serving = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .any(|l| l.starts_with("Serving istio.v1.auth.IstioCertificateService on "));
+        .any(|l| l.starts_with("Plaintext /metrics on 127.0.0.1:"));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -929,7 +930,7 @@ fn serve_logs(env: &CliEnv) -> String {
 fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
     let env = CliEnv::new(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [log]\nlevel = \"info\"\nformat = \"json\"\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
     );
     root_and_intermediate_csr(&env);
     sign_intermediate(&env);
