@@ -2,8 +2,11 @@
 # Installs the system packages hsm-ca's development appliance and tests need, when missing:
 # SoftHSM (the PKCS#11 token), openssl (the independent verifier), protoc (the gRPC code
 # generator the build runs), the TPM 2.0 software stack the build links (libtss2-dev, found
-# with pkg-config), swtpm (the software TPM the tests and `dev --backend tpm` start) and
-# PostgreSQL (the tests of the `postgres` state backend start their own servers with it).
+# with pkg-config), swtpm (the software TPM the tests and `dev --backend tpm` start),
+# PostgreSQL (the tests of the `postgres` state backend start their own servers with it),
+# promtool (in Debian's `prometheus` package: the tests check the alert rules in
+# ops/prometheus/ and the /metrics text with it) and Debian's python3-prometheus-client (its
+# text parser reads /metrics in the tests, run with /usr/bin/python3).
 # Extra package names given as arguments are installed too.
 set -euo pipefail
 
@@ -17,6 +20,8 @@ pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

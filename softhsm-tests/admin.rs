@@ -543,7 +543,7 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
     assert!(
-        text.contains("hsmca_ca_certificate_expiry_seconds{kind=\"root\""),
+        text.contains("hsmca_ca_certificate_not_after_timestamp_seconds{kind=\"root\""),
         "{text}"
     );
     assert!(text.contains("kind=\"intermediate\""), "{text}");
@@ -652,11 +652,24 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
     );
     let inter_fp = fingerprint_id(&der(&chain[1])[0]);
 
+    // A reason that is not an RFC 5280 one is refused before anything is proposed.
+    let unknown = a
+        .post(
+            "/v1/revocations",
+            json!({"serial": serial, "reason": "stolen"}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (400, "bad_request"),
+        "{}",
+        unknown.text()
+    );
     let done = propose_and_approve(
         &a,
         &b,
         "/v1/revocations",
-        json!({"serial": serial, "reason": "keyCompromise"}),
+        json!({"serial": serial, "reason": "key-compromise"}),
     )
     .await;
     assert_eq!(done.json()["crl"], format!("/crl/{inter_fp}.crl"));
@@ -681,6 +694,9 @@ async fn a_revoked_leaf_is_in_the_signed_crl_and_openssl_refuses_it() {
         .expect("openssl");
     let text = String::from_utf8_lossy(&shown.stdout).to_uppercase();
     assert!(text.contains(&serial.to_uppercase()), "{text}");
+    // The entry carries the reason given.
+    assert!(text.contains("X509V3 CRL REASON CODE"), "{text}");
+    assert!(text.contains("KEY COMPROMISE"), "{text}");
     let pem_crl = app.path("inter-crl.pem");
     let converted = std::process::Command::new("openssl")
         .args(["crl", "-inform", "DER", "-in"])
@@ -1097,7 +1113,11 @@ fn root_crl(root: &hsm_ca::ca::IssuingCa, serials: &[&str], number: u64) -> (Vec
     let now = OffsetDateTime::now_utc();
     let entries: Vec<_> = serials
         .iter()
-        .map(|s| (hex::decode(s).expect("hex serial"), now))
+        .map(|s| hsm_ca::ca::Revoked {
+            serial: hex::decode(s).expect("hex serial"),
+            at: now,
+            reason: hsm_ca::ca::RevocationReason::KeyCompromise,
+        })
         .collect();
     let der = tokio::task::block_in_place(|| {
         root.sign_crl(&entries, number, now, now + time::Duration::days(30))

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::{offline, openssl_verify, run_in, CliEnv, Output};
+use support::{offline, openssl_p256_csr, openssl_verify, run_in, CliEnv, Output};
 
 /// The ceremony host: its own token, whose user PIN the officers will hold as shares.
 struct Host {
@@ -440,6 +440,7 @@ fn a_three_of_five_ceremony_makes_a_root_the_appliance_issues_under_and_a_verifi
     ]);
     assert!(!out.ok);
     assert!(out.stderr.contains("checkpoint does not verify"), "{out:?}");
+    assert_eq!(out.code, Some(3), "a failed verification exits with 3");
 }
 
 #[test]
@@ -470,26 +471,12 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
     let old_root = host.path("media/root/root-cert.pem");
 
     // An intermediate from any CSR (here openssl's), then revoked.
-    let status = Command::new("openssl")
-        .current_dir(host.env.dir.path())
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=east intermediate",
-            "-keyout",
-            "east-key.pem",
-            "-out",
-            "east.csr",
-        ])
-        .output()
-        .expect("openssl");
-    assert!(status.status.success(), "{status:?}");
+    openssl_p256_csr(
+        host.env.dir.path(),
+        "/CN=east intermediate",
+        "east-key.pem",
+        "east.csr",
+    );
     let out = host.ceremony(
         &args(
             &[
@@ -545,6 +532,8 @@ fn rotation_revocation_and_share_rotation_on_the_offline_host() {
         .trim_start_matches("serial=")
         .to_uppercase();
     assert!(text.contains(&serial), "{serial} not in\n{text}");
+    // The entry carries the reason given on the command line.
+    assert!(text.contains("KEY COMPROMISE"), "{text}");
 
     // Root rotation: a new root, cross-signed by the old one.
     let out = host.ceremony(

@@ -11,7 +11,7 @@ use hsm_ca::ca::{self, IssuingCa};
 use hsm_ca::config::Config;
 use hsm_ca::keystore::{KeyAlgorithm, KeyStore};
 use rcgen::PublicKeyData;
-use support::{openssl_verify, TestToken};
+use support::{openssl_in, openssl_p256_csr, openssl_verify, TestToken};
 use time::OffsetDateTime;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -392,4 +392,128 @@ fn install_checks_chain_key_and_expiry() {
     )
     .expect_err("expired");
     assert!(err.to_string().contains("expired"), "{err}");
+}
+
+fn key_identifier(cert: &X509Certificate) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+}
+
+#[test]
+fn a_cross_signed_root_keeps_the_subject_byte_for_byte_printable_string_included() {
+    let token = TestToken::new();
+    let store = token.keystore(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = OffsetDateTime::now_utc();
+    let cfg = config(KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP256, "");
+    let (_, ours) = authority::create_root(&store, &cfg, now).expect("root");
+    let ours_ca = authority::issuing_ca_for(&store, &ours.der).expect("root ca");
+    let ours_file = write(dir.path(), "ours.pem", &ours.der);
+
+    // A root made elsewhere (openssl), its subject in PrintableStrings, and a CA under it.
+    std::fs::write(
+        dir.path().join("req.cnf"),
+        "[req]\ndistinguished_name = dn\nstring_mask = default\nprompt = no\n\
+         x509_extensions = ca\n[dn]\nC = US\nO = Example Org\nCN = Imported Root\n\
+         [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .expect("openssl config");
+    openssl_in(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-config",
+            "req.cnf",
+            "-days",
+            "3650",
+            "-keyout",
+            "imported.key",
+            "-out",
+            "imported.pem",
+        ],
+    );
+    std::fs::write(
+        dir.path().join("sub.cnf"),
+        "basicConstraints = critical,CA:TRUE,pathlen:0\nkeyUsage = critical,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+    )
+    .expect("extensions");
+    openssl_p256_csr(
+        dir.path(),
+        "/O=Example Org/CN=Imported Sub CA",
+        "sub.key",
+        "sub.csr",
+    );
+    openssl_in(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "sub.csr",
+            "-CA",
+            "imported.pem",
+            "-CAkey",
+            "imported.key",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-extfile",
+            "sub.cnf",
+            "-out",
+            "sub.pem",
+        ],
+    );
+    let imported_pem = std::fs::read(dir.path().join("imported.pem")).expect("imported");
+    let imported = ca::certificates_from_pem(&imported_pem)
+        .expect("pem")
+        .remove(0);
+    let (_, parsed) = X509Certificate::from_der(&imported).expect("parse");
+    let printable = parsed
+        .subject()
+        .iter_attributes()
+        .filter(|a| {
+            a.attr_value().header.tag() == x509_parser::der_parser::asn1_rs::Tag::PrintableString
+        })
+        .count();
+    assert_eq!(printable, 3, "openssl wrote PrintableStrings");
+
+    let cross = ours_ca.cross_sign(&imported, now).expect("cross-sign");
+    let (_, cross_cert) = X509Certificate::from_der(&cross.der).expect("parse");
+    assert_eq!(
+        cross_cert.subject().as_raw(),
+        parsed.subject().as_raw(),
+        "the cross-signed subject differs from the imported root's"
+    );
+    assert_eq!(cross_cert.public_key().raw, parsed.public_key().raw);
+    let cross_file = write(dir.path(), "cross.pem", &cross.der);
+    let (ok, out) = openssl_verify(&ours_file, None, &cross_file);
+    assert!(ok, "cross-signed root under ours: {out}");
+    // A CA the imported root signed chains to our root through the cross-signed certificate:
+    // openssl matches the sub CA's issuer name with the cross-signed subject.
+    let (ok, out) = openssl_verify(&ours_file, Some(&cross_file), &dir.path().join("sub.pem"));
+    assert!(ok, "sub CA → cross-signed root → our root: {out}");
+
+    assert_eq!(
+        key_identifier(&cross_cert),
+        key_identifier(&parsed),
+        "the cross-signed certificate keeps the root's key identifier"
+    );
+    // Our own subject (UTF8Strings) reproduces exactly too.
+    let again = ours_ca.cross_sign(&ours.der, now).expect("cross-sign ours");
+    let (_, again) = X509Certificate::from_der(&again.der).expect("parse");
+    let (_, ours_parsed) = X509Certificate::from_der(&ours.der).expect("parse");
+    assert_eq!(again.subject().as_raw(), ours_parsed.subject().as_raw());
 }

@@ -30,15 +30,7 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
         .expect("fingerprint")
         .to_string();
 
-    let out = env.ceremony(&[
-        "sign-intermediate",
-        "--csr",
-        "inter.csr",
-        "--out-dir",
-        "inter",
-        "--yes",
-    ]);
-    assert!(out.ok, "{out:?}");
+    let out = sign_intermediate(&env);
     // The officer sees the same public-key fingerprint the operator saw.
     let fp = fp_line.trim_start_matches("Public key SHA-256:").trim();
     assert!(
@@ -59,16 +51,28 @@ fn the_officer_flow_creates_a_root_and_installs_an_intermediate() {
     );
     assert!(ok, "{text}");
 
-    let out = env.run(&[
-        "intermediate",
-        "install",
-        "--cert",
-        "inter/intermediate-cert.pem",
-    ]);
-    assert!(out.ok, "{out:?}");
+    let out = install_intermediate(&env);
     assert!(out.stdout.contains("as Active"), "{}", out.stdout);
     let out = env.run(&["intermediate", "list"]);
     assert!(out.stdout.starts_with("active"), "{}", out.stdout);
+
+    // `config check --devices` opens the token and names the keys the appliance would use.
+    let out = env.run(&["config", "check", "--devices"]);
+    assert!(out.ok, "{out:?}");
+    for want in [
+        "hsm-ca.toml: valid",
+        "  root ",
+        ": key in this device",
+        "(active), key ",
+        ": in this device",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "missing {want:?}:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains(&env.pin) && !out.stderr.contains(&env.pin));
 
     let out = env.run(&["keys", "list"]);
     assert!(out.ok, "{out:?}");
@@ -306,12 +310,44 @@ fn a_tampered_csr_is_refused_and_nothing_is_written() {
     assert!(!env.path("bad/intermediate-cert.pem").exists());
 }
 
+/// A root (`media/`) and an intermediate key with its CSR (`inter.csr`).
+fn root_and_intermediate_csr(env: &CliEnv) {
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
+    let out = env.run(&["intermediate", "new", "--out", "inter.csr"]);
+    assert!(out.ok, "{out:?}");
+}
+
+/// The ceremony signs `inter.csr` into `inter/intermediate-cert.pem`.
+fn sign_intermediate(env: &CliEnv) -> support::Output {
+    let out = env.ceremony(&[
+        "sign-intermediate",
+        "--csr",
+        "inter.csr",
+        "--out-dir",
+        "inter",
+        "--yes",
+    ]);
+    assert!(out.ok, "{out:?}");
+    out
+}
+
+/// `intermediate install` of the signed `inter/intermediate-cert.pem`.
+fn install_intermediate(env: &CliEnv) -> support::Output {
+    let out = env.run(&[
+        "intermediate",
+        "install",
+        "--cert",
+        "inter/intermediate-cert.pem",
+    ]);
+    assert!(out.ok, "{out:?}");
+    out
+}
+
 #[test]
 fn signing_needs_a_confirmation_when_not_scripted() {
     let env = CliEnv::new("");
-    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
-    assert!(out.ok, "{out:?}");
-    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
+    root_and_intermediate_csr(&env);
     let out = env.ceremony(&[
         "sign-intermediate",
         "--csr",
@@ -409,20 +445,8 @@ fn config_errors_name_the_key() {
 #[test]
 fn inspect_describes_each_certificate_of_a_bundle_and_rejects_garbage() {
     let env = CliEnv::new("");
-    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
-    assert!(out.ok, "{out:?}");
-    assert!(env.run(&["intermediate", "new", "--out", "inter.csr"]).ok);
-    assert!(
-        env.ceremony(&[
-            "sign-intermediate",
-            "--csr",
-            "inter.csr",
-            "--out-dir",
-            "inter",
-            "--yes"
-        ])
-        .ok
-    );
+    root_and_intermediate_csr(&env);
+    sign_intermediate(&env);
     let bundle = std::fs::read_to_string(env.path("inter/intermediate-cert.pem")).expect("inter")
         + &std::fs::read_to_string(env.path("root-cert.pem")).expect("root");
     std::fs::write(env.path("bundle.pem"), bundle).expect("bundle");
@@ -796,4 +820,185 @@ fn documented_command_lines_match_the_binary() {
         }
     }
     assert!(checked > 20, "only {checked} command lines found");
+}
+
+#[test]
+fn config_check_accepts_every_example_config() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo.join("hsm-config")).expect("hsm-config") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = run_in(repo, &path, &["config", "check"]);
+        assert!(out.ok, "{}: {out:?}", path.display());
+        assert!(
+            out.stdout.contains(": valid"),
+            "{}: {}",
+            path.display(),
+            out.stdout
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} example configs");
+}
+
+#[test]
+fn config_check_names_the_broken_key_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base =
+        "trust_domain = \"example.org\"\n[keystore]\nmodule = \"/nonexistent/libpkcs11.so\"\n\
+                token_label = \"ca\"\npin_file = \"pin\"\n";
+    for (extra, key) in [
+        ("[server]\nlisen = \"127.0.0.1:15012\"\n", "lisen"),
+        ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
+        (
+            "[rotation]\nprepare_at = 0.8\nactivate_at = 0.5\n",
+            "rotation.activate_at",
+        ),
+        ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+        ("signing_sessions = 0\n", "keystore.signing_sessions"),
+        ("[workload]\nmax_ttl_secs = \"long\"\n", "max_ttl_secs"),
+    ] {
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, format!("{base}{extra}")).expect("config");
+        let out = run_in(dir.path(), &path, &["config", "check"]);
+        assert!(!out.ok, "{extra} was accepted: {out:?}");
+        let line = last_line(&out.stderr);
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(
+            line.contains(key),
+            "{extra}: the error does not name {key}: {line}"
+        );
+    }
+    // The module does not exist: without --devices nothing is opened, so the check passes…
+    std::fs::write(dir.path().join("pin"), "1234").expect("pin");
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, base).expect("config");
+    let out = run_in(dir.path(), &path, &["config", "check"]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("plaintext metrics  off"),
+        "{}",
+        out.stdout
+    );
+    // …and with it, the device is what fails.
+    let out = run_in(dir.path(), &path, &["config", "check", "--devices"]);
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        last_line(&out.stderr).contains("libpkcs11.so"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `hsm-ca --config <env>/hsm-ca.toml serve --listen 127.0.0.1:0` without any log flag
+/// or variable until it says where it serves, stops it with SIGTERM and returns its stderr.
+fn serve_logs(env: &CliEnv) -> String {
+    use std::io::{BufRead, BufReader};
+    let log_path = env.path("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+        .current_dir(env.dir.path())
+        .env_remove("HSM_CA_LOG")
+        .env_remove("HSM_CA_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(env.path("hsm-ca.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    // The banner names every listener; the plaintext /metrics one comes last.
+    let serving = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("Plaintext /metrics on 127.0.0.1:"));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log_path).expect("log");
+    assert!(serving, "the appliance did not start: {logs}");
+    logs
+}
+
+#[test]
+fn the_config_log_section_sets_level_and_format_when_no_flag_does() {
+    let env = CliEnv::new(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+    );
+    root_and_intermediate_csr(&env);
+    sign_intermediate(&env);
+    install_intermediate(&env);
+
+    // [log] level = "info", format = "json": the start's info events, as JSON lines.
+    let logs = serve_logs(&env);
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["message"] == "connection limits"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&env.pin), "{logs}");
+}
+
+#[test]
+fn data_commands_print_stable_json_and_exit_codes_say_what_failed() {
+    let env = CliEnv::new("");
+    root_and_intermediate_csr(&env);
+    sign_intermediate(&env);
+    install_intermediate(&env);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = env.run(args);
+        assert!(out.ok, "{out:?}");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", out.stdout))
+    };
+
+    let keys = json(&["keys", "list", "--output", "json"]);
+    let keys = keys.as_array().expect("array");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in keys {
+        assert_eq!(k["device_bound"], true, "{k}");
+        assert_eq!(k["extractable"], false, "{k}");
+        assert!(
+            k["id"].is_string() && k["public_key_sha256"].is_string(),
+            "{k}"
+        );
+    }
+    let inters = json(&["intermediate", "list", "--output", "json"]);
+    assert_eq!(inters[0]["status"], "active", "{inters}");
+    assert!(inters[0]["key_id"].is_string(), "{inters}");
+    let inspected = json(&["inspect", "inter/intermediate-cert.pem", "--output", "json"]);
+    let cert = &inspected[0];
+    assert_eq!(cert["ca"], true, "{cert}");
+    assert_eq!(cert["path_len"], 0, "{cert}");
+    assert_eq!(cert["spiffe_id"], "spiffe://example.org", "{cert}");
+    assert_eq!(cert["subject"], "CN=hsm-ca intermediate", "{cert}");
+    let bundle = json(&["bundle", "--output", "json"]);
+    assert_eq!(bundle.as_array().map(Vec::len), Some(1), "{bundle}");
+    assert_eq!(bundle[0]["certificate"]["ca"], true, "{bundle}");
+    assert!(
+        bundle[0]["pem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{bundle}"
+    );
+
+    // 2: a usage error; 1: the operation failed.
+    assert_eq!(env.run(&["inspect"]).code, Some(2));
+    assert_eq!(env.run(&["keys", "list", "--output", "yaml"]).code, Some(2));
+    assert_eq!(env.run(&["inspect", "missing.pem"]).code, Some(1));
 }

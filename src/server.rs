@@ -92,6 +92,8 @@ pub struct RunningServer {
     pub local_addr: SocketAddr,
     /// Where the admin API listens (when enabled).
     pub admin_addr: Option<SocketAddr>,
+    /// Where the plaintext `/metrics` listener listens (`[metrics] listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
     /// The control plane the admin API drives.
@@ -100,6 +102,7 @@ pub struct RunningServer {
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
 }
@@ -111,6 +114,9 @@ impl RunningServer {
             let _ = tx.send(true);
         }
         self.renewal.abort();
+        if let Some(metrics) = self.metrics_task.take() {
+            metrics.abort();
+        }
         if let Some(rotation) = self.rotation.take() {
             rotation.abort();
         }
@@ -258,6 +264,10 @@ pub async fn start(
     } else {
         None
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
 
     let budget = DescriptorBudget::from_process_limit();
     tracing::info!(
@@ -336,7 +346,7 @@ pub async fn start(
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let api = crate::admin::Api::new(control.clone(), issuance_metrics);
+            let api = crate::admin::Api::new(control.clone(), issuance_metrics.clone());
             let stop = stopped(shutdown_rx.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = crate::admin::serve(api, listener, budget, stop).await {
@@ -347,6 +357,17 @@ pub async fn start(
         }
         None => (None, None),
     };
+
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics_listener.map(|listener| {
+        let (ctl, stop) = (control.clone(), stopped(shutdown_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve_metrics(listener, ctl, issuance_metrics, stop).await
+            {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        })
+    });
 
     let rotation = config.rotation.auto.then(|| {
         let (ctl, every) = (control.clone(), config.rotation.check_interval);
@@ -401,6 +422,7 @@ pub async fn start(
     Ok(RunningServer {
         local_addr,
         admin_addr,
+        metrics_addr,
         view,
         serving,
         control,
@@ -408,6 +430,7 @@ pub async fn start(
         shutdown: Some(shutdown_tx),
         task,
         admin_task,
+        metrics_task,
         rotation,
         renewal,
     })

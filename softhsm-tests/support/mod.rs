@@ -163,6 +163,8 @@ SOFTHSM2_CONF = "{conf}"
 #[derive(Debug)]
 pub struct Output {
     pub ok: bool,
+    /// The exit code (`None`: ended by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -178,6 +180,7 @@ pub fn run_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
         .expect("hsm-ca runs");
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -213,12 +216,51 @@ pub fn offline(cwd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) ->
     );
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
     }
 }
 
 /// `openssl verify -x509_strict` of `leaf` against `root`, with `untrusted` intermediates.
+/// Runs openssl with `args` in `dir`; panics with its output when it fails.
+#[allow(dead_code)]
+pub fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new P-256 key (`key`) and its CSR (`csr`) for `subject`, made by openssl in `dir`.
+#[allow(dead_code)]
+pub fn openssl_p256_csr(dir: &Path, subject: &str, key: &str, csr: &str) {
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            key,
+            "-out",
+            csr,
+        ],
+    );
+}
+
 pub fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(root);

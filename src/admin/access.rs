@@ -77,6 +77,13 @@ fn authorize(
     route: &str,
 ) -> Result<Caller, ApiError> {
     let refuse = |caller: Option<String>, status, code: &'static str, reason: String| {
+        tracing::info!(
+            route,
+            code,
+            caller = caller.as_deref().unwrap_or("-"),
+            reason = %reason,
+            "admin request refused"
+        );
         if let Some(audit) = ctl.audit() {
             audit.refused(caller.as_deref(), code, &format!("admin {route}: {reason}"));
         }

@@ -148,6 +148,7 @@ impl From<ControlError> for ApiError {
             | C::SerialNotHex(_)
             | C::SerialLength(_)
             | C::RevocationTarget
+            | C::InvalidReason(_)
             | C::CrossSignItself
             | C::CrlNotPem(_)
             | C::NoCrl

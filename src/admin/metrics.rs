@@ -1,40 +1,49 @@
-//! `/metrics` in the Prometheus text format: CA certificate expiry, issuance results and
-//! latency, device calls, the audit chain and the bundle sequence. Read-only: it must never
-//! change state or fail a scrape over one unreadable value.
+//! `/metrics` in the Prometheus text format (encoded by `prometheus-client`, see
+//! [`crate::metrics`]): CA certificate expiry, when the active intermediate is due for
+//! rotation, issuance results and latency, device calls and errors, the audit chain and its
+//! writer, the bundle sequence, the build and the process. Read-only: it must never change
+//! state or fail a scrape over one unreadable value.
+//!
+//! Served on the admin API (any role) and, when `[metrics] listen` is set, on a plaintext
+//! listener that serves nothing else ([`serve_plain`]).
 
-use std::fmt::Write;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
 
 use crate::ca::inspect::parse_certificate;
 use crate::ca::{certificates_from_pem, fingerprint_id};
 use crate::control::Control;
-use crate::metrics::IssuanceMetrics;
+use crate::metrics::{process, IssuanceMetrics, Labels, Scrape, CONTENT_TYPE};
+use crate::state::IntermediateStatus;
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', " ")
-}
+const NOT_AFTER: &str = "hsmca_ca_certificate_not_after_timestamp_seconds";
 
 pub async fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
-    let mut out = String::new();
-    let now = ctl.clock().now();
-    let _ = writeln!(
-        out,
-        "# HELP hsmca_ca_certificate_expiry_seconds Seconds until a CA certificate expires.\n\
-         # TYPE hsmca_ca_certificate_expiry_seconds gauge"
-    );
+    let mut s = Scrape::default();
+    s.build_info();
+    let mut not_after: Vec<(Labels, f64)> = Vec::new();
     let snapshot = ctl.trust().view().load();
     for root in &snapshot.roots {
         if let Ok(cert) = parse_certificate(root) {
-            let left = (cert.validity().not_after.to_datetime() - now).whole_seconds();
-            let _ = writeln!(
-                out,
-                "hsmca_ca_certificate_expiry_seconds{{kind=\"root\",fingerprint=\"{}\",subject=\"{}\"}} {left}",
-                fingerprint_id(root),
-                label(&cert.subject().to_string())
-            );
+            not_after.push((
+                vec![
+                    ("kind", "root".into()),
+                    ("fingerprint", fingerprint_id(root)),
+                    ("subject", cert.subject().to_string()),
+                ],
+                cert.validity().not_after.timestamp() as f64,
+            ));
         }
     }
+    let mut rotation_due = Vec::new();
     if let Ok(records) = ctl.state().intermediates().await {
         for rec in records {
             let Some(der) = certificates_from_pem(rec.certificate_pem.as_bytes())
@@ -43,75 +52,147 @@ pub async fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
             else {
                 continue;
             };
-            if let Ok(cert) = parse_certificate(&der) {
-                let left = (cert.validity().not_after.to_datetime() - now).whole_seconds();
-                let _ = writeln!(
-                    out,
-                    "hsmca_ca_certificate_expiry_seconds{{kind=\"intermediate\",key_id=\"{}\",status=\"{}\",subject=\"{}\"}} {left}",
-                    rec.key_id,
-                    format!("{:?}", rec.status).to_lowercase(),
-                    label(&rec.subject)
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hsmca_keystore_queue_depth Device calls waiting for a worker.\n\
-         # TYPE hsmca_keystore_queue_depth gauge\n\
-         hsmca_keystore_queue_depth {}",
-        ctl.store().queue_len()
-    );
-    issuance.results.render(
-        &mut out,
-        "hsmca_issuances_total",
-        "result",
-        "Certificate requests by result (ok or the gRPC code of the refusal).",
-    );
-    issuance.latency.render(
-        &mut out,
-        "hsmca_issuance_seconds",
-        "Time from request to answer, including the durable audit record.",
-    );
-    if let Some(audit) = ctl.audit() {
-        use std::sync::atomic::Ordering;
-        let stats = audit.stats();
-        let last = stats.last_checkpoint_unix.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP hsmca_audit_records Records in the audit chain.\n\
-             # TYPE hsmca_audit_records gauge\n\
-             hsmca_audit_records {}",
-            stats.records.load(Ordering::Relaxed)
-        );
-        if last > 0 {
-            let _ = writeln!(
-                out,
-                "# HELP hsmca_audit_last_checkpoint_age_seconds Seconds since the last signed checkpoint.\n\
-                 # TYPE hsmca_audit_last_checkpoint_age_seconds gauge\n\
-                 hsmca_audit_last_checkpoint_age_seconds {}",
-                (now.unix_timestamp() - last).max(0)
+            let Ok(cert) = parse_certificate(&der) else {
+                continue;
+            };
+            let (nb, na) = (
+                cert.validity().not_before.timestamp() as f64,
+                cert.validity().not_after.timestamp() as f64,
             );
+            let fingerprint = fingerprint_id(&der);
+            if rec.status == IntermediateStatus::Active {
+                rotation_due.push((
+                    vec![
+                        ("key_id", rec.key_id.to_string()),
+                        ("fingerprint", fingerprint.clone()),
+                    ],
+                    nb + ctl.config().rotation.activate_at * (na - nb),
+                ));
+            }
+            not_after.push((
+                vec![
+                    ("kind", "intermediate".into()),
+                    ("fingerprint", fingerprint),
+                    ("subject", rec.subject.clone()),
+                    ("key_id", rec.key_id.to_string()),
+                    ("status", rec.status.as_str().into()),
+                ],
+                na,
+            ));
         }
-        let _ = writeln!(
-            out,
-            "# HELP hsmca_audit_refusals_folded_total Refusals counted instead of recorded one by one.\n\
-             # TYPE hsmca_audit_refusals_folded_total counter\n\
-             hsmca_audit_refusals_folded_total {}",
-            stats.refusals_folded.load(Ordering::Relaxed)
-        );
     }
-    ctl.store().device_latency().render(
-        &mut out,
+    s.gauges(
+        NOT_AFTER,
+        "When a CA certificate (root or intermediate) expires (its NotAfter, Unix time).",
+        not_after,
+    );
+    s.gauges(
+        "hsmca_intermediate_rotation_due_timestamp_seconds",
+        "When the active intermediate should have been replaced (rotation.activate_at of its \
+         life, Unix time).",
+        rotation_due,
+    );
+
+    let store = ctl.store();
+    s.gauge(
+        "hsmca_keystore_queue_depth",
+        "Device calls waiting for a worker.",
+        store.queue_len() as f64,
+    );
+    s.histogram(
         "hsmca_device_call_seconds",
         "Time a device (HSM/TPM) call takes on its worker.",
+        store.device_latency(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP hsmca_trust_bundle_sequence Changes of the trust bundle so far.\n\
-         # TYPE hsmca_trust_bundle_sequence counter\n\
-         hsmca_trust_bundle_sequence {}",
-        ctl.state().bundle_sequence().await.unwrap_or(0)
+    s.counter(
+        "hsmca_device_errors",
+        "Device (HSM/TPM) calls that ended in device trouble.",
+        store.device_errors(),
     );
-    out
+    s.gauge(
+        "hsmca_device_up",
+        "1 when the last device call succeeded, 0 when it ended in device trouble.",
+        if store.health().is_ok() { 1.0 } else { 0.0 },
+    );
+
+    s.labeled_counter(
+        "hsmca_issuances",
+        "Certificate requests by result (ok or the gRPC code of the refusal).",
+        &issuance.results,
+    );
+    s.histogram(
+        "hsmca_issuance_seconds",
+        "Time from request to answer, including the durable audit record.",
+        &issuance.latency,
+    );
+
+    if let Some(audit) = ctl.audit() {
+        let stats = audit.stats();
+        s.gauge(
+            "hsmca_audit_records",
+            "Records in the audit chain.",
+            stats.records.load(Ordering::Relaxed) as f64,
+        );
+        let last = stats.last_checkpoint_unix.load(Ordering::Relaxed);
+        if last > 0 {
+            s.gauge(
+                "hsmca_audit_last_checkpoint_timestamp_seconds",
+                "When the last signed checkpoint was written (Unix time).",
+                last as f64,
+            );
+        }
+        s.counter(
+            "hsmca_audit_refusals_folded",
+            "Refusals counted instead of recorded one by one.",
+            stats.refusals_folded.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "hsmca_audit_writer_up",
+            "1 while the audit writer runs and its last commit succeeded; 0 when it stopped or \
+             cannot write (issuance is refused then).",
+            if audit.writer_running() && audit.health().is_ok() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+    s.gauge(
+        "hsmca_trust_bundle_sequence",
+        "Sequence number of the trust bundle (changes so far).",
+        ctl.state().bundle_sequence().await.unwrap_or(0) as f64,
+    );
+    process::collect(&mut s);
+    s.encode()
+}
+
+/// A `/metrics` answer.
+pub async fn answer(ctl: &Control, issuance: &IssuanceMetrics) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(ctl, issuance).await,
+    )
+        .into_response()
+}
+
+type Shared = (Arc<Control>, Arc<IssuanceMetrics>);
+
+async fn plain_metrics(State((ctl, issuance)): State<Shared>) -> Response {
+    answer(&ctl, &issuance).await
+}
+
+/// Serves `GET /metrics`, and nothing else, in plaintext on `listener` (`[metrics] listen`)
+/// until `stop` completes. Any other path is 404.
+pub async fn serve_plain(
+    listener: TcpListener,
+    control: Arc<Control>,
+    issuance: Arc<IssuanceMetrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(plain_metrics))
+        .with_state((control, issuance));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
 }

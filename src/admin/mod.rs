@@ -34,6 +34,7 @@ use access::{AnyRole, Authorized, Officer, Operator, RoutePath};
 use body::{Empty, JsonBody};
 pub use error::ApiError;
 pub use listener::{identities, Peer, TlsListener};
+pub use metrics::serve_plain as serve_metrics;
 
 /// What the admin handlers share: the control plane and the issuance counters they report.
 #[derive(Clone)]
@@ -107,11 +108,7 @@ async fn crl_pem(State(api): Ctl) -> Answer {
 }
 
 async fn metrics_route(State(api): Ctl, _: Authorized<AnyRole>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&api.control, &api.issuance).await,
-    )
-        .into_response()
+    metrics::answer(&api.control, &api.issuance).await
 }
 
 async fn get_state(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {

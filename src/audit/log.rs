@@ -211,6 +211,12 @@ impl AuditLog {
     }
 
     /// Live figures.
+    /// Whether the writer thread is still running (it ends only when the log is closed, or
+    /// if it panicked).
+    pub fn writer_running(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     pub fn stats(&self) -> &AuditStats {
         &self.stats
     }

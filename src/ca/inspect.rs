@@ -158,6 +158,70 @@ pub fn describe(der: &[u8], now: OffsetDateTime) -> Result<String, CaError> {
     Ok(out)
 }
 
+/// One certificate's fields for `--output json` (a stable form for scripts).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub subject: String,
+    pub issuer: String,
+    /// Lowercase hex.
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+    pub public_key: String,
+    pub signature: &'static str,
+    pub ca: bool,
+    pub path_len: Option<u32>,
+    pub sans: Vec<String>,
+    pub spiffe_id: Option<String>,
+    /// Hex SHA-256 of the DER.
+    pub sha256: String,
+}
+
+/// The fields of one certificate, as `--output json` prints them.
+pub fn summary(der: &[u8]) -> Result<Summary, CaError> {
+    let cert = parse_certificate(der)?;
+    let (mut ca, mut path_len, mut sans) = (false, None, Vec::new());
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) => {
+                ca = bc.ca;
+                path_len = bc.path_len_constraint;
+            }
+            ParsedExtension::SubjectAlternativeName(san) => {
+                sans = san.general_names.iter().map(general_name).collect();
+            }
+            _ => {}
+        }
+    }
+    let spiffe_id = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                san.general_names.iter().find_map(|n| match n {
+                    GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        });
+    Ok(Summary {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: serial_hex(cert.raw_serial()),
+        not_before: fmt_time(cert.validity().not_before.to_datetime()),
+        not_after: fmt_time(cert.validity().not_after.to_datetime()),
+        public_key: key_description(&cert),
+        signature: signature_name(&cert),
+        ca,
+        path_len,
+        sans,
+        spiffe_id,
+        sha256: super::fingerprint_id(der),
+    })
+}
+
 /// A serial number as lowercase hex without the sign byte DER may add (as issued and audited).
 pub fn serial_hex(raw: &[u8]) -> String {
     let first = raw

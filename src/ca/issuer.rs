@@ -292,11 +292,11 @@ impl IssuingCa {
         self.sign(&params, spki_der, now)
     }
 
-    /// Signs a CRL listing `revoked` (serial bytes, revocation time), numbered `number`,
-    /// valid from `now` until `next_update`. Returns its DER.
+    /// Signs a CRL listing `revoked` (each entry with its reason code, unless unspecified),
+    /// numbered `number`, valid from `now` until `next_update`. Returns its DER.
     pub fn sign_crl(
         &self,
-        revoked: &[(Vec<u8>, OffsetDateTime)],
+        revoked: &[super::Revoked],
         number: u64,
         now: OffsetDateTime,
         next_update: OffsetDateTime,
@@ -306,15 +306,7 @@ impl IssuingCa {
             next_update,
             crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
             issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|(serial, at)| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(serial),
-                    revocation_time: *at,
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
+            revoked_certs: revoked.iter().map(super::Revoked::params).collect(),
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         let crl = params.signed_by(&self.issuer).map_err(from_rcgen)?;
@@ -332,31 +324,87 @@ impl IssuingCa {
                 other.subject()
             )));
         }
-        let mut dn = rcgen::DistinguishedName::new();
-        for rdn in other.subject().iter() {
-            for attr in rdn.iter() {
-                let oid: Vec<u64> = attr.attr_type().iter().into_iter().flatten().collect();
-                let value = attr.as_str().map_err(|_| {
-                    CaError::MalformedCertificate("a subject attribute is not a string".into())
-                })?;
-                dn.push(
-                    rcgen::DnType::from_oid(&oid),
-                    rcgen::DnValue::Utf8String(value.to_string()),
-                );
-            }
-        }
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn;
+        params.distinguished_name = same_name(other.subject())?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
         ];
-        params.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+        // The root's own key identifier, so that certificates it issued (whose authority key
+        // identifier names it) chain through the cross-signed certificate too.
+        let ski = other
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(k.0.to_vec())
+                }
+                _ => None,
+            });
+        params.key_identifier_method = match ski {
+            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+            None => rcgen::KeyIdMethod::Sha256,
+        };
         params.serial_number = Some(profile::random_serial());
         params.not_before = now.max(other.validity().not_before.to_datetime());
         params.not_after = self.not_after.min(other.validity().not_after.to_datetime());
         params.use_authority_key_identifier_extension = true;
-        self.sign(&params, other.public_key().raw, now)
+        let cert = self.sign(&params, other.public_key().raw, now)?;
+        // Chains are built by matching names byte for byte: a subject that differs from the
+        // root's in any way (a string type, an order) would cross-sign nothing.
+        let (_, made) = X509Certificate::from_der(&cert.der)
+            .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
+        if made.subject().as_raw() != other.subject().as_raw() {
+            return Err(CaError::Build(format!(
+                "the subject of {} cannot be reproduced exactly (a multi-valued RDN or a \
+                 repeated attribute type); it is not cross-signed",
+                other.subject()
+            )));
+        }
+        Ok(cert)
     }
+}
+
+/// `name` as rcgen writes it: each attribute with its own string type (PrintableString stays
+/// PrintableString), in order.
+fn same_name(name: &x509_parser::x509::X509Name) -> Result<rcgen::DistinguishedName, CaError> {
+    use rcgen::string::{BmpString, Ia5String, PrintableString, TeletexString, UniversalString};
+    use rcgen::DnValue;
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let bad = |what: &str| CaError::MalformedCertificate(format!("subject: {what}"));
+    let text = |data: &[u8]| {
+        std::str::from_utf8(data)
+            .map(str::to_string)
+            .map_err(|_| bad("an attribute is not valid text"))
+    };
+    let mut dn = rcgen::DistinguishedName::new();
+    for rdn in name.iter() {
+        for attr in rdn.iter() {
+            let oid: Vec<u64> = attr.attr_type().iter().into_iter().flatten().collect();
+            let data = attr.attr_value().data;
+            let invalid = |_| bad("an attribute does not fit its string type");
+            let value = match attr.attr_value().header.tag() {
+                Tag::Utf8String => DnValue::Utf8String(text(data)?),
+                Tag::PrintableString => DnValue::PrintableString(
+                    PrintableString::try_from(text(data)?).map_err(invalid)?,
+                ),
+                Tag::Ia5String => {
+                    DnValue::Ia5String(Ia5String::try_from(text(data)?).map_err(invalid)?)
+                }
+                Tag::T61String => {
+                    DnValue::TeletexString(TeletexString::try_from(text(data)?).map_err(invalid)?)
+                }
+                Tag::BmpString => {
+                    DnValue::BmpString(BmpString::from_utf16be(data.to_vec()).map_err(invalid)?)
+                }
+                Tag::UniversalString => DnValue::UniversalString(
+                    UniversalString::from_utf32be(data.to_vec()).map_err(invalid)?,
+                ),
+                _ => return Err(bad("an attribute is not a string")),
+            };
+            dn.push(rcgen::DnType::from_oid(&oid), value);
+        }
+    }
+    Ok(dn)
 }

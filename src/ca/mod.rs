@@ -8,9 +8,11 @@ pub mod csr;
 pub mod inspect;
 pub mod issuer;
 pub mod profile;
+pub mod revocation;
 
 pub use csr::{parse_csr, CsrKey, ParsedCsr};
 pub use issuer::{IssuedCert, IssuingCa, PreparedCert};
+pub use revocation::{RevocationReason, Revoked};
 
 use crate::keystore::KeystoreError;
 

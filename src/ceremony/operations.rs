@@ -15,7 +15,7 @@ use super::shares::ShareSource;
 use crate::audit::AuditEvent;
 use crate::authority::{self, write_file};
 use crate::ca::inspect::{self, check_issued_by, parse_certificate, serial_hex};
-use crate::ca::{self, fingerprint, fingerprint_id, IssuingCa};
+use crate::ca::{self, fingerprint, fingerprint_id, IssuingCa, Revoked};
 use crate::clock::rfc3339;
 use crate::state::RevocationRecord;
 
@@ -23,29 +23,7 @@ use crate::state::RevocationRecord;
 pub const DEFAULT_CRL_DAYS: u32 = 30;
 
 /// Why an intermediate is revoked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RevocationReason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-}
-
-impl RevocationReason {
-    /// The reason as recorded and shown.
-    pub fn name(self) -> &'static str {
-        match self {
-            RevocationReason::Unspecified => "unspecified",
-            RevocationReason::KeyCompromise => "key-compromise",
-            RevocationReason::CaCompromise => "ca-compromise",
-            RevocationReason::AffiliationChanged => "affiliation-changed",
-            RevocationReason::Superseded => "superseded",
-            RevocationReason::CessationOfOperation => "cessation-of-operation",
-        }
-    }
-}
+pub use crate::ca::RevocationReason;
 
 /// `init-root`: the root key generated in the token and the self-signed root, written to the
 /// media and to the config's root certificate path on this host.
@@ -147,16 +125,9 @@ fn sign_root_crl(
     let now = OffsetDateTime::now_utc();
     let issuer = fingerprint_id(root.cert_der());
     let revoked = c.state.revocations(&issuer)?;
-    let entries: Vec<(Vec<u8>, OffsetDateTime)> = revoked
+    let entries: Vec<Revoked> = revoked
         .iter()
-        .map(|r| {
-            let at = OffsetDateTime::parse(
-                &r.revoked_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap_or(now);
-            (hex::decode(&r.serial).unwrap_or_default(), at)
-        })
+        .map(|r| Revoked::from_stored(&r.serial, &r.revoked_at, &r.reason, now))
         .collect();
     let number = c.state.next_crl_number(&issuer)?;
     let next_update = now + time::Duration::days(valid_days as i64);

@@ -39,7 +39,10 @@ pub enum AuditCommand {
 
 impl From<AuditError> for CliError {
     fn from(e: AuditError) -> Self {
-        CliError::Message(e.to_string())
+        match e {
+            AuditError::Chain(_) => CliError::Verification(e.to_string()),
+            _ => CliError::Message(e.to_string()),
+        }
     }
 }
 
@@ -195,7 +198,7 @@ fn finish(
         say!("Head {seq}:{hash} is in the log.");
     }
     if summary.unsigned_tail > 0 && !allow_unsigned_tail {
-        return Err(CliError::Message(format!(
+        return Err(CliError::Verification(format!(
             "the log does not end with a checkpoint ({} record(s) after it): it was cut \
              short, or the appliance did not stop cleanly (its next start and stop sign \
              them; --allow-unsigned-tail accepts them)",
@@ -250,12 +253,12 @@ fn check_head(lines: &[u8], seq: u64, hash: &str) -> Result<(), CliError> {
         .filter(|l| !l.is_empty())
         .nth(usize::try_from(seq - 1).unwrap_or(usize::MAX))
         .ok_or_else(|| {
-            CliError::Message(format!(
+            CliError::Verification(format!(
                 "the log ends before record {seq}: records were cut off"
             ))
         })?;
     if hex::encode(audit::record::link_hash(line)) != hash {
-        return Err(CliError::Message(format!(
+        return Err(CliError::Verification(format!(
             "record {seq} is not the one seen before: the log was rewritten"
         )));
     }

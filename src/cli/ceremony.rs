@@ -54,29 +54,6 @@ pub struct SplitArgs {
     pub encrypt: bool,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-}
-
-impl From<Reason> for RevocationReason {
-    fn from(r: Reason) -> Self {
-        match r {
-            Reason::Unspecified => RevocationReason::Unspecified,
-            Reason::KeyCompromise => RevocationReason::KeyCompromise,
-            Reason::CaCompromise => RevocationReason::CaCompromise,
-            Reason::AffiliationChanged => RevocationReason::AffiliationChanged,
-            Reason::Superseded => RevocationReason::Superseded,
-            Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
-        }
-    }
-}
-
 #[derive(clap::Subcommand, Debug)]
 pub enum CeremonyCommand {
     /// Give the token a random user PIN and split it among officers (M of N).
@@ -126,8 +103,10 @@ pub enum CeremonyCommand {
         /// The intermediate certificate (PEM).
         #[arg(long)]
         cert: PathBuf,
-        #[arg(long, value_enum, default_value = "unspecified")]
-        reason: Reason,
+        /// Why: key-compromise, ca-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation, … (RFC 5280 reasons); written into the CRL entry.
+        #[arg(long, default_value = "unspecified")]
+        reason: RevocationReason,
         #[arg(long)]
         root: Option<PathBuf>,
         /// Days until the CRL's next update.
@@ -270,7 +249,7 @@ pub fn run(config_path: &Path, command: CeremonyCommand) -> Result<(), CliError>
             let (attend, room) = attend.split();
             let revocation = Revocation {
                 cert: &cert,
-                reason: reason.into(),
+                reason,
                 root: root.as_deref(),
                 valid_days,
             };

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use time::OffsetDateTime;
 
+use super::output::{print_json, OutputArgs};
 use super::CliError;
 use crate::authority::{self, read_certificates, write_file};
 use crate::ca::{self, inspect};
@@ -20,7 +21,7 @@ fn open(config_path: &Path) -> Result<(Config, KeyStore), CliError> {
 
 /// Runs `work` on the CA state the config names (sled, or the PostgreSQL database), on a
 /// runtime of its own.
-fn with_state<T>(
+pub(super) fn with_state<T>(
     config: &Config,
     work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
@@ -39,8 +40,18 @@ fn with_state<T>(
     })
 }
 
-pub fn inspect(file: &Path) -> Result<(), CliError> {
+fn summaries(certs: &[Vec<u8>]) -> Result<Vec<inspect::Summary>, CliError> {
+    Ok(certs
+        .iter()
+        .map(|der| inspect::summary(der))
+        .collect::<Result<_, _>>()?)
+}
+
+pub fn inspect(file: &Path, output: OutputArgs) -> Result<(), CliError> {
     let certs = read_certificates(file)?;
+    if output.json() {
+        return print_json(&summaries(&certs)?);
+    }
     let now = OffsetDateTime::now_utc();
     for (i, der) in certs.iter().enumerate() {
         if certs.len() > 1 {
@@ -116,9 +127,12 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
     Ok(())
 }
 
-pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
+pub fn intermediate_list(config_path: &Path, output: OutputArgs) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
     let records = with_state(&config, async |state| Ok(state.intermediates().await?))?;
+    if output.json() {
+        return print_json(&records);
+    }
     if records.is_empty() {
         say!("(no intermediates installed)");
     }
@@ -140,6 +154,7 @@ pub fn bundle(
     config_path: &Path,
     format: super::BundleFormat,
     namespace: &str,
+    output: OutputArgs,
 ) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
     let published = crate::trust::bundle_file(&config);
@@ -154,6 +169,14 @@ pub fn bundle(
     };
     if roots.is_empty() {
         return Err(CliError::Message("the trust bundle is empty".into()));
+    }
+    if output.json() {
+        let roots = summaries(&roots)?
+            .into_iter()
+            .zip(&roots)
+            .map(|(summary, der)| serde_json::json!({"certificate": summary, "pem": ca::certificate_pem(der)}))
+            .collect::<Vec<_>>();
+        return print_json(&roots);
     }
     let text = match format {
         super::BundleFormat::Pem => crate::trust::bundle::pem(&roots),

@@ -49,7 +49,31 @@ pub fn format_keys(keys: &[KeyInfo]) -> String {
     out
 }
 
-pub fn keys_list(config_path: &Path, shares: &[ShareSource]) -> Result<(), CliError> {
+/// The keys as `--output json` prints them.
+fn keys_json(keys: &[KeyInfo]) -> serde_json::Value {
+    keys.iter()
+        .map(|k| {
+            serde_json::json!({
+                "id": k.id.to_string(),
+                "label": k.label,
+                "algorithm": k.algorithm.map(|a| a.name()),
+                "sensitive": k.sensitive,
+                "extractable": k.extractable,
+                "always_sensitive": k.always_sensitive,
+                "never_extractable": k.never_extractable,
+                "local": k.local,
+                "device_bound": k.is_device_bound(),
+                "public_key_sha256": crate::ca::fingerprint_id(&k.public_key),
+            })
+        })
+        .collect()
+}
+
+pub fn keys_list(
+    config_path: &Path,
+    shares: &[ShareSource],
+    output: super::output::OutputArgs,
+) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
     let settings = if shares.is_empty() {
         config.keystore.clone()
@@ -58,6 +82,9 @@ pub fn keys_list(config_path: &Path, shares: &[ShareSource]) -> Result<(), CliEr
     };
     let store = keystore::open(&settings)?;
     let keys = store.list_blocking()?;
+    if output.json() {
+        return super::output::print_json(&keys_json(&keys));
+    }
     say_raw!("{}", format_keys(&keys));
     if keys.is_empty() {
         say!("(no keys in {})", store.describe());

@@ -28,11 +28,13 @@ macro_rules! say_raw {
 mod audit;
 mod ceremony;
 mod commands;
+mod config_check;
 mod dev;
 mod generate;
 mod keys;
 pub mod logging;
 mod officers;
+pub mod output;
 mod request;
 mod serve;
 
@@ -56,18 +58,14 @@ pub struct Cli {
     )]
     pub config: PathBuf,
     /// Which log events are written to stderr: a level (error, warn, info, debug, trace) or a
-    /// filter such as `hsm_ca=debug,warn`. Without it: `RUST_LOG`, else warn.
+    /// filter such as `hsm_ca=debug,warn`. Without it: `RUST_LOG`, else the config's
+    /// `[log] level`, else warn.
     #[arg(long, global = true, env = "HSM_CA_LOG")]
     pub log_level: Option<String>,
-    /// Log line format: text, or one JSON object per line.
-    #[arg(
-        long,
-        global = true,
-        env = "HSM_CA_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: logging::LogFormat,
+    /// Log line format: text, or one JSON object per line. Without it: the config's
+    /// `[log] format`, else text.
+    #[arg(long, global = true, env = "HSM_CA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -87,6 +85,8 @@ pub enum Command {
     Inspect {
         /// PEM file with one or more certificates.
         file: PathBuf,
+        #[command(flatten)]
+        output: output::OutputArgs,
     },
     /// Run the appliance: the Istio certificate API and the admin API, until SIGTERM or Ctrl-C.
     Serve {
@@ -101,6 +101,9 @@ pub enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Check the configuration file without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the trust bundle (every root clients must trust).
     Bundle {
         /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
@@ -110,6 +113,20 @@ pub enum Command {
         /// Namespace of the ConfigMap.
         #[arg(long, default_value = "istio-system")]
         namespace: String,
+        /// json: each root's fields and PEM (instead of --format).
+        #[command(flatten)]
+        output: output::OutputArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the config file (every error names its key); exit 1 when it is invalid.
+    Check {
+        /// Also open the token or TPM and the CA state, and report the keys the appliance
+        /// would use.
+        #[arg(long)]
+        devices: bool,
     },
     /// Write the man page or shell completions (what the package installs).
     #[command(subcommand)]
@@ -138,7 +155,10 @@ pub enum IntermediateCommand {
         cert: PathBuf,
     },
     /// List installed intermediates and their state.
-    List,
+    List {
+        #[command(flatten)]
+        output: output::OutputArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +169,8 @@ pub enum KeysCommand {
         /// officers' shares that open the token.
         #[command(flatten)]
         shares: ceremony::ShareArgs,
+        #[command(flatten)]
+        output: output::OutputArgs,
     },
     /// Change the token's user PIN: log in with the PIN the config names and set a new one
     /// (the appliance must be stopped; afterwards put the new PIN where the config reads it).
@@ -180,6 +202,21 @@ pub enum CliError {
     Ceremony(#[from] crate::ceremony::CeremonyError),
     #[error("{0}")]
     Message(String),
+    /// Something did not verify (an audit chain, a ceremony transcript): exit code 3.
+    #[error("{0}")]
+    Verification(String),
+}
+
+impl CliError {
+    /// The process's exit code: 1 when the operation failed, 3 when something did not verify
+    /// (2, a usage error, comes from the argument parser).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Verification(_) => 3,
+            CliError::Ceremony(crate::ceremony::CeremonyError::TranscriptInvalid(_)) => 3,
+            _ => 1,
+        }
+    }
 }
 
 impl From<crate::keystore::KeystoreError> for CliError {
@@ -203,14 +240,21 @@ impl From<crate::state::StateError> for CliError {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Inspect { file } => commands::inspect(&file),
+        Command::Inspect { file, output } => commands::inspect(&file, output),
         Command::Dev(args) => dev::run(args),
         Command::Serve { listen } => serve::serve(&cli.config, listen),
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
-        Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
+        Command::Bundle {
+            format,
+            namespace,
+            output,
+        } => commands::bundle(&cli.config, format, &namespace, output),
         Command::Request(args) => request::run(*args),
-        Command::Keys(KeysCommand::List { shares }) => {
-            keys::keys_list(&cli.config, &shares.sources())
+        Command::Config(ConfigCommand::Check { devices }) => {
+            config_check::check(&cli.config, devices)
+        }
+        Command::Keys(KeysCommand::List { shares, output }) => {
+            keys::keys_list(&cli.config, &shares.sources(), output)
         }
         Command::Keys(KeysCommand::ChangePin {
             new_pin_file,
@@ -234,8 +278,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Intermediate(IntermediateCommand::Install { cert }) => {
             commands::intermediate_install(&cli.config, &cert)
         }
-        Command::Intermediate(IntermediateCommand::List) => {
-            commands::intermediate_list(&cli.config)
+        Command::Intermediate(IntermediateCommand::List { output }) => {
+            commands::intermediate_list(&cli.config, output)
         }
         Command::Generate(cmd) => generate::run(cmd),
     }

@@ -30,8 +30,12 @@ pub fn serve(config_path: &Path, listen: Option<std::net::SocketAddr>) -> Result
         ));
     }
     run_appliance(runtime, config, store, state, |server| {
+        let metrics = server
+            .metrics_addr
+            .map(|a| format!("Plaintext /metrics on {a}\n"))
+            .unwrap_or_default();
         format!(
-            "Serving istio.v1.auth.IstioCertificateService on {}\nAdmin API on {}\n",
+            "Serving istio.v1.auth.IstioCertificateService on {}\nAdmin API on {}\n{metrics}",
             server.local_addr,
             server
                 .admin_addr

@@ -22,8 +22,11 @@ use crate::secret::SecretSource;
 mod admin;
 mod ca;
 mod keystore;
+mod observe;
 mod server;
 mod store;
+
+pub use observe::{peek_log, LogConfig, LogOutput, MetricsConfig};
 
 use crate::keystore::KeystoreConfig;
 
@@ -59,6 +62,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub clusters: Vec<ClusterConfig>,
     pub authorization: AuthorizationConfig,
+    /// `[metrics]`: the optional plaintext `/metrics` listener.
+    pub metrics: MetricsConfig,
+    /// `[log]`: the log filter and format when no flag or variable gives them.
+    pub log: LogConfig,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     pub audit: crate::audit::AuditOptions,
@@ -295,7 +302,12 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string()
+            message: e
+                .span()
+                .and_then(|s| observe::key_at(text, s.start))
+                .map(|key| format!("{key}: "))
+                .unwrap_or_default()
+                + e.message()
                 + &e.span()
                     .map(|s| format!(" (at byte {})", s.start))
                     .unwrap_or_default(),
@@ -315,6 +327,8 @@ impl Config {
         let server = server::server(&ctx, raw.server)?;
         let clusters = server::clusters(&ctx, raw.clusters)?;
         let authorization = server::authorization(&ctx, raw.authorization)?;
+        let metrics = observe::metrics(&ctx, raw.metrics)?;
+        let log = observe::log(&ctx, raw.log)?;
         let admin = admin::admin(&ctx, raw.admin)?;
         let rotation = ca::rotation(&ctx, raw.rotation)?;
         let audit = admin::audit(&ctx, &raw.audit)?;
@@ -336,6 +350,8 @@ impl Config {
             server,
             clusters,
             authorization,
+            metrics,
+            log,
             audit_enabled: raw.audit.enabled,
             audit,
             store_cache_bytes: raw.store.cache_mb << 20,

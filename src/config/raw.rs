@@ -28,6 +28,10 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) authorization: RawAuthorization,
     #[serde(default)]
+    pub(super) metrics: super::observe::RawMetrics,
+    #[serde(default)]
+    pub(super) log: super::observe::RawLog,
+    #[serde(default)]
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) store: RawStore,

@@ -28,6 +28,8 @@ pub enum ControlError {
     SerialLength(String),
     #[error("give either \"serial\" (with an optional \"issuer\") or \"intermediate\"")]
     RevocationTarget,
+    #[error("reason: {0}")]
+    InvalidReason(String),
     #[error("a root does not cross-sign itself")]
     CrossSignItself,
     #[error("crl_pem is not PEM: {0}")]

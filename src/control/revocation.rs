@@ -13,9 +13,9 @@ use super::root_crl::{crl_der, RootCrl};
 use super::{blocking, key_id, lock, record_der, serial_of, Caller, Control, ControlError};
 use crate::audit::AuditEvent;
 use crate::authority::{self, AuthorityError};
-use crate::ca::fingerprint_id;
 use crate::ca::inspect::serial_hex;
-use crate::clock::{parse_rfc3339, rfc3339};
+use crate::ca::{fingerprint_id, RevocationReason, Revoked};
+use crate::clock::rfc3339;
 use crate::state::{IntermediateRecord, IntermediateStatus, RevocationRecord};
 
 /// How long a CRL stays valid; a fresh one is signed at half this age or on any change.
@@ -36,6 +36,17 @@ pub struct RevokeRequest {
     pub intermediate: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+impl RevokeRequest {
+    /// The reason given (`key-compromise`, …), `unspecified` when none is.
+    fn reason(&self) -> Result<RevocationReason, ControlError> {
+        self.reason
+            .as_deref()
+            .map_or(Ok(RevocationReason::Unspecified), |name| {
+                name.parse().map_err(ControlError::InvalidReason)
+            })
+    }
 }
 
 /// A revocation made.
@@ -116,6 +127,7 @@ impl Control {
 
     /// Checks a revocation request names something that exists, without revoking.
     pub async fn check_revocable(&self, req: &RevokeRequest) -> Result<(), ControlError> {
+        req.reason()?;
         match (&req.intermediate, &req.serial) {
             (Some(id), None) => {
                 self.intermediate_record(id).await?;
@@ -184,7 +196,7 @@ impl Control {
     ) -> Result<RevocationDone, ControlError> {
         let _g = self.changes.lock().await;
         let now = self.clock.now();
-        let reason = req.reason.clone().unwrap_or_else(|| "unspecified".into());
+        let reason = req.reason()?.name().to_string();
         let (issuer_fp, serial) = match (&req.intermediate, &req.serial) {
             (Some(id), None) => {
                 let record = self.intermediate_record(id).await?;
@@ -380,10 +392,7 @@ impl Control {
         };
         let entries = revoked
             .iter()
-            .map(|r| {
-                let serial = hex::decode(&r.serial).unwrap_or_default();
-                (serial, parse_rfc3339(&r.revoked_at).unwrap_or(now))
-            })
+            .map(|r| Revoked::from_stored(&r.serial, &r.revoked_at, &r.reason, now))
             .collect::<Vec<_>>();
         let number = self.state.next_crl_number(fp).await?;
         let der = blocking(|| ca.sign_crl(&entries, number, now, now + CRL_VALIDITY))?;

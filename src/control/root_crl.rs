@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use super::{first_cert, serial_of, ControlError};
 use crate::ca::inspect::{check_issued_by, parse_certificate, serial_hex};
+use crate::ca::RevocationReason;
 use crate::state::RootRecord;
 
 /// The one CRL in `text` (PEM `X509 CRL`), as DER.
@@ -96,7 +97,10 @@ impl RootCrl {
                 serial: serial_hex(entry.raw_serial()),
                 reason: entry
                     .reason_code()
-                    .map_or("unspecified", |(_, code)| reason_name(code.0)),
+                    .map_or(RevocationReason::Unspecified, |(_, code)| {
+                        RevocationReason::from_code(code.0)
+                    })
+                    .name(),
                 revoked_at: entry.revocation_date.to_datetime(),
             })
             .collect();
@@ -115,20 +119,5 @@ impl RootCrl {
         let serial = serial_of(der)?;
         Ok(self.entries.iter().any(|e| e.serial == serial)
             && check_issued_by(der, &self.root_der).is_ok())
-    }
-}
-
-/// RFC 5280 CRLReason names, spelled as the ceremony spells them.
-fn reason_name(code: u8) -> &'static str {
-    match code {
-        1 => "key-compromise",
-        2 => "ca-compromise",
-        3 => "affiliation-changed",
-        4 => "superseded",
-        5 => "cessation-of-operation",
-        6 => "certificate-hold",
-        9 => "privilege-withdrawn",
-        10 => "aa-compromise",
-        _ => "unspecified",
     }
 }

@@ -74,6 +74,8 @@ struct Inner {
     latency: Arc<crate::metrics::Histogram>,
     /// The device trouble the last device call ended in; `None` once a call succeeds.
     trouble: Arc<Mutex<Option<String>>>,
+    /// Device calls that ended in device trouble, since start.
+    errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -105,14 +107,16 @@ impl KeyStore {
         let mut threads = Vec::with_capacity(workers);
         let latency = Arc::new(crate::metrics::Histogram::default());
         let trouble = Arc::new(Mutex::new(None));
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for index in 0..workers {
             let rx = rx.clone();
             let device = device.clone();
             let latency = latency.clone();
             let trouble = trouble.clone();
+            let errors = errors.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("keystore-{index}"))
-                .spawn(move || worker_loop(device, rx, &latency, &trouble))
+                .spawn(move || worker_loop(device, rx, &latency, &trouble, &errors))
                 .map_err(|e| KeystoreError::Device {
                     operation: "spawn worker".into(),
                     reason: e.to_string(),
@@ -128,6 +132,7 @@ impl KeyStore {
                 threads,
                 latency,
                 trouble,
+                errors,
             }),
         })
     }
@@ -135,6 +140,11 @@ impl KeyStore {
     /// How long device calls take (for `/metrics`).
     pub fn device_latency(&self) -> &crate::metrics::Histogram {
         &self.inner.latency
+    }
+
+    /// Device calls that ended in device trouble since start (for `/metrics`).
+    pub fn device_errors(&self) -> u64 {
+        self.inner.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What device this keystore talks to (safe to log).
@@ -282,12 +292,16 @@ fn worker_loop(
     rx: Receiver<Job>,
     latency: &crate::metrics::Histogram,
     trouble: &Mutex<Option<String>>,
+    errors: &std::sync::atomic::AtomicU64,
 ) {
     let note = |result: &Result<Answer, KeystoreError>| {
         let mut trouble = trouble.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(_) => *trouble = None,
-            Err(e) if e.is_device_trouble() => *trouble = Some(e.to_string()),
+            Err(e) if e.is_device_trouble() => {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *trouble = Some(e.to_string());
+            }
             Err(_) => {}
         }
     };
