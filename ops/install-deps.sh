@@ -3,8 +3,10 @@
 # SoftHSM (the PKCS#11 token), openssl (the independent verifier), protoc (the gRPC code
 # generator the build runs), the TPM 2.0 software stack the build links (libtss2-dev, found
 # with pkg-config), swtpm (the software TPM the tests and `dev --backend tpm` start) and
-# PostgreSQL (the tests of the `postgres` state backend start their own servers with it).
-# Extra package names given as arguments are installed too.
+# PostgreSQL (the tests of the `postgres` state backend start their own servers with it), and
+# python3 with venv, for the virtual environment with hvac that the Vault front-door test uses
+# (made by ops/hvac-venv.sh, run at the end). Extra package names given as arguments are
+# installed too.
 set -euo pipefail
 
 need=()
@@ -17,19 +19,19 @@ pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
 
-if [ "${#need[@]}" -eq 0 ]; then
-  exit 0
+if [ "${#need[@]}" -ne 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-
-echo "installing: ${need[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+"$(dirname "$0")/hvac-venv.sh" >/dev/null

@@ -44,24 +44,11 @@ const SHARED: &str = "development_shared_ca = true";
 
 /// A client certificate for `id` from the active intermediate, as an admin client.
 fn admin(app: &Appliance, id: &str) -> AdminClient {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let snap = app.server.view.load();
-    let cert = tokio::task::block_in_place(|| {
-        snap.ca.issue_leaf(
-            &rcgen::PublicKeyData::subject_public_key_info(&key),
-            id,
-            Duration::from_secs(3600),
-            Duration::from_secs(60),
-            time::OffsetDateTime::now_utc(),
-        )
-    })
-    .expect("admin cert");
-    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
-    let key_der = key.serialize_der();
+    let (chain, key) = support::appliance::client_identity(&app.server.view, id);
     AdminClient::new(
         app.server.admin_addr.expect("admin"),
         &app.roots,
-        Some((&chain, &key_der)),
+        Some((&chain, &key)),
     )
 }
 

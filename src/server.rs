@@ -1,5 +1,6 @@
 //! The running appliance: the issuance service on its TLS listener, the serving certificate
-//! it renews itself, the admin API and automatic rotation, wired to the trust plane
+//! it renews itself, the admin API, the Vault API front door (when enabled) and automatic
+//! rotation, wired to the trust plane
 //! ([`crate::trust`]) and the control plane ([`crate::control`]).
 //!
 //! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
@@ -92,6 +93,8 @@ pub struct RunningServer {
     pub local_addr: SocketAddr,
     /// Where the admin API listens (when enabled).
     pub admin_addr: Option<SocketAddr>,
+    /// Where the Vault API listens (when `[vault_api] enabled`).
+    pub vault_addr: Option<SocketAddr>,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
     /// The control plane the admin API drives.
@@ -100,6 +103,7 @@ pub struct RunningServer {
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    vault_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
 }
@@ -113,6 +117,14 @@ impl RunningServer {
         self.renewal.abort();
         if let Some(rotation) = self.rotation.take() {
             rotation.abort();
+        }
+        if let Some(mut vault) = self.vault_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut vault)
+                .await
+                .is_err()
+            {
+                vault.abort();
+            }
         }
         if let Some(mut admin) = self.admin_task.take() {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut admin)
@@ -258,6 +270,11 @@ pub async fn start(
     } else {
         None
     };
+    let vault_listener = if config.vault_api.enabled {
+        Some(bind(config.vault_api.listen).await?)
+    } else {
+        None
+    };
 
     let budget = DescriptorBudget::from_process_limit();
     tracing::info!(
@@ -305,7 +322,7 @@ pub async fn start(
     let issuance_metrics = Arc::new(crate::metrics::IssuanceMetrics::default());
     let service = CertificateService::new(
         view.clone(),
-        auth,
+        auth.clone(),
         rules,
         audit.clone(),
         issuance_metrics.clone(),
@@ -333,6 +350,20 @@ pub async fn start(
             .with_clock(clock),
     );
     control.warn_of_stuck_proposals().await;
+    let (vault_addr, vault_task) = match vault_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let api = crate::vault::VaultApi::new(control.clone(), auth);
+            let (stop, budget) = (stopped(shutdown_rx.clone()), budget.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = crate::vault::serve(api, listener, budget, stop).await {
+                    tracing::error!(error = %e, "the Vault API stopped");
+                }
+            });
+            (addr, Some(task))
+        }
+        None => (None, None),
+    };
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
@@ -401,6 +432,7 @@ pub async fn start(
     Ok(RunningServer {
         local_addr,
         admin_addr,
+        vault_addr,
         view,
         serving,
         control,
@@ -408,6 +440,7 @@ pub async fn start(
         shutdown: Some(shutdown_tx),
         task,
         admin_task,
+        vault_task,
         rotation,
         renewal,
     })

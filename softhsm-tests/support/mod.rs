@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod appliance;
 pub mod http;
 pub mod postgres;
+pub mod vault;
 
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
 use hsm_ca::keystore::{KeyStore, PoolOptions};

@@ -34,6 +34,7 @@ use access::{AnyRole, Authorized, Officer, Operator, RoutePath};
 use body::{Empty, JsonBody};
 pub use error::ApiError;
 pub use listener::{identities, Peer, TlsListener};
+pub use ready::check as readiness;
 
 /// What the admin handlers share: the control plane and the issuance counters they report.
 #[derive(Clone)]

@@ -136,13 +136,10 @@ pub fn intermediate_list(config_path: &Path) -> Result<(), CliError> {
 
 /// Prints the trust bundle. The running appliance keeps `data_dir/trust-bundle.pem` current, so
 /// this works while it serves; before its first start the config's root files are the bundle.
-pub fn bundle(
-    config_path: &Path,
-    format: super::BundleFormat,
-    namespace: &str,
-) -> Result<(), CliError> {
-    let config = Config::load(config_path)?;
-    let published = crate::trust::bundle_file(&config);
+/// The trust bundle as the running appliance published it (its bundle file), or else the
+/// configured root certificates. Never empty.
+pub(super) fn published_roots(config: &Config) -> Result<Vec<Vec<u8>>, CliError> {
+    let published = crate::trust::bundle_file(config);
     let roots = if published.exists() {
         read_certificates(&published)?
     } else {
@@ -155,6 +152,16 @@ pub fn bundle(
     if roots.is_empty() {
         return Err(CliError::Message("the trust bundle is empty".into()));
     }
+    Ok(roots)
+}
+
+pub fn bundle(
+    config_path: &Path,
+    format: super::BundleFormat,
+    namespace: &str,
+) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let roots = published_roots(&config)?;
     let text = match format {
         super::BundleFormat::Pem => crate::trust::bundle::pem(&roots),
         super::BundleFormat::Configmap => crate::trust::bundle::configmap(&roots, namespace),

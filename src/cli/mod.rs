@@ -26,6 +26,7 @@ macro_rules! say_raw {
 }
 
 mod audit;
+mod cacerts;
 mod ceremony;
 mod commands;
 mod dev;
@@ -100,6 +101,22 @@ pub enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Write Istio's plug-in CA files (cacerts) for istiod's intermediate and print the
+    /// kubectl line that makes the secret.
+    Cacerts {
+        /// istiod's intermediate certificate (PEM), signed by a root of the trust bundle.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write ca-cert.pem, cert-chain.pem and root-cert.pem.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Where istiod's administrator keeps its key (named in the kubectl line, never read).
+        #[arg(long, default_value = "ca-key.pem")]
+        key: PathBuf,
+        /// Namespace of the secret.
+        #[arg(long, default_value = "istio-system")]
+        namespace: String,
+    },
     /// Print the trust bundle (every root clients must trust).
     Bundle {
         /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
@@ -204,6 +221,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve { listen } => serve::serve(&cli.config, listen),
         Command::Audit(cmd) => audit::run(&cli.config, cmd),
         Command::Bundle { format, namespace } => commands::bundle(&cli.config, format, &namespace),
+        Command::Cacerts {
+            cert,
+            out_dir,
+            key,
+            namespace,
+        } => cacerts::cacerts(&cli.config, &cert, &out_dir, &key, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Keys(KeysCommand::List { shares }) => {
             keys::keys_list(&cli.config, &shares.sources())

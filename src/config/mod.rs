@@ -24,6 +24,8 @@ mod ca;
 mod keystore;
 mod server;
 mod store;
+mod vault;
+pub mod vault_api;
 
 use crate::keystore::KeystoreConfig;
 
@@ -68,6 +70,8 @@ pub struct Config {
     pub store_backend: crate::state::StoreBackend,
     pub admin: AdminConfig,
     pub rotation: RotationConfig,
+    /// The Vault-compatible front door (`[vault_api]`).
+    pub vault_api: vault_api::VaultSettings,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -325,6 +329,7 @@ impl Config {
             ));
         }
         let store_backend = store::backend(&ctx, &raw.store)?;
+        let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -342,6 +347,7 @@ impl Config {
             store_backend,
             admin,
             rotation,
+            vault_api,
         })
     }
 }

@@ -1,0 +1,758 @@
+//! The Vault-compatible front door over real TLS on 127.0.0.1, CA keys in SoftHSM: the exact
+//! requests SPIRE's `vault` UpstreamAuthority and cert-manager's Vault issuer send (restated
+//! from their sources, below), the answers those clients parse, the role policy's refusals with
+//! Vault's status codes, tokens (renewal, revocation, expiry), and the audit trail. Every
+//! chain is checked with `openssl verify -x509_strict`. The real Vault client library, hvac,
+//! drives the same appliance in `vault_hvac.rs`.
+//!
+//! What the clients send, read from their sources:
+//! - SPIRE (pkg/server/plugin/upstreamauthority/vault/vault_client.go): the Go Vault client's
+//!   `Logical().Write`, i.e. `PUT`, with `X-Vault-Request: true` and, once logged in,
+//!   `X-Vault-Token`. Logins: `auth/<cert mount>/login` `{"name": <role>}` (the client
+//!   certificate does the rest), `auth/<approle mount>/login` `{"role_id", "secret_id"}`,
+//!   `auth/<k8s mount>/login` `{"role", "jwt"}`. Minting: path `/<pki>/root/sign-intermediate`
+//!   (a leading slash, so `/v1//pki/...` on the wire) with `common_name`, `organization` and
+//!   `country` from the CSR's subject (comma-joined), `csr` (PEM) and `ttl` (seconds as a
+//!   string, or empty). It reads `certificate`, `issuing_ca` and the `ca_chain` array, and
+//!   takes the upstream root from the last `ca_chain` element. The token renewer calls
+//!   `PUT auth/token/renew-self {"increment": <seconds>}`; token auth calls `GET
+//!   auth/token/lookup-self` and reads `id`, `renewable` and `ttl`.
+//! - cert-manager (pkg/internal/vault/vault.go): `GET /v1/sys/health` first; logins by
+//!   `POST /v1/auth/approle/login` and `POST /v1/auth/kubernetes/login` with string maps;
+//!   signing by `POST /v1/<issuer path>` (e.g. `pki/sign/<role>`) with a JSON map of strings:
+//!   `common_name`, `alt_names` and `ip_sans` and `uri_sans` (comma-joined), `ttl` (Go's
+//!   `Duration.String()`, `2160h0m0s`), `csr`, `exclude_cn_from_sans: "true"`. It parses
+//!   `certificate`, `issuing_ca` and `ca_chain` and builds one chain ending at the root.
+
+mod support;
+
+use hsm_ca::ca::certificates_from_pem;
+use hsm_ca::ca::inspect::parse_certificate;
+use serde_json::{json, Value};
+use support::appliance::Appliance;
+use support::http::{AdminClient, Reply};
+use support::vault::*;
+use time::OffsetDateTime;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+/// What the Go Vault client sends with every request (plus the token once it has one).
+async fn go_client(
+    c: &AdminClient,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut headers = vec![("x-vault-request", "true")];
+    if let Some(t) = token {
+        headers.push(("x-vault-token", t));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).expect("json"))
+        .unwrap_or_default();
+    c.request(method, path, &headers, bytes).await
+}
+
+fn token_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["auth"]["client_token"]
+        .as_str()
+        .expect("client_token")
+        .to_string()
+}
+
+fn errors(reply: &Reply) -> String {
+    reply.json()["errors"].to_string()
+}
+
+/// SPIRE's CA CSR: subject C=US, O=SPIFFE (its default `ca_subject`), URI SAN of the trust
+/// domain.
+fn spire_csr(td: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CountryName, "US");
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "SPIFFE");
+    let uri = format!("spiffe://{td}");
+    p.subject_alt_names
+        .push(rcgen::SanType::URI(uri.as_str().try_into().expect("uri")));
+    let pem = p.serialize_request(&key).expect("csr").pem().expect("pem");
+    (pem, key)
+}
+
+fn pem_of(der: &[u8]) -> String {
+    hsm_ca::ca::certificate_pem(der)
+}
+
+fn first_der(pem_text: &str) -> Vec<u8> {
+    certificates_from_pem(pem_text.as_bytes())
+        .expect("pem")
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spire_upstream_requests_get_an_intermediate_constrained_to_its_trust_domain() {
+    let app = start().await;
+    let spire = client(&app, Some(SPIRE_SERVER));
+    let root_pem = pem_of(&app.roots[0]);
+
+    // Login by certificate, as the plug-in's cert_auth does.
+    let login = go_client(
+        &spire,
+        "PUT",
+        "/v1/auth/cert/login",
+        None,
+        Some(json!({"name": "spire"})),
+    )
+    .await;
+    let token = token_of(&login);
+    assert_eq!(login.json()["auth"]["policies"], json!(["spire-upstream"]));
+    assert!(login.json()["auth"]["renewable"]
+        .as_bool()
+        .expect("renewable"));
+
+    // Token auth's lookup-self and the renewer's renew-self.
+    let me = go_client(
+        &spire,
+        "GET",
+        "/v1/auth/token/lookup-self",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["data"]["id"], json!(token));
+    assert!(me.json()["data"]["ttl"].as_i64().expect("ttl") > 500);
+    let renewed = go_client(
+        &spire,
+        "PUT",
+        "/v1/auth/token/renew-self",
+        Some(&token),
+        Some(json!({"increment": 600})),
+    )
+    .await;
+    assert_eq!(token_of(&renewed), token);
+
+    // MintX509CA: PUT /v1//pki/root/sign-intermediate with the CSR's subject, ttl in seconds.
+    let (csr_pem, spire_key) = spire_csr(SPIRE_TD);
+    let body = json!({
+        "common_name": "",
+        "organization": "SPIFFE",
+        "country": "US",
+        "csr": csr_pem,
+        "ttl": "1000000",
+    });
+    let signed = go_client(
+        &spire,
+        "PUT",
+        "/v1//pki/root/sign-intermediate",
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let data = &signed.json()["data"];
+    let cert_pem = data["certificate"]
+        .as_str()
+        .expect("certificate")
+        .to_string();
+    let issuing = data["issuing_ca"].as_str().expect("issuing_ca");
+    let chain = data["ca_chain"].as_array().expect("ca_chain array");
+    // The upstream root SPIRE takes: the last ca_chain element, our root.
+    assert_eq!(
+        chain.last().and_then(Value::as_str),
+        Some(root_pem.as_str())
+    );
+    assert_eq!(issuing, root_pem);
+    assert!(data["serial_number"]
+        .as_str()
+        .expect("serial")
+        .contains(':'));
+
+    let der = first_der(&cert_pem);
+    let cert = parse_certificate(&der).expect("parse");
+    let bc = cert
+        .basic_constraints()
+        .expect("bc")
+        .expect("present")
+        .value;
+    assert!(bc.ca && bc.path_len_constraint == Some(0), "{bc:?}");
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(
+        life <= 172_800 + 300,
+        "ttl capped at the grant's max: {life}s"
+    );
+    let mut uri_sans = Vec::new();
+    let mut constrained = false;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for n in &san.general_names {
+                    if let GeneralName::URI(u) = n {
+                        uri_sans.push(u.to_string());
+                    }
+                }
+            }
+            ParsedExtension::NameConstraints(nc) => {
+                constrained = ext.critical && format!("{nc:?}").contains(SPIRE_TD);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(uri_sans, vec![format!("spiffe://{SPIRE_TD}")]);
+    assert!(constrained, "critical name constraint to {SPIRE_TD}");
+    let dir = app.dir.path();
+    let (ok, out) = openssl_ok(dir, &root_pem, &[], &cert_pem);
+    assert!(ok, "{out}");
+
+    // SPIRE signs its workloads with the new CA: in-domain verifies, out-of-domain does not.
+    let issuer = rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &spire_key).expect("issuer");
+    let svid = |uri: &str| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        p.signed_by(&key, &issuer).expect("svid").pem()
+    };
+    let inside = svid(&format!("spiffe://{SPIRE_TD}/workload"));
+    let (ok, out) = openssl_ok(dir, &root_pem, &[&cert_pem], &inside);
+    assert!(ok, "an SVID in the trust domain verifies: {out}");
+    let outside = svid("spiffe://cluster.local/ns/default/sa/web");
+    let (ok, out) = openssl_ok(dir, &root_pem, &[&cert_pem], &outside);
+    assert!(!ok, "the name constraint refuses another trust domain");
+    assert!(
+        out.contains("name constraint") || out.contains("permitted"),
+        "{out}"
+    );
+
+    // A CSR for another trust domain is refused, and so is a token without the grant.
+    let (other, _) = spire_csr("other.example.org");
+    let refused = go_client(
+        &spire,
+        "PUT",
+        "/v1/pki/root/sign-intermediate",
+        Some(&token),
+        Some(json!({"csr": other, "ttl": ""})),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        errors(&refused).contains("spiffe://other.example.org"),
+        "{}",
+        refused.text()
+    );
+    let jwt = app.token_for("cert-manager", "cert-manager");
+    let cm = client(&app, None);
+    let cm_token = token_of(
+        &go_client(
+            &cm,
+            "PUT",
+            "/v1/auth/kubernetes/login",
+            None,
+            Some(json!({"role": "cert-manager", "jwt": jwt})),
+        )
+        .await,
+    );
+    let (csr_pem, _) = spire_csr(SPIRE_TD);
+    let denied = go_client(
+        &cm,
+        "PUT",
+        "/v1/pki/root/sign-intermediate",
+        Some(&cm_token),
+        Some(json!({"csr": csr_pem})),
+    )
+    .await;
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.json()["errors"], json!(["permission denied"]));
+
+    // Another identity's certificate does not log in as the SPIRE role.
+    let stranger = client(&app, Some("spiffe://cluster.local/ns/default/sa/web"));
+    let wrong = go_client(
+        &stranger,
+        "PUT",
+        "/v1/auth/cert/login",
+        None,
+        Some(json!({"name": "spire"})),
+    )
+    .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    let anonymous = go_client(&cm, "PUT", "/v1/auth/cert/login", None, Some(json!({}))).await;
+    assert_eq!(anonymous.status, 400, "{}", anonymous.text());
+    app.server.shutdown().await;
+}
+
+/// cert-manager's Sign body for `csr` (PEM) as its Vault issuer builds it.
+fn cert_manager_body(
+    csr_pem: &str,
+    cn: &str,
+    dns: &[&str],
+    ips: &[&str],
+    uris: &[&str],
+    ttl: &str,
+) -> Value {
+    json!({
+        "common_name": cn,
+        "alt_names": dns.join(","),
+        "ip_sans": ips.join(","),
+        "uri_sans": uris.join(","),
+        "ttl": ttl,
+        "csr": csr_pem,
+        "exclude_cn_from_sans": "true",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cert_manager_requests_sign_within_the_role_and_refusals_have_vaults_codes() {
+    let app = start().await;
+    let cm = client(&app, None);
+    let dir = app.dir.path();
+
+    let health = go_client(&cm, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["sealed"], json!(false));
+    assert_eq!(health.json()["initialized"], json!(true));
+
+    let jwt = app.token_for("cert-manager", "cert-manager");
+    let login = go_client(
+        &cm,
+        "POST",
+        "/v1/auth/kubernetes/login",
+        None,
+        Some(json!({"role": "cert-manager", "jwt": jwt})),
+    )
+    .await;
+    let token = token_of(&login);
+
+    // A gateway certificate, as a Certificate with dnsNames and duration 2160h asks.
+    let (csr_pem, _) = csr(
+        Some("gw.mesh.example.com"),
+        &["gw.mesh.example.com", "api.mesh.example.com"],
+        &[],
+        &[],
+        false,
+    );
+    let body = cert_manager_body(
+        &csr_pem,
+        "gw.mesh.example.com",
+        &["gw.mesh.example.com", "api.mesh.example.com"],
+        &[],
+        &[],
+        "2160h0m0s",
+    );
+    let signed = go_client(
+        &cm,
+        "POST",
+        "/v1/pki/sign/mesh-gateways",
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let data = &signed.json()["data"];
+    let leaf = data["certificate"].as_str().expect("certificate");
+    let issuing = data["issuing_ca"].as_str().expect("issuing_ca");
+    let chain: Vec<&str> = data["ca_chain"]
+        .as_array()
+        .expect("ca_chain")
+        .iter()
+        .map(|v| v.as_str().expect("pem"))
+        .collect();
+    assert_eq!(chain.first(), Some(&issuing), "issuing CA first");
+    assert_eq!(
+        chain.last().copied(),
+        Some(pem_of(&app.roots[0]).as_str()),
+        "root last"
+    );
+    let (ok, out) = openssl_ok(dir, chain[chain.len() - 1], &[issuing], leaf);
+    assert!(ok, "{out}");
+    let parsed_der = first_der(leaf);
+    let parsed = parse_certificate(&parsed_der).expect("leaf");
+    let dns: Vec<String> = parsed
+        .subject_alternative_name()
+        .expect("san")
+        .expect("present")
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dns, vec!["gw.mesh.example.com", "api.mesh.example.com"]);
+    assert!(
+        data["expiration"].as_i64().expect("expiration")
+            > OffsetDateTime::now_utc().unix_timestamp()
+    );
+
+    // istio-csr through cert-manager: a workload CSR with one SPIFFE URI SAN, no CN.
+    let workload = "spiffe://cluster.local/ns/sandbox/sa/httpbin";
+    let (csr_pem, _) = csr(None, &[], &[workload], &[], false);
+    let body = cert_manager_body(&csr_pem, "", &[], &[], &[workload], "1h0m0s");
+    let signed = go_client(
+        &cm,
+        "POST",
+        "/v1/pki/sign/istio-csr",
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let data = &signed.json()["data"];
+    let (ok, out) = openssl_ok(
+        dir,
+        data["ca_chain"][1].as_str().expect("root"),
+        &[data["issuing_ca"].as_str().expect("issuing")],
+        data["certificate"].as_str().expect("leaf"),
+    );
+    assert!(ok, "{out}");
+
+    // The role's refusals, each with the status Vault gives.
+    let sign = |role: &'static str, body: Value, token: Option<String>| {
+        let cm = cm.clone();
+        async move {
+            go_client(
+                &cm,
+                "POST",
+                &format!("/v1/pki/sign/{role}"),
+                token.as_deref(),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let t = Some(token.clone());
+    let (wrong_domain, _) = csr(
+        Some("www.example.net"),
+        &["www.example.net"],
+        &[],
+        &[],
+        false,
+    );
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(
+            &wrong_domain,
+            "www.example.net",
+            &["www.example.net"],
+            &[],
+            &[],
+            "1h0m0s",
+        ),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "wrong domain: {}", r.text());
+    assert!(errors(&r).contains("www.example.net"), "{}", r.text());
+    let (ok_csr, _) = csr(None, &["a.mesh.example.com"], &[], &[], false);
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(&ok_csr, "", &["a.mesh.example.com"], &[], &[], "2161h0m0s"),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "ttl over max_ttl: {}", r.text());
+    assert!(errors(&r).contains("max_ttl"), "{}", r.text());
+    let (ip_csr, _) = csr(None, &["a.mesh.example.com"], &[], &["10.0.0.7"], false);
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(
+            &ip_csr,
+            "",
+            &["a.mesh.example.com"],
+            &["10.0.0.7"],
+            &[],
+            "1h0m0s",
+        ),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "IP SAN: {}", r.text());
+    assert!(
+        errors(&r).contains("IP Subject Alternative Names"),
+        "{}",
+        r.text()
+    );
+    let (ca_csr, _) = csr(None, &["a.mesh.example.com"], &[], &[], true);
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(&ca_csr, "", &["a.mesh.example.com"], &[], &[], "1h0m0s"),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "CA through sign/: {}", r.text());
+    assert!(errors(&r).contains("CA certificate"), "{}", r.text());
+    let r = sign(
+        "no-such-role",
+        cert_manager_body(&ok_csr, "", &[], &[], &[], "1h0m0s"),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        403,
+        "a token never holds an unknown role's policy: {}",
+        r.text()
+    );
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(&ok_csr, "", &[], &[], &[], "1h0m0s"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "no token: {}", r.text());
+
+    // approle: the wrong secret is refused; the right one signs, but only its own roles.
+    let bad = go_client(
+        &cm,
+        "POST",
+        "/v1/auth/approle/login",
+        None,
+        Some(json!({"role_id": APPROLE_ID, "secret_id": "guess"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(bad.json()["errors"], json!(["invalid role or secret ID"]));
+    let ci = token_of(
+        &go_client(
+            &cm,
+            "POST",
+            "/v1/auth/approle/login",
+            None,
+            Some(json!({"role_id": APPROLE_ID, "secret_id": APPROLE_SECRET})),
+        )
+        .await,
+    );
+    let (csr_pem, _) = csr(None, &[], &[workload], &[], false);
+    let r = sign(
+        "istio-csr",
+        cert_manager_body(&csr_pem, "", &[], &[], &[workload], "1h0m0s"),
+        Some(ci.clone()),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        403,
+        "approle ci has no istio-csr policy: {}",
+        r.text()
+    );
+
+    // A revoked token and an expired one no longer work.
+    let r = go_client(&cm, "POST", "/v1/auth/token/revoke-self", Some(&ci), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(&ok_csr, "", &["a.mesh.example.com"], &[], &[], "1h0m0s"),
+        Some(ci.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 403, "revoked token: {}", r.text());
+    let state = app.server.control.state();
+    let hash = hsm_ca::vault::tokens::token_hash(&hsm_ca::secret::Secret::new(token.clone()));
+    let mut record = state
+        .token(&hash)
+        .await
+        .expect("state")
+        .expect("stored by hash");
+    record.expires_at = OffsetDateTime::now_utc().unix_timestamp() - 1;
+    state.put_token(&record).await.expect("expire");
+    let r = sign(
+        "mesh-gateways",
+        cert_manager_body(&ok_csr, "", &["a.mesh.example.com"], &[], &[], "1h0m0s"),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "expired token: {}", r.text());
+
+    // Everything is in the audit log; no token, JWT or secret id is.
+    let audit = app.server.control.audit().expect("audit on");
+    let records = tokio::task::block_in_place(|| audit.page(1, 1000)).expect("audit page");
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(
+        text.contains("vault:pki/sign/mesh-gateways (kubernetes/cert-manager)"),
+        "{text}"
+    );
+    assert!(text.contains("vault:pki/sign/istio-csr"), "{text}");
+    assert!(text.contains("token_issued"), "{text}");
+    assert!(
+        text.contains("not allowed by this role"),
+        "refusals recorded: {text}"
+    );
+    for secret in [token.as_str(), ci.as_str(), jwt.as_str(), APPROLE_SECRET] {
+        assert!(!text.contains(secret), "a secret reached the audit log");
+    }
+    app.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paths_methods_and_reads_follow_vault() {
+    let app = start().await;
+    let c = client(&app, None);
+    let root_pem = pem_of(&app.roots[0]);
+
+    let ca = c.request("GET", "/v1/pki/ca/pem", &[], Vec::new()).await;
+    assert_eq!(ca.status, 200);
+    assert_eq!(ca.text(), pem_of(app.server.view.load().ca.cert_der()));
+    let chain = c
+        .request("GET", "/v1//pki/ca_chain/", &[], Vec::new())
+        .await;
+    assert_eq!(chain.status, 200);
+    assert!(chain.text().ends_with(&root_pem), "{}", chain.text());
+    let json_chain = c
+        .request("GET", "/v1/pki/cert/ca_chain", &[], Vec::new())
+        .await;
+    assert_eq!(
+        json_chain.json()["data"]["ca_chain"].as_str(),
+        Some(chain.text().as_str())
+    );
+    let crl = c.request("GET", "/v1/pki/crl/pem", &[], Vec::new()).await;
+    assert_eq!(crl.status, 200, "{}", crl.text());
+    assert!(
+        crl.text().starts_with("-----BEGIN X509 CRL-----"),
+        "{}",
+        crl.text()
+    );
+
+    let unknown = c.request("GET", "/v1/secret/data/x", &[], Vec::new()).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["errors"], json!([]));
+    let get_sign = c
+        .request("GET", "/v1/pki/sign/mesh-gateways", &[], Vec::new())
+        .await;
+    assert_eq!(get_sign.status, 405);
+    let not_json = c
+        .request("POST", "/v1/auth/approle/login", &[], b"role_id=x".to_vec())
+        .await;
+    assert_eq!(not_json.status, 400);
+    // PUT and POST alike, with or without a trailing slash.
+    for (method, path) in [
+        ("PUT", "/v1/auth/approle/login"),
+        ("POST", "/v1/auth//approle/login/"),
+    ] {
+        let r = c
+            .request(
+                method,
+                path,
+                &[("content-type", "application/json")],
+                serde_json::to_vec(&json!({"role_id": APPROLE_ID, "secret_id": APPROLE_SECRET}))
+                    .expect("json"),
+            )
+            .await;
+        token_of(&r);
+    }
+    app.server.shutdown().await;
+}
+
+const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn istiod_plugin_cacerts_from_the_online_root_verify_a_leaf_istiod_issues() {
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndevelopment_shared_ca = true\n\
+         [[admin.users]]\nidentity = \"{OPERATOR}\"\nroles = [\"operator\"]\n"
+    );
+    let app = Appliance::start(&extra).await;
+    let (chain, key) = client_certificate(&app, OPERATOR);
+    let admin = AdminClient::new(
+        app.server.admin_addr.expect("admin"),
+        &app.roots,
+        Some((&chain, &key)),
+    );
+    // istiod's administrator makes the key and CSR; the key never leaves their machine.
+    let istiod_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Istio");
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "istiod intermediate");
+    let csr_pem = p
+        .serialize_request(&istiod_key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let signed = admin
+        .post("/v1/intermediates/sign", json!({ "csr_pem": csr_pem }))
+        .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let cert_file = app.path("istiod-ca.pem");
+    std::fs::write(
+        &cert_file,
+        signed.json()["certificate_pem"].as_str().expect("pem"),
+    )
+    .expect("write");
+
+    let out_dir = app.path("cacerts");
+    let run = support::run_in(
+        app.dir.path(),
+        &app.path("hsm-ca.toml"),
+        &[
+            "cacerts",
+            "--cert",
+            cert_file.to_str().expect("path"),
+            "--out-dir",
+            out_dir.to_str().expect("path"),
+            "--key",
+            "/secure/istiod/ca-key.pem",
+        ],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("kubectl create secret generic cacerts -n istio-system")
+            && run
+                .stdout
+                .contains("--from-file=ca-key.pem=/secure/istiod/ca-key.pem"),
+        "{}",
+        run.stdout
+    );
+    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).expect(name);
+    let (ca_cert, cert_chain, root_cert) = (
+        read("ca-cert.pem"),
+        read("cert-chain.pem"),
+        read("root-cert.pem"),
+    );
+    assert!(cert_chain.starts_with(&ca_cert) && cert_chain.ends_with(&root_cert));
+
+    // istiod signs a workload certificate with the plugged-in CA: it verifies against the root.
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, &istiod_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/default/sa/web"
+            .try_into()
+            .expect("uri"),
+    ));
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    leaf.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let leaf = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+    let (ok, out) = openssl_ok(app.dir.path(), &root_cert, &[&cert_chain], &leaf);
+    assert!(ok, "{out}");
+
+    // A certificate that is not a CA, or not from the bundle, is refused.
+    std::fs::write(&cert_file, &leaf).expect("write");
+    let run = support::run_in(
+        app.dir.path(),
+        &app.path("hsm-ca.toml"),
+        &[
+            "cacerts",
+            "--cert",
+            cert_file.to_str().expect("path"),
+            "--out-dir",
+            "x",
+        ],
+    );
+    assert!(
+        !run.ok && run.stderr.contains("not a CA certificate"),
+        "{}",
+        run.stderr
+    );
+    app.server.shutdown().await;
+}
