@@ -756,3 +756,58 @@ async fn istiod_plugin_cacerts_from_the_online_root_verify_a_leaf_istiod_issues(
     );
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_minted_on_one_node_works_on_another_sharing_postgresql() {
+    let cluster = tokio::task::spawn_blocking(support::postgres::PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&vault_config(), &settings).await;
+    let two = one.second_node(&settings).await;
+    let jwt = one.token_for("cert-manager", "cert-manager");
+    let on_one = client(&one, None);
+    let token = token_of(
+        &go_client(
+            &on_one,
+            "POST",
+            "/v1/auth/kubernetes/login",
+            None,
+            Some(json!({"role": "cert-manager", "jwt": jwt})),
+        )
+        .await,
+    );
+    let on_two = AdminClient::new(two.server.vault_addr.expect("vault"), &one.roots, None);
+    let (csr_pem, _) = csr(None, &["b.mesh.example.com"], &[], &[], false);
+    let body = json!({"csr": csr_pem, "alt_names": "b.mesh.example.com", "ttl": "1h"});
+    let signed = go_client(
+        &on_two,
+        "POST",
+        "/v1/pki/sign/mesh-gateways",
+        Some(&token),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    // Revoked on the second node: refused on the first.
+    let r = go_client(
+        &on_two,
+        "POST",
+        "/v1/auth/token/revoke-self",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let refused = go_client(
+        &on_one,
+        "POST",
+        "/v1/pki/sign/mesh-gateways",
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    two.server.shutdown().await;
+    one.server.shutdown().await;
+}
