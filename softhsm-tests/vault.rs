@@ -53,6 +53,21 @@ async fn go_client(
     c.request(method, path, &headers, bytes).await
 }
 
+/// cert-manager's login: its service-account token through the `kubernetes` mount. Returns
+/// the JWT (to look for in the audit log) and the Vault token.
+async fn kubernetes_login(app: &Appliance) -> (String, String) {
+    let jwt = app.token_for("cert-manager", "cert-manager");
+    let login = go_client(
+        &client(app, None),
+        "POST",
+        "/v1/auth/kubernetes/login",
+        None,
+        Some(json!({"role": "cert-manager", "jwt": jwt})),
+    )
+    .await;
+    (jwt, token_of(&login))
+}
+
 fn token_of(reply: &Reply) -> String {
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()["auth"]["client_token"]
@@ -246,18 +261,8 @@ async fn spire_upstream_requests_get_an_intermediate_constrained_to_its_trust_do
         "{}",
         refused.text()
     );
-    let jwt = app.token_for("cert-manager", "cert-manager");
+    let (_, cm_token) = kubernetes_login(&app).await;
     let cm = client(&app, None);
-    let cm_token = token_of(
-        &go_client(
-            &cm,
-            "PUT",
-            "/v1/auth/kubernetes/login",
-            None,
-            Some(json!({"role": "cert-manager", "jwt": jwt})),
-        )
-        .await,
-    );
     let (csr_pem, _) = spire_csr(SPIRE_TD);
     let denied = go_client(
         &cm,
@@ -317,16 +322,7 @@ async fn cert_manager_requests_sign_within_the_role_and_refusals_have_vaults_cod
     assert_eq!(health.json()["sealed"], json!(false));
     assert_eq!(health.json()["initialized"], json!(true));
 
-    let jwt = app.token_for("cert-manager", "cert-manager");
-    let login = go_client(
-        &cm,
-        "POST",
-        "/v1/auth/kubernetes/login",
-        None,
-        Some(json!({"role": "cert-manager", "jwt": jwt})),
-    )
-    .await;
-    let token = token_of(&login);
+    let (jwt, token) = kubernetes_login(&app).await;
 
     // A gateway certificate, as a Certificate with dnsNames and duration 2160h asks.
     let (csr_pem, _) = csr(
@@ -765,18 +761,8 @@ async fn a_token_minted_on_one_node_works_on_another_sharing_postgresql() {
     let settings = cluster.settings();
     let one = Appliance::start_on_postgres(&vault_config(), &settings).await;
     let two = one.second_node(&settings).await;
-    let jwt = one.token_for("cert-manager", "cert-manager");
+    let (_, token) = kubernetes_login(&one).await;
     let on_one = client(&one, None);
-    let token = token_of(
-        &go_client(
-            &on_one,
-            "POST",
-            "/v1/auth/kubernetes/login",
-            None,
-            Some(json!({"role": "cert-manager", "jwt": jwt})),
-        )
-        .await,
-    );
     let on_two = AdminClient::new(two.server.vault_addr.expect("vault"), &one.roots, None);
     let (csr_pem, _) = csr(None, &["b.mesh.example.com"], &[], &[], false);
     let body = json!({"csr": csr_pem, "alt_names": "b.mesh.example.com", "ttl": "1h"});

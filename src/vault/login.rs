@@ -22,6 +22,16 @@ struct LoggedIn {
     policies: Vec<String>,
 }
 
+impl LoggedIn {
+    fn new(mount: &str, role: &str, caller: String, policies: &[String]) -> Self {
+        LoggedIn {
+            login: format!("{mount}/{role}"),
+            caller,
+            policies: policies.to_vec(),
+        }
+    }
+}
+
 /// `PUT|POST /v1/auth/<mount>/login`.
 pub(super) async fn login(
     api: &VaultApi,
@@ -115,11 +125,12 @@ fn cert(
                 .map(|id| (r, id))
         });
     let (role, identity) = role.ok_or_else(invalid)?;
-    Ok(LoggedIn {
-        login: format!("{}/{}", api.settings().cert_mount, role.name),
-        caller: identity.clone(),
-        policies: role.policies.clone(),
-    })
+    Ok(LoggedIn::new(
+        &api.settings().cert_mount,
+        &role.name,
+        identity.clone(),
+        &role.policies,
+    ))
 }
 
 /// `kubernetes`: a service-account token of the role's cluster, for a bound account.
@@ -158,11 +169,12 @@ fn kubernetes(
             "service account name not authorized".into(),
         ));
     }
-    Ok(LoggedIn {
-        login: format!("{}/{}", api.settings().kubernetes_mount, role.name),
-        caller: id.to_string(),
-        policies: role.policies.clone(),
-    })
+    Ok(LoggedIn::new(
+        &api.settings().kubernetes_mount,
+        &role.name,
+        id.to_string(),
+        &role.policies,
+    ))
 }
 
 /// `approle`: a configured role id and its secret id.
@@ -189,9 +201,10 @@ fn approle(
     if expected != given {
         return Err(invalid());
     }
-    Ok(LoggedIn {
-        login: format!("{}/{}", api.settings().approle_mount, role.name),
-        caller: format!("approle:{}", role.name),
-        policies: role.policies.clone(),
-    })
+    Ok(LoggedIn::new(
+        &api.settings().approle_mount,
+        &role.name,
+        format!("approle:{}", role.name),
+        &role.policies,
+    ))
 }
