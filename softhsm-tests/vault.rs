@@ -26,6 +26,8 @@
 
 mod support;
 
+use std::path::Path;
+
 use hsm_ca::ca::certificates_from_pem;
 use hsm_ca::ca::inspect::parse_certificate;
 use serde_json::{json, Value};
@@ -222,22 +224,18 @@ async fn spire_upstream_requests_get_an_intermediate_constrained_to_its_trust_do
     assert!(ok, "{out}");
 
     // SPIRE signs its workloads with the new CA: in-domain verifies, out-of-domain does not.
-    let issuer = rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &spire_key).expect("issuer");
-    let svid = |uri: &str| {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.subject_alt_names
-            .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
-        p.use_authority_key_identifier_extension = true;
-        p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
-        p.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
-        p.signed_by(&key, &issuer).expect("svid").pem()
-    };
-    let inside = svid(&format!("spiffe://{SPIRE_TD}/workload"));
+    let inside = leaf_signed_by(
+        &cert_pem,
+        &spire_key,
+        &format!("spiffe://{SPIRE_TD}/workload"),
+    );
     let (ok, out) = openssl_ok(dir, &root_pem, &[&cert_pem], &inside);
     assert!(ok, "an SVID in the trust domain verifies: {out}");
-    let outside = svid("spiffe://cluster.local/ns/default/sa/web");
+    let outside = leaf_signed_by(
+        &cert_pem,
+        &spire_key,
+        "spiffe://cluster.local/ns/default/sa/web",
+    );
     let (ok, out) = openssl_ok(dir, &root_pem, &[&cert_pem], &outside);
     assert!(!ok, "the name constraint refuses another trust domain");
     assert!(
@@ -646,47 +644,47 @@ async fn paths_methods_and_reads_follow_vault() {
 
 const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn istiod_plugin_cacerts_from_the_online_root_verify_a_leaf_istiod_issues() {
-    let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndevelopment_shared_ca = true\n\
-         [[admin.users]]\nidentity = \"{OPERATOR}\"\nroles = [\"operator\"]\n"
-    );
-    let app = Appliance::start(&extra).await;
-    let (chain, key) = client_certificate(&app, OPERATOR);
-    let admin = AdminClient::new(
-        app.server.admin_addr.expect("admin"),
-        &app.roots,
-        Some((&chain, &key)),
-    );
-    // istiod's administrator makes the key and CSR; the key never leaves their machine.
-    let istiod_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+/// A workload certificate for `uri` signed by the CA `ca_pem` with its key: what SPIRE or
+/// istiod do with the CA certificate they got.
+fn leaf_signed_by(ca_pem: &str, ca_key: &rcgen::KeyPair, uri: &str) -> String {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names
+        .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    p.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    p.signed_by(&key, &issuer).expect("leaf").pem()
+}
+
+/// istiod's administrator makes the key and CSR; the key never leaves their machine.
+fn istiod_csr() -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name
         .push(rcgen::DnType::OrganizationName, "Istio");
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "istiod intermediate");
-    let csr_pem = p
-        .serialize_request(&istiod_key)
-        .expect("csr")
-        .pem()
-        .expect("pem");
-    let signed = admin
-        .post("/v1/intermediates/sign", json!({ "csr_pem": csr_pem }))
-        .await;
-    assert_eq!(signed.status, 200, "{}", signed.text());
-    let cert_file = app.path("istiod-ca.pem");
-    std::fs::write(
-        &cert_file,
-        signed.json()["certificate_pem"].as_str().expect("pem"),
-    )
-    .expect("write");
+    let csr = p.serialize_request(&key).expect("csr").pem().expect("pem");
+    (csr, key)
+}
 
-    let out_dir = app.path("cacerts");
+/// Runs `hsm-ca cacerts` for istiod's intermediate `cert_file` into `<dir>/cacerts`, checks the
+/// files and the kubectl line, and has istiod's key sign a workload certificate that openssl
+/// verifies against `root-cert.pem` with `cert-chain.pem`.
+fn istiod_issues_under_cacerts(
+    dir: &Path,
+    config: &Path,
+    cert_file: &Path,
+    istiod_key: &rcgen::KeyPair,
+) {
+    let out_dir = dir.join("cacerts");
     let run = support::run_in(
-        app.dir.path(),
-        &app.path("hsm-ca.toml"),
+        dir,
+        config,
         &[
             "cacerts",
             "--cert",
@@ -714,25 +712,76 @@ async fn istiod_plugin_cacerts_from_the_online_root_verify_a_leaf_istiod_issues(
         read("root-cert.pem"),
     );
     assert!(cert_chain.starts_with(&ca_cert) && cert_chain.ends_with(&root_cert));
-
-    // istiod signs a workload certificate with the plugged-in CA: it verifies against the root.
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, &istiod_key).expect("issuer");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut leaf = rcgen::CertificateParams::default();
-    leaf.distinguished_name = rcgen::DistinguishedName::new();
-    leaf.subject_alt_names.push(rcgen::SanType::URI(
-        "spiffe://cluster.local/ns/default/sa/web"
-            .try_into()
-            .expect("uri"),
-    ));
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
-    leaf.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let leaf = leaf.signed_by(&key, &issuer).expect("leaf").pem();
-    let (ok, out) = openssl_ok(app.dir.path(), &root_cert, &[&cert_chain], &leaf);
+    let leaf = leaf_signed_by(
+        &ca_cert,
+        istiod_key,
+        "spiffe://cluster.local/ns/default/sa/web",
+    );
+    let (ok, out) = openssl_ok(dir, &root_cert, &[&cert_chain], &leaf);
     assert!(ok, "{out}");
+}
+
+#[test]
+fn istiod_plugin_cacerts_from_an_offline_ceremony_verify_a_leaf_istiod_issues() {
+    let env = support::CliEnv::new("");
+    let out = env.ceremony(&["init-root", "--out-dir", "media", "--yes"]);
+    assert!(out.ok, "{out:?}");
+    let (csr_pem, istiod_key) = istiod_csr();
+    std::fs::write(env.path("istiod.csr"), csr_pem).expect("csr");
+    let out = env.ceremony(&[
+        "sign-intermediate",
+        "--csr",
+        "istiod.csr",
+        "--out-dir",
+        "istiod",
+        "--yes",
+    ]);
+    assert!(out.ok, "{out:?}");
+    istiod_issues_under_cacerts(
+        env.dir.path(),
+        &env.path("hsm-ca.toml"),
+        &env.path("istiod/intermediate-cert.pem"),
+        &istiod_key,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn istiod_plugin_cacerts_from_the_online_root_verify_a_leaf_istiod_issues() {
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndevelopment_shared_ca = true\n\
+         [[admin.users]]\nidentity = \"{OPERATOR}\"\nroles = [\"operator\"]\n"
+    );
+    let app = Appliance::start(&extra).await;
+    let (chain, key) = client_certificate(&app, OPERATOR);
+    let admin = AdminClient::new(
+        app.server.admin_addr.expect("admin"),
+        &app.roots,
+        Some((&chain, &key)),
+    );
+    let (csr_pem, istiod_key) = istiod_csr();
+    let signed = admin
+        .post("/v1/intermediates/sign", json!({ "csr_pem": csr_pem }))
+        .await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let cert_file = app.path("istiod-ca.pem");
+    std::fs::write(
+        &cert_file,
+        signed.json()["certificate_pem"].as_str().expect("pem"),
+    )
+    .expect("write");
+    istiod_issues_under_cacerts(
+        app.dir.path(),
+        &app.path("hsm-ca.toml"),
+        &cert_file,
+        &istiod_key,
+    );
 
     // A certificate that is not a CA, or not from the bundle, is refused.
+    let leaf = leaf_signed_by(
+        &std::fs::read_to_string(app.path("cacerts/ca-cert.pem")).expect("ca-cert.pem"),
+        &istiod_key,
+        "spiffe://cluster.local/ns/default/sa/web",
+    );
     std::fs::write(&cert_file, &leaf).expect("write");
     let run = support::run_in(
         app.dir.path(),

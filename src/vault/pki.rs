@@ -247,7 +247,7 @@ async fn sign(api: &VaultApi, call: &mut Call, role_name: &str) -> Result<Respon
     }
 
     if let Some(cn) = &names.common_name {
-        if !role.allows_dns(cn) && !role.allows_uri(cn) {
+        if !role.allows_dns(cn) {
             return Err(refuse(format!("common name {cn} not allowed by this role")));
         }
     }
