@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use time::OffsetDateTime;
+
 use super::appliance::Appliance;
 use super::http::AdminClient;
 
@@ -127,4 +129,19 @@ pub fn openssl_ok(dir: &Path, root: &str, untrusted: &[&str], leaf: &str) -> (bo
     let leaf = write("v-leaf.pem", leaf);
     let chain = (!untrusted.is_empty()).then(|| write("v-untrusted.pem", &untrusted.concat()));
     super::openssl_verify(&root, chain.as_deref(), &leaf)
+}
+
+/// A workload certificate for `uri` signed by the CA `ca_pem` with its key: what SPIRE or
+/// istiod do with the CA certificate they got.
+pub fn leaf_signed_by(ca_pem: &str, ca_key: &rcgen::KeyPair, uri: &str) -> String {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names
+        .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    p.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    p.signed_by(&key, &issuer).expect("leaf").pem()
 }
