@@ -26,6 +26,8 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex, OnceLock};
+
 use hsm_ca::ca::certificates_from_pem;
 use hsm_ca::ca::inspect::parse_certificate;
 use serde_json::{json, Value};
@@ -66,6 +68,37 @@ async fn kubernetes_login(app: &Appliance) -> (String, String) {
     )
     .await;
     (jwt, token_of(&login))
+}
+
+/// Every log line of this test process at debug level and above, from the first call on.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn token_of(reply: &Reply) -> String {
@@ -309,6 +342,7 @@ fn cert_manager_body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cert_manager_requests_sign_within_the_role_and_refusals_have_vaults_codes() {
+    let logs = captured_logs();
     let app = start().await;
     let cm = client(&app, None);
     let dir = app.dir.path();
@@ -575,8 +609,11 @@ async fn cert_manager_requests_sign_within_the_role_and_refusals_have_vaults_cod
         text.contains("not allowed by this role"),
         "refusals recorded: {text}"
     );
+    let logged = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    assert!(logged.contains("vault request refused"), "logs captured");
     for secret in [token.as_str(), ci.as_str(), jwt.as_str(), APPROLE_SECRET] {
         assert!(!text.contains(secret), "a secret reached the audit log");
+        assert!(!logged.contains(secret), "a secret reached the log");
     }
     app.server.shutdown().await;
 }
