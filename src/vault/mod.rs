@@ -250,7 +250,7 @@ async fn handle(State(api): State<VaultApi>, request: Request) -> Response {
     }
 }
 
-/// The Vault API's router (one fallback handler; tests drive it with `oneshot`).
+/// The Vault API's router: one fallback handler that routes by path segments.
 pub fn router(api: VaultApi) -> Router {
     Router::new()
         .fallback(handle)
