@@ -721,3 +721,40 @@ async fn a_token_minted_on_one_node_works_on_another_sharing_postgresql() {
     two.server.shutdown().await;
     one.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_says_sealed_while_the_device_is_unusable_and_recovers_by_itself() {
+    let app = start().await;
+    let c = client(&app, None);
+    let (_, token) = kubernetes_login(&app).await;
+    let (csr_pem, _) = csr(None, &["c.mesh.example.com"], &[], &[], false);
+    let body = json!({"csr": csr_pem, "alt_names": "c.mesh.example.com", "ttl": "1h"});
+    let sign = || {
+        go_client(
+            &c,
+            "POST",
+            "/v1/pki/sign/mesh-gateways",
+            Some(&token),
+            Some(body.clone()),
+        )
+    };
+
+    // The token's PIN changes under the appliance: its device cannot sign.
+    let pin = app.token.pin.expose().to_string();
+    support::change_pin_from_outside(&app.token.label, &pin, "changed-1234");
+    let refused = sign().await;
+    assert!(matches!(refused.status, 500 | 503), "{}", refused.text());
+    assert!(!refused.text().contains("changed-1234") && !refused.text().contains(&app.token.label));
+    let health = go_client(&c, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json()["sealed"], json!(true));
+
+    // The PIN is put back: unsealed and signing again, without a restart.
+    support::change_pin_from_outside(&app.token.label, "changed-1234", &pin);
+    let health = go_client(&c, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["sealed"], json!(false));
+    let signed = sign().await;
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    app.server.shutdown().await;
+}

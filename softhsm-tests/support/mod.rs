@@ -312,3 +312,24 @@ pub fn edit_audit_meta(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     edit(&mut meta);
     std::fs::write(&path, serde_json::to_vec_pretty(&meta).expect("json")).expect("write");
 }
+
+/// Changes the token's user PIN from outside the keystore and logs the process out, as an
+/// operator's tool would.
+pub fn change_pin_from_outside(label: &str, old: &str, new: &str) {
+    let ctx = cryptoki::context::Pkcs11::new(module()).expect("module");
+    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
+    let slot = slot_by_label(&ctx, label);
+    let session = ctx.open_rw_session(slot).expect("session");
+    // The process may be logged in already (the keystore's login is per application).
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::from(old.to_string())),
+    );
+    session
+        .set_pin(
+            &cryptoki::types::AuthPin::from(old.to_string()),
+            &cryptoki::types::AuthPin::from(new.to_string()),
+        )
+        .expect("set pin");
+    session.logout().expect("logout");
+}
