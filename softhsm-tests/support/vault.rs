@@ -7,7 +7,8 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use super::appliance::Appliance;
-use super::http::AdminClient;
+use super::http::{AdminClient, Reply};
+use serde_json::{json, Value};
 
 pub const SPIRE_SERVER: &str = "spiffe://cluster.local/ns/spire/sa/spire-server";
 pub const APPROLE_ID: &str = "5c1f9d0e-ci-role";
@@ -144,4 +145,59 @@ pub fn leaf_signed_by(ca_pem: &str, ca_key: &rcgen::KeyPair, uri: &str) -> Strin
     p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
     p.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
     p.signed_by(&key, &issuer).expect("leaf").pem()
+}
+
+/// What the Go Vault client sends with every request (plus the token once it has one).
+pub async fn go_client(
+    c: &AdminClient,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut headers = vec![("x-vault-request", "true")];
+    if let Some(t) = token {
+        headers.push(("x-vault-token", t));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).expect("json"))
+        .unwrap_or_default();
+    c.request(method, path, &headers, bytes).await
+}
+
+/// cert-manager's login: its service-account token through the `kubernetes` mount. Returns
+/// the JWT (to look for in the audit log) and the Vault token.
+pub async fn kubernetes_login(app: &Appliance) -> (String, String) {
+    let jwt = app.token_for("cert-manager", "cert-manager");
+    let login = go_client(
+        &client(app, None),
+        "POST",
+        "/v1/auth/kubernetes/login",
+        None,
+        Some(json!({"role": "cert-manager", "jwt": jwt})),
+    )
+    .await;
+    (jwt, token_of(&login))
+}
+
+pub fn token_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["auth"]["client_token"]
+        .as_str()
+        .expect("client_token")
+        .to_string()
+}
+
+pub fn errors(reply: &Reply) -> String {
+    reply.json()["errors"].to_string()
+}
+
+pub fn pem_of(der: &[u8]) -> String {
+    hsm_ca::ca::certificate_pem(der)
+}
+
+pub fn first_der(pem_text: &str) -> Vec<u8> {
+    hsm_ca::ca::certificates_from_pem(pem_text.as_bytes())
+        .expect("pem")
+        .remove(0)
 }
