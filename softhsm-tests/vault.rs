@@ -364,3 +364,76 @@ async fn health_says_sealed_while_the_device_is_unusable_and_recovers_by_itself(
     assert_eq!(signed.status, 200, "{}", signed.text());
     app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_client_ca_file_stops_the_start() {
+    let config = vault_config().replace(
+        "token_ttl_secs = 600\n",
+        "token_ttl_secs = 600\nclient_ca_files = [\"spire-ca-missing.pem\"]\n",
+    );
+    let err = Appliance::try_start(&config)
+        .await
+        .err()
+        .expect("refused to start");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("vault_api:") && text.contains("spire-ca-missing.pem"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_from_a_configured_client_ca_logs_in_by_its_common_name() {
+    // The SPIRE servers' own CA, outside the appliance's trust bundle.
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "SPIRE servers' CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let ca_file = ca_dir.path().join("spire-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("write");
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "spire-server");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = leaf.signed_by(&key, &issuer).expect("leaf");
+
+    let config = vault_config()
+        .replace(
+            "token_ttl_secs = 600\n",
+            &format!(
+                "token_ttl_secs = 600\nclient_ca_files = [{:?}]\n",
+                ca_file.display().to_string()
+            ),
+        )
+        .replace(
+            &format!("identities = [\"{SPIRE_SERVER}\"]"),
+            &format!("identities = [\"{SPIRE_SERVER}\", \"CN=spire-server\"]"),
+        );
+    let app = Appliance::start(&config).await;
+    let spire = AdminClient::new(
+        app.server.vault_addr.expect("vault"),
+        &app.roots,
+        Some((&[leaf.der().to_vec()], &key.serialize_der())),
+    );
+    let login = go_client(
+        &spire,
+        "PUT",
+        "/v1/auth/cert/login",
+        None,
+        Some(json!({"name": "spire"})),
+    )
+    .await;
+    token_of(&login);
+    assert_eq!(login.json()["auth"]["policies"], json!(["spire-upstream"]));
+    assert_eq!(
+        login.json()["auth"]["metadata"]["caller"],
+        json!("CN=spire-server")
+    );
+    app.server.shutdown().await;
+}

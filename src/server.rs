@@ -55,6 +55,8 @@ pub enum ServerError {
     Serving(String),
     #[error(transparent)]
     Audit(crate::audit::AuditError),
+    #[error("vault_api: {0}")]
+    Vault(String),
     #[error(
         "admin identity {0} lies in the workload trust domain and admin.client_ca_files is \
          empty: a workload certificate for it would open the admin API. Give the admin API its \
@@ -271,7 +273,9 @@ pub async fn start(
         None
     };
     let vault_listener = if config.vault_api.enabled {
-        Some(bind(config.vault_api.listen).await?)
+        let tls =
+            crate::vault::tls(&trust, &config).map_err(|e| ServerError::Vault(e.to_string()))?;
+        Some((bind(config.vault_api.listen).await?, tls))
     } else {
         None
     };
@@ -351,12 +355,12 @@ pub async fn start(
     );
     control.warn_of_stuck_proposals().await;
     let (vault_addr, vault_task) = match vault_listener {
-        Some(listener) => {
+        Some((listener, tls)) => {
             let addr = listener.local_addr().ok();
             let api = crate::vault::VaultApi::new(control.clone(), auth);
             let (stop, budget) = (stopped(shutdown_rx.clone()), budget.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = crate::vault::serve(api, listener, budget, stop).await {
+                if let Err(e) = crate::vault::serve(api, tls, listener, budget, stop).await {
                     tracing::error!(error = %e, "the Vault API stopped");
                 }
             });

@@ -38,7 +38,9 @@ use tokio::net::TcpListener;
 use crate::admin::{Peer, TlsListener};
 use crate::auth::Authenticator;
 use crate::config::vault_api::VaultSettings;
+use crate::config::Config;
 use crate::control::Control;
+use crate::trust::TrustPlane;
 use error::VaultError;
 
 /// Largest request body accepted (a CSR and a few parameters).
@@ -260,9 +262,9 @@ pub fn router(api: VaultApi) -> Router {
 
 /// The client certificates the `cert` login accepts: the trust bundle and
 /// `vault_api.client_ca_files`.
-fn client_roots(control: &Control) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut roots = control.trust().roots();
-    for file in &control.config().vault_api.client_ca_files {
+fn client_roots(trust: &TrustPlane, config: &Config) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut roots = trust.roots();
+    for file in &config.vault_api.client_ca_files {
         let certs = crate::authority::read_certificates(file)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         roots.extend(certs);
@@ -270,23 +272,32 @@ fn client_roots(control: &Control) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(roots)
 }
 
-fn tls_config(control: &Control) -> std::io::Result<rustls::ServerConfig> {
-    crate::tls::admin_server_config(&client_roots(control)?, control.trust().serving().clone())
+fn tls_config(trust: &TrustPlane, config: &Config) -> std::io::Result<rustls::ServerConfig> {
+    crate::tls::admin_server_config(&client_roots(trust, config)?, trust.serving().clone())
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// Serves the Vault API on `listener` until `shutdown` resolves, with the appliance's
-/// serving certificate; client certificates are checked against the current bundle (the
-/// TLS config follows bundle changes within seconds) and the configured client CAs. Expired
-/// tokens are pruned from the CA state every five minutes.
+/// The Vault listener's TLS config, built before anything is served so that unreadable
+/// `client_ca_files` stop the appliance at start.
+pub fn tls(
+    trust: &TrustPlane,
+    config: &Config,
+) -> std::io::Result<Arc<ArcSwap<rustls::ServerConfig>>> {
+    Ok(Arc::new(ArcSwap::from_pointee(tls_config(trust, config)?)))
+}
+
+/// Serves the Vault API on `listener` with `tls` (from [`tls`]) until `shutdown` resolves,
+/// with the appliance's serving certificate; client certificates are checked against the
+/// current bundle (the TLS config follows bundle changes within seconds) and the configured
+/// client CAs. Expired tokens are pruned from the CA state every five minutes.
 pub async fn serve(
     api: VaultApi,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
     listener: TcpListener,
     budget: crate::tls::DescriptorBudget,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let control = api.control.clone();
-    let tls = Arc::new(ArcSwap::from_pointee(tls_config(&control)?));
     let follow = {
         let (tls, control) = (tls.clone(), control.clone());
         tokio::spawn(async move {
@@ -301,7 +312,7 @@ pub async fn serve(
                 }
                 let now = control.trust().roots();
                 if now != last {
-                    match tls_config(&control) {
+                    match tls_config(control.trust(), control.config()) {
                         Ok(next) => {
                             tls.store(Arc::new(next));
                             last = now;
