@@ -330,6 +330,7 @@ impl Config {
         }
         let store_backend = store::backend(&ctx, &raw.store)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
+        vault::check_admin_reach(&ctx, &vault_api, &admin)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),

@@ -252,3 +252,18 @@ fn vault_api_refuses_unknown_policies_missing_secrets_and_open_roles() {
     let err = parse(&no_cluster).expect_err("unknown cluster");
     assert!(err.to_string().contains("nowhere"), "{err}");
 }
+
+#[test]
+fn an_intermediate_grant_may_not_reach_admin_identities_through_the_bundle() {
+    let admin = "[admin]\n[[admin.users]]\nidentity = \"spiffe://spire.example.org/admin\"\nroles = [\"auditor\"]\n";
+    let err = parse(&format!("{MINIMAL}{VAULT}{admin}")).expect_err("reachable admin");
+    assert!(
+        err.to_string().contains("spiffe://spire.example.org/admin"),
+        "{err}"
+    );
+    let own_ca = admin.replace(
+        "[admin]\n",
+        "[admin]\nclient_ca_files = [\"admin-ca.pem\"]\n",
+    );
+    parse(&format!("{MINIMAL}{VAULT}{own_ca}")).expect("an admin CA of its own");
+}

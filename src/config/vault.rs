@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::vault_api::{
     AppRole, CertRole, IntermediateGrant, KeyType, KubernetesRole, PkiRole, VaultSettings,
 };
-use super::{ClusterConfig, ConfigError, Ctx};
+use super::{AdminConfig, ClusterConfig, ConfigError, Ctx};
 use crate::tls::ConnectionLimits;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -469,4 +469,34 @@ fn pki_role(ctx: &Ctx, r: RawPkiRole) -> Result<PkiRole, ConfigError> {
         server_flag: r.server_flag,
         client_flag: r.client_flag,
     })
+}
+
+/// Refuses an intermediate grant for a trust domain that holds an admin identity while the
+/// admin API trusts the bundle for its clients (no `admin.client_ca_files`): the CA signed for
+/// that grant could issue the admin identity, and the admin API would accept it.
+pub(super) fn check_admin_reach(
+    ctx: &Ctx,
+    vault: &VaultSettings,
+    admin: &AdminConfig,
+) -> Result<(), ConfigError> {
+    if !vault.enabled || !admin.enabled || !admin.client_ca_files.is_empty() {
+        return Ok(());
+    }
+    for grant in &vault.intermediates {
+        let reached = admin.users.keys().find(|id| {
+            crate::auth::SpiffeId::parse(id).is_ok_and(|s| s.trust_domain() == grant.trust_domain)
+        });
+        if let Some(id) = reached {
+            return Err(ctx.invalid(
+                "vault_api.intermediates.trust_domain",
+                format!(
+                    "{}: a CA for {} could issue the admin identity {id}, which the admin API \
+                     would accept; give the admin API its own CA (admin.client_ca_files) or \
+                     grant another trust domain",
+                    grant.name, grant.trust_domain
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
