@@ -5,9 +5,10 @@
 # with pkg-config), swtpm (the software TPM the tests and `dev --backend tpm` start),
 # PostgreSQL (the tests of the `postgres` state backend start their own servers with it),
 # promtool (in Debian's `prometheus` package: the tests check the alert rules in
-# ops/prometheus/ and the /metrics text with it) and Debian's python3-prometheus-client (its
-# text parser reads /metrics in the tests, run with /usr/bin/python3).
-# Extra package names given as arguments are installed too.
+# ops/prometheus/ and the /metrics text with it), Debian's python3-prometheus-client (its
+# text parser reads /metrics in the tests, run with /usr/bin/python3) and python3-venv, for the
+# virtual environment with hvac that the Vault front-door test uses (made by
+# ops/hvac-venv.sh, run at the end). Extra package names given as arguments are installed too.
 set -euo pipefail
 
 need=()
@@ -22,19 +23,19 @@ command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
 
-if [ "${#need[@]}" -eq 0 ]; then
-  exit 0
+if [ "${#need[@]}" -ne 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-
-echo "installing: ${need[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+"$(dirname "$0")/hvac-venv.sh" >/dev/null

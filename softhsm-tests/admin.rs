@@ -52,23 +52,11 @@ fn admin(app: &Appliance, id: &str) -> AdminClient {
 }
 
 fn admin_trusting(app: &Appliance, id: &str, roots: &[Vec<u8>]) -> AdminClient {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let snap = app.server.view.load();
-    let cert = tokio::task::block_in_place(|| {
-        snap.ca.issue_leaf(
-            &rcgen::PublicKeyData::subject_public_key_info(&key),
-            id,
-            Duration::from_secs(3600),
-            Duration::from_secs(60),
-            OffsetDateTime::now_utc(),
-        )
-    })
-    .expect("admin cert");
-    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
+    let (chain, key) = support::appliance::client_identity(&app.server.view, id);
     AdminClient::new(
         app.server.admin_addr.expect("admin listens"),
         roots,
-        Some((&chain, &key.serialize_der())),
+        Some((&chain, &key)),
     )
 }
 

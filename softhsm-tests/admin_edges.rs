@@ -9,8 +9,6 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use hsm_ca::client::{self, WorkloadKey};
 use serde_json::json;
 use support::appliance::Appliance;
@@ -44,24 +42,11 @@ const SHARED: &str = "development_shared_ca = true";
 
 /// A client certificate for `id` from the active intermediate, as an admin client.
 fn admin(app: &Appliance, id: &str) -> AdminClient {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let snap = app.server.view.load();
-    let cert = tokio::task::block_in_place(|| {
-        snap.ca.issue_leaf(
-            &rcgen::PublicKeyData::subject_public_key_info(&key),
-            id,
-            Duration::from_secs(3600),
-            Duration::from_secs(60),
-            time::OffsetDateTime::now_utc(),
-        )
-    })
-    .expect("admin cert");
-    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
-    let key_der = key.serialize_der();
+    let (chain, key) = support::appliance::client_identity(&app.server.view, id);
     AdminClient::new(
         app.server.admin_addr.expect("admin"),
         &app.roots,
-        Some((&chain, &key_der)),
+        Some((&chain, &key)),
     )
 }
 
@@ -86,24 +71,6 @@ async fn ask(
         })
 }
 
-/// Changes the token's user PIN from outside the keystore and logs the process out, as an
-/// operator's tool would.
-fn change_pin_from_outside(label: &str, old: &str, new: &str) {
-    let ctx = cryptoki::context::Pkcs11::new(support::module()).expect("module");
-    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
-    let slot = support::slot_by_label(&ctx, label);
-    let session = ctx.open_rw_session(slot).expect("session");
-    // The process may be logged in already (the keystore's login is per application).
-    let _ = session.login(UserType::User, Some(&AuthPin::from(old.to_string())));
-    session
-        .set_pin(
-            &AuthPin::from(old.to_string()),
-            &AuthPin::from(new.to_string()),
-        )
-        .expect("set pin");
-    session.logout().expect("logout");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_why_while_the_device_is_unusable_and_recovers_by_itself() {
     let app = Appliance::start("").await;
@@ -116,7 +83,7 @@ async fn readyz_says_why_while_the_device_is_unusable_and_recovers_by_itself() {
 
     // The token's PIN changes under the appliance: its next login fails.
     let pin = app.token.pin.expose().to_string();
-    change_pin_from_outside(&app.token.label, &pin, "changed-1234");
+    support::change_pin_from_outside(&app.token.label, &pin, "changed-1234");
     let token = app.token_for("ns", "sa");
     let (code, _) = ask(&app, "spiffe://cluster.local/ns/ns/sa/sa", &token, None)
         .await
@@ -135,7 +102,7 @@ async fn readyz_says_why_while_the_device_is_unusable_and_recovers_by_itself() {
     assert!(!body.to_string().contains("changed-1234"), "{body}");
 
     // The PIN is put back: ready again without any issuance traffic.
-    change_pin_from_outside(&app.token.label, "changed-1234", &pin);
+    support::change_pin_from_outside(&app.token.label, "changed-1234", &pin);
     let ready = public.get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["ready"], true);

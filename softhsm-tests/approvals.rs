@@ -5,15 +5,12 @@
 
 mod support;
 
-use std::time::Duration;
-
 use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::server::RunningServer;
 use serde_json::json;
 use support::appliance::Appliance;
 use support::http::AdminClient;
 use support::postgres::PgCluster;
-use time::OffsetDateTime;
 
 const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
 const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
@@ -51,23 +48,11 @@ fn admin(app: &Appliance, id: &str) -> AdminClient {
 
 /// An admin client for `id` of the appliance `server`.
 fn admin_on(server: &RunningServer, roots: &[Vec<u8>], id: &str) -> AdminClient {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let snap = server.view.load();
-    let cert = tokio::task::block_in_place(|| {
-        snap.ca.issue_leaf(
-            &rcgen::PublicKeyData::subject_public_key_info(&key),
-            id,
-            Duration::from_secs(3600),
-            Duration::from_secs(60),
-            OffsetDateTime::now_utc(),
-        )
-    })
-    .expect("admin cert");
-    let chain = vec![cert.der, snap.ca.cert_der().to_vec()];
+    let (chain, key) = support::appliance::client_identity(&server.view, id);
     AdminClient::new(
         server.admin_addr.expect("admin listens"),
         roots,
-        Some((&chain, &key.serialize_der())),
+        Some((&chain, &key)),
     )
 }
 

@@ -8,6 +8,8 @@ mod pg;
 #[path = "state/proposals.rs"]
 mod proposals;
 mod support;
+#[path = "state/tokens.rs"]
+mod tokens;
 
 use std::sync::Arc;
 
@@ -21,6 +23,10 @@ use proposals::{
     proposals_are_filed_approved_once_per_officer_and_claimed, proposals_survive_a_reopen,
 };
 use support::postgres::PgCluster;
+use tokens::{
+    expired_tokens_are_pruned_live_ones_kept,
+    tokens_are_found_by_hash_from_another_handle_renewed_and_revoked,
+};
 
 /// What the suite needs from a backend: a place for the state, opened as often as a test asks
 /// (one handle at a time).
@@ -107,6 +113,8 @@ conformance!(
     an_expired_proposal_cannot_be_approved_or_claimed,
     of_eight_racing_claims_exactly_one_wins,
     proposals_survive_a_reopen,
+    tokens_are_found_by_hash_from_another_handle_renewed_and_revoked,
+    expired_tokens_are_pruned_live_ones_kept,
 );
 
 fn intermediate(id: u8) -> IntermediateRecord {

@@ -8,7 +8,8 @@
 //! - [`cli`]: the command line (arguments, prompts, printing); [`dev`]: the development
 //!   appliance and test fixtures, reached only from `cli` and tests.
 //! - [`server`]: the running appliance's listeners and serving certificate; [`issuance`]: the
-//!   Istio gRPC certificate service; [`admin`]: the admin API's HTTP skin; [`metrics`]:
+//!   Istio gRPC certificate service; [`vault`]: the Vault PKI API subset for SPIRE and
+//!   cert-manager; [`admin`]: the admin API's HTTP skin; [`metrics`]:
 //!   counters for `/metrics`; [`client`]: the istio-agent-like workload client.
 //!
 //! Domain:
@@ -49,3 +50,4 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod trust;
+pub mod vault;

@@ -1,5 +1,6 @@
 //! The running appliance: the issuance service on its TLS listener, the serving certificate
-//! it renews itself, the admin API and automatic rotation, wired to the trust plane
+//! it renews itself, the admin API, the Vault API front door (when enabled) and automatic
+//! rotation, wired to the trust plane
 //! ([`crate::trust`]) and the control plane ([`crate::control`]).
 //!
 //! TLS is terminated here with tokio-rustls (tonic cannot take a reloadable rustls config);
@@ -54,6 +55,8 @@ pub enum ServerError {
     Serving(String),
     #[error(transparent)]
     Audit(crate::audit::AuditError),
+    #[error("vault_api: {0}")]
+    Vault(String),
     #[error(
         "admin identity {0} lies in the workload trust domain and admin.client_ca_files is \
          empty: a workload certificate for it would open the admin API. Give the admin API its \
@@ -94,6 +97,8 @@ pub struct RunningServer {
     pub admin_addr: Option<SocketAddr>,
     /// Where the plaintext `/metrics` listener listens (`[metrics] listen`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the Vault API listens (when `[vault_api] enabled`).
+    pub vault_addr: Option<SocketAddr>,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
     /// The control plane the admin API drives.
@@ -103,6 +108,7 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    vault_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
 }
@@ -119,6 +125,14 @@ impl RunningServer {
         }
         if let Some(rotation) = self.rotation.take() {
             rotation.abort();
+        }
+        if let Some(mut vault) = self.vault_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut vault)
+                .await
+                .is_err()
+            {
+                vault.abort();
+            }
         }
         if let Some(mut admin) = self.admin_task.take() {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut admin)
@@ -268,6 +282,13 @@ pub async fn start(
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let vault_listener = if config.vault_api.enabled {
+        let tls =
+            crate::vault::tls(&trust, &config).map_err(|e| ServerError::Vault(e.to_string()))?;
+        Some((bind(config.vault_api.listen).await?, tls))
+    } else {
+        None
+    };
 
     let budget = DescriptorBudget::from_process_limit();
     tracing::info!(
@@ -315,7 +336,7 @@ pub async fn start(
     let issuance_metrics = Arc::new(crate::metrics::IssuanceMetrics::default());
     let service = CertificateService::new(
         view.clone(),
-        auth,
+        auth.clone(),
         rules,
         audit.clone(),
         issuance_metrics.clone(),
@@ -343,6 +364,20 @@ pub async fn start(
             .with_clock(clock),
     );
     control.warn_of_stuck_proposals().await;
+    let (vault_addr, vault_task) = match vault_listener {
+        Some((listener, tls)) => {
+            let addr = listener.local_addr().ok();
+            let api = crate::vault::VaultApi::new(control.clone(), auth);
+            let (stop, budget) = (stopped(shutdown_rx.clone()), budget.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = crate::vault::serve(api, tls, listener, budget, stop).await {
+                    tracing::error!(error = %e, "the Vault API stopped");
+                }
+            });
+            (addr, Some(task))
+        }
+        None => (None, None),
+    };
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
@@ -423,6 +458,7 @@ pub async fn start(
         local_addr,
         admin_addr,
         metrics_addr,
+        vault_addr,
         view,
         serving,
         control,
@@ -431,6 +467,7 @@ pub async fn start(
         task,
         admin_task,
         metrics_task,
+        vault_task,
         rotation,
         renewal,
     })

@@ -255,3 +255,24 @@ async fn serve(config: &Config, store: &KeyStore, state: CaState) -> RunningServ
         .await
         .expect("server")
 }
+
+/// A client certificate for `id` from the active intermediate of `view`: the chain (leaf,
+/// intermediate) and the PKCS#8 key, for TLS clients of the appliance's listeners.
+pub fn client_identity(view: &hsm_ca::issuance::IssuerView, id: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let snap = view.load();
+    let cert = tokio::task::block_in_place(|| {
+        snap.ca.issue_leaf(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            id,
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+    })
+    .expect("client certificate");
+    (
+        vec![cert.der, snap.ca.cert_der().to_vec()],
+        key.serialize_der(),
+    )
+}

@@ -106,6 +106,20 @@ impl AdminClient {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Reply {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| vec![("content-type", ct)])
+            .unwrap_or_default();
+        self.request(method, path, &headers, body).await
+    }
+
+    /// One request with exactly the given headers (besides `host`) and body bytes.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -122,8 +136,8 @@ impl AdminClient {
             .method(method)
             .uri(path)
             .header("host", "localhost");
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = sender.send_request(req).await.expect("response");

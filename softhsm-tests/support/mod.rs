@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod appliance;
 pub mod http;
 pub mod postgres;
+pub mod vault;
 
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};
 use hsm_ca::keystore::{KeyStore, PoolOptions};
@@ -385,4 +386,25 @@ pub fn edit_audit_meta(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
         serde_json::from_slice(&std::fs::read(&path).expect("meta.json")).expect("json");
     edit(&mut meta);
     std::fs::write(&path, serde_json::to_vec_pretty(&meta).expect("json")).expect("write");
+}
+
+/// Changes the token's user PIN from outside the keystore and logs the process out, as an
+/// operator's tool would.
+pub fn change_pin_from_outside(label: &str, old: &str, new: &str) {
+    let ctx = cryptoki::context::Pkcs11::new(module()).expect("module");
+    let _ = ctx.initialize(hsm_ca::keystore::pkcs11::init_args());
+    let slot = slot_by_label(&ctx, label);
+    let session = ctx.open_rw_session(slot).expect("session");
+    // The process may be logged in already (the keystore's login is per application).
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::from(old.to_string())),
+    );
+    session
+        .set_pin(
+            &cryptoki::types::AuthPin::from(old.to_string()),
+            &cryptoki::types::AuthPin::from(new.to_string()),
+        )
+        .expect("set pin");
+    session.logout().expect("logout");
 }

@@ -59,8 +59,19 @@ impl TlsListener {
         limits: ConnectionLimits,
         budget: DescriptorBudget,
     ) -> std::io::Result<Self> {
+        Self::named("admin", listener, tls, limits, budget)
+    }
+
+    /// Like [`TlsListener::new`], for the listener `name` (in logs): another HTTPS front door.
+    pub fn named(
+        name: &'static str,
+        listener: TcpListener,
+        tls: Arc<ArcSwap<rustls::ServerConfig>>,
+        limits: ConnectionLimits,
+        budget: DescriptorBudget,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        let rx = crate::tls::accept("admin", listener, tls, limits, budget);
+        let rx = crate::tls::accept(name, listener, tls, limits, budget);
         Ok(TlsListener { rx, local })
     }
 }

@@ -35,6 +35,7 @@ use body::{Empty, JsonBody};
 pub use error::ApiError;
 pub use listener::{identities, Peer, TlsListener};
 pub use metrics::serve_plain as serve_metrics;
+pub use ready::check as readiness;
 
 /// What the admin handlers share: the control plane and the issuance counters they report.
 #[derive(Clone)]

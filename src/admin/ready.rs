@@ -11,10 +11,10 @@ use axum::Json;
 use serde_json::json;
 
 use super::Api;
+use crate::control::Control;
 
 /// Why the appliance cannot serve now (empty: it can), and warnings that do not stop it.
-async fn check(api: &Api) -> (Vec<String>, Vec<String>) {
-    let ctl = &api.control;
+pub async fn check(ctl: &Control) -> (Vec<String>, Vec<String>) {
     let snapshot = ctl.trust().view().load();
     let now = ctl.clock().now();
     let (mut reasons, mut warnings) = (Vec::new(), Vec::new());
@@ -49,7 +49,7 @@ async fn check(api: &Api) -> (Vec<String>, Vec<String>) {
 }
 
 pub(super) async fn readyz(State(api): State<Api>) -> Response {
-    let (reasons, warnings) = check(&api).await;
+    let (reasons, warnings) = check(&api.control).await;
     if reasons.is_empty() {
         return Json(json!({"ready": true, "warnings": warnings})).into_response();
     }

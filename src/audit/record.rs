@@ -49,6 +49,15 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "is_zero")]
         folded: u64,
     },
+    /// A front door (the Vault API) minted an access token at a login. The token itself is
+    /// never recorded; its accessor names it.
+    TokenIssued {
+        login: String,
+        caller: String,
+        accessor: String,
+        policies: Vec<String>,
+        expires_at: String,
+    },
     /// A signature by the audit key (in the device) over the chain up to `head_seq`, whose
     /// stored bytes hash to `head`.
     Checkpoint {

@@ -7,6 +7,7 @@
 pub mod csr;
 pub mod inspect;
 pub mod issuer;
+pub mod named;
 pub mod profile;
 pub mod revocation;
 

@@ -124,14 +124,15 @@ pub fn uri_name_constraint(trust_domain: &str) -> CustomExtension {
     ext
 }
 
-/// A workload leaf for `spiffe_id`, valid from `not_before` to `not_after`.
-pub fn leaf(
-    spiffe_id: &str,
+/// An end-entity certificate with an empty subject and no SANs yet: a random serial,
+/// CA:false, digitalSignature + keyEncipherment, serverAuth and/or clientAuth, AKI.
+pub fn end_entity(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-) -> Result<CertificateParams, CaError> {
+    server: bool,
+    client: bool,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
-    // Empty subject: the identity is the URI SAN, which rcgen then marks critical.
     p.distinguished_name = DistinguishedName::new();
     p.serial_number = Some(random_serial());
     p.not_before = not_before;
@@ -141,11 +142,26 @@ pub fn leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    if server {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if client {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
     p.use_authority_key_identifier_extension = true;
+    p
+}
+
+/// A workload leaf for `spiffe_id`, valid from `not_before` to `not_after`.
+pub fn leaf(
+    spiffe_id: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
+    // Empty subject: the identity is the URI SAN, which rcgen then marks critical.
+    let mut p = end_entity(not_before, not_after, true, true);
     p.subject_alt_names =
         vec![SanType::URI(spiffe_id.try_into().map_err(|_| {
             CaError::Policy(format!("{spiffe_id:?} is not an IA5 string"))

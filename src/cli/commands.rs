@@ -148,16 +148,10 @@ pub fn intermediate_list(config_path: &Path, output: OutputArgs) -> Result<(), C
     Ok(())
 }
 
-/// Prints the trust bundle. The running appliance keeps `data_dir/trust-bundle.pem` current, so
-/// this works while it serves; before its first start the config's root files are the bundle.
-pub fn bundle(
-    config_path: &Path,
-    format: super::BundleFormat,
-    namespace: &str,
-    output: OutputArgs,
-) -> Result<(), CliError> {
-    let config = Config::load(config_path)?;
-    let published = crate::trust::bundle_file(&config);
+/// The trust bundle as the running appliance published it (its bundle file), or else the
+/// configured root certificates. Never empty.
+pub(super) fn published_roots(config: &Config) -> Result<Vec<Vec<u8>>, CliError> {
+    let published = crate::trust::bundle_file(config);
     let roots = if published.exists() {
         read_certificates(&published)?
     } else {
@@ -170,6 +164,19 @@ pub fn bundle(
     if roots.is_empty() {
         return Err(CliError::Message("the trust bundle is empty".into()));
     }
+    Ok(roots)
+}
+
+/// Prints the trust bundle. The running appliance keeps `data_dir/trust-bundle.pem` current, so
+/// this works while it serves; before its first start the config's root files are the bundle.
+pub fn bundle(
+    config_path: &Path,
+    format: super::BundleFormat,
+    namespace: &str,
+    output: OutputArgs,
+) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let roots = published_roots(&config)?;
     if output.json() {
         let roots = summaries(&roots)?
             .into_iter()

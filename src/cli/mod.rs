@@ -26,6 +26,7 @@ macro_rules! say_raw {
 }
 
 mod audit;
+mod cacerts;
 mod ceremony;
 mod commands;
 mod config_check;
@@ -104,6 +105,22 @@ pub enum Command {
     /// Check the configuration file without starting anything.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write Istio's plug-in CA files (cacerts) for istiod's intermediate and print the
+    /// kubectl line that makes the secret.
+    Cacerts {
+        /// istiod's intermediate certificate (PEM), signed by a root of the trust bundle.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write ca-cert.pem, cert-chain.pem and root-cert.pem.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Where istiod's administrator keeps its key (named in the kubectl line, never read).
+        #[arg(long, default_value = "ca-key.pem")]
+        key: PathBuf,
+        /// Namespace of the secret.
+        #[arg(long, default_value = "istio-system")]
+        namespace: String,
+    },
     /// Print the trust bundle (every root clients must trust).
     Bundle {
         /// pem (root-cert.pem), spiffe (SPIFFE bundle JSON) or configmap (Istio's
@@ -117,6 +134,9 @@ pub enum Command {
         #[command(flatten)]
         output: output::OutputArgs,
     },
+    /// Write the man page or shell completions (what the package installs).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,9 +148,6 @@ pub enum ConfigCommand {
         #[arg(long)]
         devices: bool,
     },
-    /// Write the man page or shell completions (what the package installs).
-    #[command(subcommand)]
-    Generate(generate::GenerateCommand),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +266,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             namespace,
             output,
         } => commands::bundle(&cli.config, format, &namespace, output),
+        Command::Cacerts {
+            cert,
+            out_dir,
+            key,
+            namespace,
+        } => cacerts::cacerts(&cli.config, &cert, &out_dir, &key, &namespace),
         Command::Request(args) => request::run(*args),
         Command::Config(ConfigCommand::Check { devices }) => {
             config_check::check(&cli.config, devices)

@@ -25,6 +25,8 @@ mod keystore;
 mod observe;
 mod server;
 mod store;
+mod vault;
+pub mod vault_api;
 
 pub use observe::{peek_log, LogConfig, LogOutput, MetricsConfig};
 
@@ -75,6 +77,8 @@ pub struct Config {
     pub store_backend: crate::state::StoreBackend,
     pub admin: AdminConfig,
     pub rotation: RotationConfig,
+    /// The Vault-compatible front door (`[vault_api]`).
+    pub vault_api: vault_api::VaultSettings,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -339,6 +343,8 @@ impl Config {
             ));
         }
         let store_backend = store::backend(&ctx, &raw.store)?;
+        let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
+        vault::check_admin_reach(&ctx, &vault_api, &admin)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -358,6 +364,7 @@ impl Config {
             store_backend,
             admin,
             rotation,
+            vault_api,
         })
     }
 }

@@ -39,6 +39,9 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) rotation: RawRotation,
+    /// The Vault-compatible front door (off unless present and enabled).
+    #[serde(default)]
+    pub(super) vault_api: Option<super::vault::RawVaultApi>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

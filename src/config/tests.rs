@@ -190,3 +190,80 @@ fn store_mistakes_are_named_and_never_echo_a_password() {
         assert!(!err.contains("s3cr3t"), "{err}");
     }
 }
+
+const VAULT: &str = r#"
+[vault_api]
+enabled = true
+[[vault_api.roles]]
+name = "gateways"
+allowed_domains = ["mesh.example.com"]
+allow_subdomains = true
+[[vault_api.intermediates]]
+name = "spire"
+trust_domain = "spire.example.org"
+[[vault_api.approles]]
+name = "ci"
+role_id = "r1"
+secret_id_file = "ci.secret"
+policies = ["gateways", "spire"]
+"#;
+
+#[test]
+fn vault_api_is_off_by_default_and_resolves_its_secret_files() {
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.vault_api.enabled);
+    let c = parse(&format!("{MINIMAL}{VAULT}")).expect("valid");
+    assert!(c.vault_api.enabled);
+    assert_eq!(c.vault_api.pki_mount, "pki");
+    assert_eq!(
+        c.vault_api.approles[0].secret_id,
+        SecretSource::File(PathBuf::from("/etc/hsm-ca/ci.secret"))
+    );
+    assert_eq!(
+        c.vault_api.intermediates[0].trust_domain,
+        "spire.example.org"
+    );
+}
+
+#[test]
+fn vault_api_refuses_unknown_policies_missing_secrets_and_open_roles() {
+    let typo = VAULT.replace(
+        r#"policies = ["gateways", "spire"]"#,
+        r#"policies = ["gateway"]"#,
+    );
+    let err = parse(&format!("{MINIMAL}{typo}")).expect_err("unknown policy");
+    assert!(err.to_string().contains("\"gateway\""), "{err}");
+    let no_secret = VAULT.replace("secret_id_file = \"ci.secret\"\n", "");
+    let err = parse(&format!("{MINIMAL}{no_secret}")).expect_err("no secret");
+    assert!(err.to_string().contains("secret_id"), "{err}");
+    let open = VAULT.replace(r#"allowed_domains = ["mesh.example.com"]"#, "");
+    let err = parse(&format!("{MINIMAL}{open}")).expect_err("signs anything");
+    assert!(
+        err.to_string().contains("never signs what is asked"),
+        "{err}"
+    );
+    let bad_td = VAULT.replace("spire.example.org", "Spire.Example");
+    assert!(parse(&format!("{MINIMAL}{bad_td}")).is_err());
+    let no_cluster = format!(
+        "{MINIMAL}{VAULT}[[vault_api.kubernetes_roles]]\nname = \"cm\"\ncluster = \"nowhere\"\n\
+         bound_service_account_namespaces = [\"a\"]\nbound_service_account_names = [\"b\"]\n\
+         policies = [\"gateways\"]\n"
+    );
+    let err = parse(&no_cluster).expect_err("unknown cluster");
+    assert!(err.to_string().contains("nowhere"), "{err}");
+}
+
+#[test]
+fn an_intermediate_grant_may_not_reach_admin_identities_through_the_bundle() {
+    let admin = "[admin]\n[[admin.users]]\nidentity = \"spiffe://spire.example.org/admin\"\nroles = [\"auditor\"]\n";
+    let err = parse(&format!("{MINIMAL}{VAULT}{admin}")).expect_err("reachable admin");
+    assert!(
+        err.to_string().contains("spiffe://spire.example.org/admin"),
+        "{err}"
+    );
+    let own_ca = admin.replace(
+        "[admin]\n",
+        "[admin]\nclient_ca_files = [\"admin-ca.pem\"]\n",
+    );
+    parse(&format!("{MINIMAL}{VAULT}{own_ca}")).expect("an admin CA of its own");
+}

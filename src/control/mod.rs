@@ -198,7 +198,7 @@ impl Control {
 
     /// Audits a CA certificate signed here (an intermediate or a cross-certificate), with its
     /// key fingerprint in the same form as workload issuances; returns its serial.
-    async fn record_ca_issued(
+    pub(crate) async fn record_ca_issued(
         &self,
         caller: &Caller,
         der: &[u8],

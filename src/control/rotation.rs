@@ -101,6 +101,31 @@ impl Control {
         })
     }
 
+    /// The root (and its bundle record) that signs CA certificates here: `root` (a
+    /// fingerprint), or else the newest root whose key is in this device.
+    pub async fn root_signer(
+        &self,
+        root: Option<&str>,
+    ) -> Result<(IssuingCa, RootRecord), ControlError> {
+        let roots = self.roots().await?;
+        let candidates: Vec<&RootRecord> = match root {
+            Some(fp) => roots.iter().filter(|r| r.fingerprint == fp).collect(),
+            None => roots.iter().rev().collect(),
+        };
+        if candidates.is_empty() {
+            return Err(ControlError::UnknownRoot(root.unwrap_or("").to_string()));
+        }
+        for r in candidates {
+            let der = first_cert(&r.certificate_pem)?;
+            match blocking(|| authority::issuing_ca_for(&self.store, &der)) {
+                Ok(ca) => return Ok((ca, r.clone())),
+                Err(AuthorityError::NoMatchingKey(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControlError::RootKeyNotInDevice)
+    }
+
     /// Signs an intermediate CSR with a root whose key is in this device: `root` (a
     /// fingerprint), or else the newest such root.
     pub async fn sign_intermediate(
@@ -111,27 +136,7 @@ impl Control {
     ) -> Result<SignedIntermediate, ControlError> {
         let now = self.clock.now();
         let csr = crate::ca::csr::parse_csr(csr_pem.as_bytes())?;
-        let roots = self.roots().await?;
-        let candidates: Vec<&RootRecord> = match root {
-            Some(fp) => roots.iter().filter(|r| r.fingerprint == fp).collect(),
-            None => roots.iter().rev().collect(),
-        };
-        if candidates.is_empty() {
-            return Err(ControlError::UnknownRoot(root.unwrap_or("").to_string()));
-        }
-        let mut signer: Option<(IssuingCa, &RootRecord)> = None;
-        for r in candidates {
-            let der = first_cert(&r.certificate_pem)?;
-            match blocking(|| authority::issuing_ca_for(&self.store, &der)) {
-                Ok(ca) => {
-                    signer = Some((ca, r));
-                    break;
-                }
-                Err(AuthorityError::NoMatchingKey(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (root_ca, record) = signer.ok_or(ControlError::RootKeyNotInDevice)?;
+        let (root_ca, record) = self.root_signer(root).await?;
         let cert = blocking(|| authority::sign_intermediate(&root_ca, &csr, &self.config, now))?;
         let serial = self
             .record_ca_issued(

@@ -1,6 +1,7 @@
 //! The CA state: the trust bundle (roots and its sequence number), the installed intermediates
 //! and which one issues, revocations, CRL numbers, imported root CRLs and the officers'
-//! proposals with their approvals ([`proposals`]). Two backends keep it
+//! proposals with their approvals ([`proposals`]), and the hashes of the Vault front door's
+//! tokens ([`tokens`]). Two backends keep it
 //! with the same semantics: [`sled`] (embedded, the default, synchronous; the offline ceremony
 //! uses it directly) and [`postgres`] (shared by several appliances, asynchronous). The running
 //! appliance holds a [`CaState`], which names its backend and whose `async` methods delegate.
@@ -13,6 +14,7 @@ pub mod postgres;
 pub mod proposals;
 mod records;
 pub mod sled;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,7 @@ pub use records::{
     Transition, RECORD_VERSION,
 };
 pub use sled::SledState;
+pub use tokens::TokenRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -325,6 +328,38 @@ impl CaState {
         match self {
             CaState::Sled(s) => s.finish_proposal(id, outcome, now),
             CaState::Postgres(p) => p.finish_proposal(id, outcome, now).await,
+        }
+    }
+
+    /// Stores (or replaces) a Vault front-door token record under its hash. Durable on return.
+    pub async fn put_token(&self, record: &TokenRecord) -> Result<(), StateError> {
+        match self {
+            CaState::Sled(s) => s.put_token(record),
+            CaState::Postgres(p) => p.put_token(record).await,
+        }
+    }
+
+    /// The token record whose hash is `sha256`, expired or not.
+    pub async fn token(&self, sha256: &str) -> Result<Option<TokenRecord>, StateError> {
+        match self {
+            CaState::Sled(s) => s.token(sha256),
+            CaState::Postgres(p) => p.token(sha256).await,
+        }
+    }
+
+    /// Forgets a token; false when it was not there. Durable on return.
+    pub async fn delete_token(&self, sha256: &str) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.delete_token(sha256),
+            CaState::Postgres(p) => p.delete_token(sha256).await,
+        }
+    }
+
+    /// Forgets every token that expired at or before `now` (unix seconds); returns how many.
+    pub async fn prune_tokens(&self, now: i64) -> Result<u64, StateError> {
+        match self {
+            CaState::Sled(s) => s.prune_tokens(now),
+            CaState::Postgres(p) => p.prune_tokens(now).await,
         }
     }
 }

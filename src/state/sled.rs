@@ -26,6 +26,8 @@ pub struct SledState {
     revocations: sled::Tree,
     meta: sled::Tree,
     proposals: sled::Tree,
+    /// Vault front-door tokens by hash ([`tokens`]).
+    tokens: sled::Tree,
     /// Intermediate state changes (install, activate, retire) run one at a time.
     transitions: Mutex<()>,
 }
@@ -60,12 +62,13 @@ impl SledState {
         let db = crate::store::open_with_cache(&path, cache_bytes)
             .map_err(|e| open_err(crate::store::explain(&e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let (intermediates, roots, revocations, meta, proposals) = (
+        let (intermediates, roots, revocations, meta, proposals, tokens) = (
             tree("intermediates")?,
             tree("roots")?,
             tree("revocations")?,
             tree("meta")?,
             tree("proposals")?,
+            tree("vault_tokens")?,
         );
         Ok(SledState {
             db,
@@ -74,6 +77,7 @@ impl SledState {
             revocations,
             meta,
             proposals,
+            tokens,
             transitions: Mutex::new(()),
         })
     }
@@ -336,3 +340,4 @@ impl SledState {
 mod proposals;
 #[cfg(test)]
 mod tests;
+mod tokens;

@@ -10,6 +10,7 @@
 //! HTTP, or talk to clients itself.
 
 pub mod bundle;
+pub mod cacerts;
 
 use std::path::PathBuf;
 use std::sync::Arc;

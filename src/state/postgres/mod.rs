@@ -15,6 +15,7 @@ mod proposals;
 mod schema;
 mod settings;
 mod tls;
+mod tokens;
 
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::Json;

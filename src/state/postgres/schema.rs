@@ -25,6 +25,9 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 2 adds the officers' proposals: one row per proposal, its status in a column (for
 /// listing and for the conditional updates that claim one), the record as JSON.
+///
+/// Version 3 adds the Vault front door's tokens: only each token's SHA-256, its expiry (unix
+/// seconds, for pruning) and the record.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -80,6 +83,17 @@ CREATE TABLE proposals (
 );
 CREATE INDEX proposals_open ON proposals (created_at, id)
     WHERE status IN ('pending', 'executing');
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE vault_tokens (
+    token_sha256 text COLLATE "C" PRIMARY KEY,
+    expires_at   bigint NOT NULL,
+    record       jsonb NOT NULL
+);
+CREATE INDEX vault_tokens_expiry ON vault_tokens (expires_at);
 "#,
     ),
 ];
