@@ -18,6 +18,8 @@ pub struct AdminClient {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    /// The `Content-Type` header, when there is one.
+    pub content_type: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -142,6 +144,11 @@ impl AdminClient {
         let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = sender.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .into_body()
             .collect()
@@ -149,7 +156,11 @@ impl AdminClient {
             .expect("body")
             .to_bytes()
             .to_vec();
-        Reply { status, body }
+        Reply {
+            status,
+            content_type,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -1,8 +1,9 @@
 //! Errors of the Vault front door and the one place they become HTTP answers, with Vault's
 //! status codes and body (`{"errors": ["..."]}`): 400 for a request or policy the role
 //! refuses (Vault's `logical.ErrorResponse`), 403 `permission denied` for a missing,
-//! expired, revoked or under-privileged token or a failed identity check, 404 for an unknown
-//! path, 405 for an unsupported operation, 503 while the device or the audit log cannot
+//! expired, revoked or under-privileged token, a failed identity check, or a path or operation
+//! no token of ours may use (as Vault's ACL answers every token but root), 405 for an
+//! unsupported operation on an unauthenticated path, 503 while the device or the audit log cannot
 //! serve (Vault's "sealed"), 500 otherwise. Device and storage details stay in the server log.
 //!
 //! Mapping only: nothing here may decide whether a request is allowed. Messages never carry a
@@ -28,8 +29,6 @@ pub enum VaultError {
     /// No valid token, a token without the policy, or a failed login check.
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("unsupported path")]
-    NotFound,
     #[error("unsupported operation")]
     MethodNotAllowed,
     #[error(transparent)]
@@ -56,7 +55,6 @@ impl VaultError {
         match self {
             VaultError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             VaultError::PermissionDenied(m) => (StatusCode::FORBIDDEN, m.clone()),
-            VaultError::NotFound => (StatusCode::NOT_FOUND, self.to_string()),
             VaultError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
             VaultError::Ca(e) => ca_status(e),
             VaultError::Control(e) => match e {
@@ -124,12 +122,7 @@ fn ca_status(e: &CaError) -> (StatusCode, String) {
 impl IntoResponse for VaultError {
     fn into_response(self) -> Response {
         let (status, message) = self.status_and_message();
-        let errors: Vec<String> = if status == StatusCode::NOT_FOUND {
-            Vec::new()
-        } else {
-            vec![message]
-        };
-        (status, Json(serde_json::json!({ "errors": errors }))).into_response()
+        (status, Json(serde_json::json!({ "errors": [message] }))).into_response()
     }
 }
 
@@ -145,7 +138,6 @@ mod tests {
     fn each_failure_class_has_vaults_status() {
         assert_eq!(status(VaultError::BadRequest("x".into())), 400);
         assert_eq!(status(VaultError::denied()), 403);
-        assert_eq!(status(VaultError::NotFound), 404);
         assert_eq!(status(VaultError::MethodNotAllowed), 405);
         assert_eq!(status(CaError::CsrSignatureInvalid.into()), 400);
         assert_eq!(status(CaError::Policy("x".into()).into()), 400);

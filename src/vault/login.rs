@@ -46,7 +46,7 @@ pub(super) async fn login(
     } else if mount == s.approle_mount {
         "approle"
     } else {
-        return Err(VaultError::NotFound);
+        return Err(VaultError::denied());
     };
     call.write()?;
     let params = call.params()?;

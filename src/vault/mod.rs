@@ -101,6 +101,12 @@ impl Call {
         }
     }
 
+    /// On a path that needs a token: anything but a write is refused as Vault's ACL refuses an
+    /// operation no policy grants (403), whoever asks.
+    fn write_only(&self) -> Result<(), VaultError> {
+        self.write().map_err(|_| VaultError::denied())
+    }
+
     /// Refuses anything but a read (GET or HEAD).
     fn read(&self) -> Result<(), VaultError> {
         match self.method {
@@ -173,7 +179,7 @@ async fn route(api: &VaultApi, call: &mut Call, path: &str) -> Result<Response, 
         ["v1", "auth", "token", op] => tokens_route(api, call, op).await,
         ["v1", "auth", mount, "login"] => login::login(api, call, mount).await,
         ["v1", mount, rest @ ..] if *mount == s.pki_mount => pki::route(api, call, rest).await,
-        _ => Err(VaultError::NotFound),
+        _ => Err(VaultError::denied()),
     }
 }
 
@@ -207,7 +213,7 @@ async fn tokens_route(api: &VaultApi, call: &mut Call, op: &str) -> Result<Respo
             state.delete_token(&record.token_sha256).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => Err(VaultError::NotFound),
+        _ => Err(VaultError::denied()),
     }
 }
 

@@ -48,10 +48,8 @@ pub(super) async fn route(
         ["ca_chain"] => {
             call.read()?;
             let (chain, _) = issuing_chain(api)?;
-            Ok(pem_answer(
-                chain.concat(),
-                "application/pem-certificate-chain",
-            ))
+            // Vault labels this PEM text `application/pkix-cert`; clients may go by it.
+            Ok(pem_answer(chain.concat(), "application/pkix-cert"))
         }
         ["cert", "ca_chain"] => {
             call.read()?;
@@ -61,6 +59,7 @@ pub(super) async fn route(
                 "certificate": text,
                 "ca_chain": text,
                 "revocation_time": 0,
+                "revocation_time_rfc3339": "",
             })))
         }
         ["crl", "pem"] => {
@@ -73,7 +72,7 @@ pub(super) async fn route(
             );
             Ok(pem_answer(text, "application/x-pem-file"))
         }
-        _ => Err(VaultError::NotFound),
+        _ => Err(VaultError::denied()),
     }
 }
 
@@ -179,7 +178,7 @@ fn refuse(message: String) -> VaultError {
 
 /// `PUT|POST /v1/<pki>/sign/<role>`.
 async fn sign(api: &VaultApi, call: &mut Call, role_name: &str) -> Result<Response, VaultError> {
-    call.write()?;
+    call.write_only()?;
     let params = call.params()?;
     let token = token_with(api, call, |t| t.policies.iter().any(|p| p == role_name)).await?;
     let role = api
@@ -342,6 +341,7 @@ async fn sign(api: &VaultApi, call: &mut Call, role_name: &str) -> Result<Respon
         "ca_chain": chain,
         "serial_number": colon_serial(&leaf.serial),
         "expiration": leaf.not_after.unix_timestamp(),
+        "not_before": leaf.not_before.unix_timestamp(),
     })))
 }
 
@@ -384,7 +384,7 @@ fn intermediate_subject(
 
 /// `PUT|POST /v1/<pki>/root/sign-intermediate`.
 async fn sign_intermediate(api: &VaultApi, call: &mut Call) -> Result<Response, VaultError> {
-    call.write()?;
+    call.write_only()?;
     let params = call.params()?;
     let grants = &api.settings().intermediates;
     let token = token_with(api, call, |t| {
@@ -467,5 +467,6 @@ async fn sign_intermediate(api: &VaultApi, call: &mut Call) -> Result<Response, 
         "ca_chain": [root_pem],
         "serial_number": colon_serial(&cert.serial),
         "expiration": cert.not_after.unix_timestamp(),
+        "not_before": cert.not_before.unix_timestamp(),
     })))
 }
