@@ -169,7 +169,10 @@ pub struct ClusterConfig {
     pub id: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub jwks_file: PathBuf,
+    /// Where its token-signing keys come from (`jwks_file`, `jwks_url` or `discovery`).
+    pub keys: crate::auth::JwksSource,
+    /// How often the keys are re-read or fetched again.
+    pub refresh: Duration,
 }
 
 /// Who may ask for identities other than their own.

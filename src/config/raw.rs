@@ -333,7 +333,18 @@ pub(super) struct RawCluster {
     pub(super) issuer: String,
     #[serde(default = "default_audiences")]
     pub(super) audiences: Vec<String>,
-    pub(super) jwks_file: PathBuf,
+    #[serde(default)]
+    pub(super) jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) jwks_url: Option<String>,
+    #[serde(default)]
+    pub(super) discovery: bool,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) refresh_secs: Option<u64>,
 }
 
 fn default_cluster_id() -> String {
