@@ -729,7 +729,7 @@ fn the_dev_appliance_survives_a_closed_stdout() {
 /// command that exists, with options that command has.
 #[test]
 fn documented_command_lines_match_the_binary() {
-    const WITH_SUBCOMMANDS: &[&str] = &["ceremony", "intermediate", "keys", "audit"];
+    const WITH_SUBCOMMANDS: &[&str] = &["ceremony", "intermediate", "keys", "audit", "admin"];
     const COMMANDS: &[&str] = &[
         "ceremony",
         "intermediate",
@@ -740,6 +740,7 @@ fn documented_command_lines_match_the_binary() {
         "audit",
         "bundle",
         "serve",
+        "admin",
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];

@@ -42,6 +42,9 @@ pub(super) struct RawConfig {
     /// The Vault-compatible front door (off unless present and enabled).
     #[serde(default)]
     pub(super) vault_api: Option<super::vault::RawVaultApi>,
+    /// How `hsm-ca admin` reaches an admin API.
+    #[serde(default)]
+    pub(super) admin_client: Option<super::admin_client::RawAdminClient>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
