@@ -11,6 +11,8 @@ python3 ops/check-modules.py
 cargo clippy --locked --all-targets --quiet -- -D warnings
 ops/deny.sh
 cargo build --locked --all-targets --quiet
+# The PKCS#11-only build (no `tpm` feature) links no libtss2.
+ops/check-no-tpm.sh
 # Every fuzz target builds (once) and runs for a few seconds from its seed corpus without a
 # crash; `ops/fuzz.sh SECONDS` runs them longer.
 ops/fuzz.sh "${FUZZ_SECONDS:-5}"

@@ -729,7 +729,7 @@ fn the_dev_appliance_survives_a_closed_stdout() {
 /// command that exists, with options that command has.
 #[test]
 fn documented_command_lines_match_the_binary() {
-    const WITH_SUBCOMMANDS: &[&str] = &["ceremony", "intermediate", "keys", "audit"];
+    const WITH_SUBCOMMANDS: &[&str] = &["ceremony", "intermediate", "keys", "audit", "admin"];
     const COMMANDS: &[&str] = &[
         "ceremony",
         "intermediate",
@@ -740,6 +740,7 @@ fn documented_command_lines_match_the_binary() {
         "audit",
         "bundle",
         "serve",
+        "admin",
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];
@@ -1001,4 +1002,128 @@ fn data_commands_print_stable_json_and_exit_codes_say_what_failed() {
     assert_eq!(env.run(&["inspect"]).code, Some(2));
     assert_eq!(env.run(&["keys", "list", "--output", "yaml"]).code, Some(2));
     assert_eq!(env.run(&["inspect", "missing.pem"]).code, Some(1));
+}
+
+/// Every Markdown file of the repository (outside build output and `.git`).
+fn markdown_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".md") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The lines of a Markdown file outside fenced code blocks, with their numbers.
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push((n + 1, line));
+        }
+    }
+    out
+}
+
+fn anchors_of(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    prose_lines(&text)
+        .into_iter()
+        .filter_map(|(_, l)| l.strip_prefix('#'))
+        .map(|h| heading_anchor(h.trim_start_matches('#')))
+        .collect()
+}
+
+/// Every relative Markdown link in the repository's .md files points at a file that exists
+/// (and at a heading of it, for `#anchor` links), and every `*.md` file a document names
+/// exists, relative to that document or to the repository root.
+#[test]
+fn every_markdown_link_and_referenced_document_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = markdown_files(root);
+    assert!(
+        files.len() >= 10,
+        "only {} Markdown files found",
+        files.len()
+    );
+    let mut problems = Vec::new();
+    let mut links = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        let dir = file.parent().expect("parent");
+        let shown = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        for (n, line) in prose_lines(&text) {
+            // Links: [text](target)
+            for (at, _) in line.match_indices("](") {
+                let rest = &line[at + 2..];
+                let Some(end) = rest.find(')') else { continue };
+                let target = rest[..end].split_whitespace().next().unwrap_or("");
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                links += 1;
+                let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let resolved = if path.is_empty() {
+                    file.clone()
+                } else {
+                    dir.join(path)
+                };
+                if !resolved.exists() {
+                    problems.push(format!("{shown}:{n}: link to {target}: no such file"));
+                    continue;
+                }
+                if !anchor.is_empty()
+                    && resolved.extension().is_some_and(|e| e == "md")
+                    && !anchors_of(&resolved).iter().any(|a| a == anchor)
+                {
+                    problems.push(format!("{shown}:{n}: link to {target}: no such heading"));
+                }
+            }
+            // Documents named in the text: `ops/systemd/README.md`, SECURITY.md, …
+            let words = line.split(|c: char| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
+            });
+            for word in words {
+                let word = word.trim_end_matches('.');
+                if !word.ends_with(".md") || word.starts_with('/') || word == ".md" {
+                    continue;
+                }
+                if !dir.join(word).exists() && !root.join(word).exists() {
+                    problems.push(format!("{shown}:{n}: {word} is not in the repository"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(links >= 10, "only {links} relative links found");
 }

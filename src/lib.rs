@@ -24,6 +24,7 @@
 //!
 //! Foundations:
 //! - [`keystore`]: every conversation with the HSM or TPM; [`tls`]: all TLS policy;
+//!   [`https`]: one HTTPS request as a client (cluster keys, `hsm-ca admin`);
 //!   [`store`]: opening sled; [`secret`]: PINs and auth values that never leak.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dev;
+pub mod https;
 pub mod issuance;
 pub mod keystore;
 pub mod metrics;

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::auth::{Authenticator, ClusterVerifier};
+use crate::auth::{Authenticator, ClusterKeys};
 use crate::authority::{self, AuthorityError};
 use crate::ca::{profile, CaError};
 use crate::clock::Clock;
@@ -111,6 +111,7 @@ pub struct RunningServer {
     vault_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
+    key_refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -120,6 +121,9 @@ impl RunningServer {
             let _ = tx.send(true);
         }
         self.renewal.abort();
+        for refresher in self.key_refreshers.drain(..) {
+            refresher.abort();
+        }
         if let Some(metrics) = self.metrics_task.take() {
             metrics.abort();
         }
@@ -168,18 +172,19 @@ impl RunningServer {
     }
 }
 
-/// Builds the authenticator from the config (reads every cluster's JWKS file).
+/// Builds the authenticator from the config: reads every cluster's JWKS file and CA file;
+/// keys fetched over HTTPS come with [`load_cluster_keys`].
 pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
     let clusters = config
         .clusters
         .iter()
         .map(|c| {
-            ClusterVerifier::from_file(&c.id, &c.issuer, &c.audiences, &c.jwks_file).map_err(
-                |reason| ServerError::Cluster {
+            ClusterKeys::new(&c.id, &c.issuer, &c.audiences, c.keys.clone(), c.refresh)
+                .map(Arc::new)
+                .map_err(|reason| ServerError::Cluster {
                     cluster: c.id.clone(),
                     reason,
-                },
-            )
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Authenticator {
@@ -190,6 +195,23 @@ pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
         verified_tokens: Default::default(),
         revocations: Default::default(),
     })
+}
+
+/// Fetches the keys of clusters served over HTTPS; a cluster whose server does not answer
+/// starts without keys, refusing its tokens until a refresh succeeds.
+pub async fn load_cluster_keys(auth: &Authenticator) {
+    for keys in &auth.clusters {
+        if keys.key_count() == 0 {
+            if let Err(e) = keys.refresh().await {
+                tracing::warn!(
+                    cluster = %keys.id,
+                    error = %e,
+                    "cannot fetch the cluster's token keys; its tokens are refused until a \
+                     refresh succeeds"
+                );
+            }
+        }
+    }
 }
 
 /// Issues a serving certificate from the current issuer, with a fresh in-memory key.
@@ -252,6 +274,7 @@ pub async fn start(
     }
     let view = Arc::new(IssuerView::new(IssuerSnapshot::new(issuer, roots.clone())));
     let auth = Arc::new(authenticator(&config)?);
+    load_cluster_keys(&auth).await;
 
     let (first, mut renew_at) = issue_serving(&view, &config).await?;
     let serving = Arc::new(ServingCert::new(first));
@@ -367,7 +390,7 @@ pub async fn start(
     let (vault_addr, vault_task) = match vault_listener {
         Some((listener, tls)) => {
             let addr = listener.local_addr().ok();
-            let api = crate::vault::VaultApi::new(control.clone(), auth);
+            let api = crate::vault::VaultApi::new(control.clone(), auth.clone());
             let (stop, budget) = (stopped(shutdown_rx.clone()), budget.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = crate::vault::serve(api, tls, listener, budget, stop).await {
@@ -378,10 +401,12 @@ pub async fn start(
         }
         None => (None, None),
     };
+    let auth_for_admin = auth.clone();
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let api = crate::admin::Api::new(control.clone(), issuance_metrics.clone());
+            let api =
+                crate::admin::Api::new(control.clone(), issuance_metrics.clone(), auth_for_admin);
             let stop = stopped(shutdown_rx.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = crate::admin::serve(api, listener, budget, stop).await {
@@ -395,9 +420,10 @@ pub async fn start(
 
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let metrics_task = metrics_listener.map(|listener| {
-        let (ctl, stop) = (control.clone(), stopped(shutdown_rx.clone()));
+        let (ctl, stop, auth) = (control.clone(), stopped(shutdown_rx.clone()), auth.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve_metrics(listener, ctl, issuance_metrics, stop).await
+            if let Err(e) =
+                crate::admin::serve_metrics(listener, ctl, issuance_metrics, auth, stop).await
             {
                 tracing::error!(error = %e, "the metrics listener stopped");
             }
@@ -454,6 +480,11 @@ pub async fn start(
         })
     };
 
+    let key_refreshers = auth
+        .clusters
+        .iter()
+        .map(|k| k.clone().spawn_refresher())
+        .collect();
     Ok(RunningServer {
         local_addr,
         admin_addr,
@@ -470,6 +501,7 @@ pub async fn start(
         vault_task,
         rotation,
         renewal,
+        key_refreshers,
     })
 }
 

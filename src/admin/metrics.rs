@@ -1,7 +1,7 @@
 //! `/metrics` in the Prometheus text format (encoded by `prometheus-client`, see
 //! [`crate::metrics`]): CA certificate expiry, when the active intermediate is due for
 //! rotation, issuance results and latency, device calls and errors, the audit chain and its
-//! writer, the bundle sequence, the build and the process. Read-only: it must never change
+//! writer, the bundle sequence, the clusters' token keys, the build and the process. Read-only: it must never change
 //! state or fail a scrape over one unreadable value.
 //!
 //! Served on the admin API (any role) and, when `[metrics] listen` is set, on a plaintext
@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::ca::inspect::parse_certificate;
 use crate::ca::{certificates_from_pem, fingerprint_id};
 use crate::control::Control;
@@ -26,7 +27,7 @@ use crate::state::IntermediateStatus;
 
 const NOT_AFTER: &str = "hsmca_ca_certificate_not_after_timestamp_seconds";
 
-pub async fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
+pub async fn render(ctl: &Control, issuance: &IssuanceMetrics, auth: &Authenticator) -> String {
     let mut s = Scrape::default();
     s.build_info();
     let mut not_after: Vec<(Labels, f64)> = Vec::new();
@@ -162,23 +163,53 @@ pub async fn render(ctl: &Control, issuance: &IssuanceMetrics) -> String {
         "Sequence number of the trust bundle (changes so far).",
         ctl.state().bundle_sequence().await.unwrap_or(0) as f64,
     );
+    clusters(&mut s, auth);
     process::collect(&mut s);
     s.encode()
 }
 
+/// Each cluster's token keys: how many, when last loaded, how many refreshes failed.
+fn clusters(s: &mut Scrape, auth: &Authenticator) {
+    let label = |id: &str| vec![("cluster", id.to_string())];
+    s.gauges(
+        "hsmca_cluster_keys",
+        "Token-signing keys in a cluster's current JWKS (0 before the first load).",
+        auth.clusters
+            .iter()
+            .map(|c| (label(&c.id), c.key_count() as f64))
+            .collect(),
+    );
+    s.gauges(
+        "hsmca_cluster_keys_last_refresh_timestamp_seconds",
+        "When a cluster's JWKS was last loaded or confirmed unchanged (Unix time; 0 never).",
+        auth.clusters
+            .iter()
+            .map(|c| (label(&c.id), c.last_success_unix() as f64))
+            .collect(),
+    );
+    s.counters(
+        "hsmca_cluster_keys_refresh_failures",
+        "Refreshes of a cluster's JWKS that failed (the last good set stays in use).",
+        auth.clusters
+            .iter()
+            .map(|c| (label(&c.id), c.failures()))
+            .collect(),
+    );
+}
+
 /// A `/metrics` answer.
-pub async fn answer(ctl: &Control, issuance: &IssuanceMetrics) -> Response {
+pub async fn answer(ctl: &Control, issuance: &IssuanceMetrics, auth: &Authenticator) -> Response {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(ctl, issuance).await,
+        render(ctl, issuance, auth).await,
     )
         .into_response()
 }
 
-type Shared = (Arc<Control>, Arc<IssuanceMetrics>);
+type Shared = (Arc<Control>, Arc<IssuanceMetrics>, Arc<Authenticator>);
 
-async fn plain_metrics(State((ctl, issuance)): State<Shared>) -> Response {
-    answer(&ctl, &issuance).await
+async fn plain_metrics(State((ctl, issuance, auth)): State<Shared>) -> Response {
+    answer(&ctl, &issuance, &auth).await
 }
 
 /// Serves `GET /metrics`, and nothing else, in plaintext on `listener` (`[metrics] listen`)
@@ -187,11 +218,12 @@ pub async fn serve_plain(
     listener: TcpListener,
     control: Arc<Control>,
     issuance: Arc<IssuanceMetrics>,
+    auth: Arc<Authenticator>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/metrics", get(plain_metrics))
-        .with_state((control, issuance));
+        .with_state((control, issuance, auth));
     axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await

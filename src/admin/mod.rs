@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::control::{Control, ControlError, Operation, Outcome, RevokeRequest};
 use crate::metrics::IssuanceMetrics;
 use access::{AnyRole, Authorized, Officer, Operator, RoutePath};
@@ -42,11 +43,21 @@ pub use ready::check as readiness;
 pub struct Api {
     control: Arc<Control>,
     issuance: Arc<IssuanceMetrics>,
+    /// Read for the clusters' key metrics.
+    auth: Arc<Authenticator>,
 }
 
 impl Api {
-    pub fn new(control: Arc<Control>, issuance: Arc<IssuanceMetrics>) -> Self {
-        Api { control, issuance }
+    pub fn new(
+        control: Arc<Control>,
+        issuance: Arc<IssuanceMetrics>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        Api {
+            control,
+            issuance,
+            auth,
+        }
     }
 }
 
@@ -109,7 +120,7 @@ async fn crl_pem(State(api): Ctl) -> Answer {
 }
 
 async fn metrics_route(State(api): Ctl, _: Authorized<AnyRole>) -> Response {
-    metrics::answer(&api.control, &api.issuance).await
+    metrics::answer(&api.control, &api.issuance, &api.auth).await
 }
 
 async fn get_state(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {

@@ -160,6 +160,16 @@ impl ClusterVerifier {
         ClusterVerifier::new(id, issuer, audiences, &text)
     }
 
+    /// Keys in the set.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether a key of the set carries key id `kid`.
+    pub fn knows_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|(k, _, _)| k.as_deref() == Some(kid))
+    }
+
     /// Verifies `token` and returns the workload identity it proves in `trust_domain`.
     pub fn verify(&self, token: &str, trust_domain: &str) -> Result<SpiffeId, AuthError> {
         self.verify_with_expiry(token, trust_domain)

@@ -5,6 +5,7 @@
 //!
 //! Authentication order follows istiod: a client certificate first, then a token.
 
+pub mod jwks;
 pub mod jwt;
 pub mod revoked;
 pub mod spiffe;
@@ -12,6 +13,7 @@ pub mod spiffe;
 use x509_parser::extensions::GeneralName;
 
 use crate::ca::inspect::parse_certificate;
+pub use jwks::{ClusterKeys, JwksEndpoint, JwksSource};
 pub use jwt::ClusterVerifier;
 pub use spiffe::SpiffeId;
 
@@ -74,7 +76,8 @@ impl RegistrationAuthority {
 #[derive(Debug)]
 pub struct Authenticator {
     pub trust_domain: String,
-    pub clusters: Vec<ClusterVerifier>,
+    /// Each cluster's current token keys ([`jwks`]).
+    pub clusters: Vec<std::sync::Arc<ClusterKeys>>,
     pub registration_authorities: Vec<RegistrationAuthority>,
     /// `(namespace, service account)` pairs allowed to impersonate workloads (node agents).
     pub trusted_node_accounts: Vec<(String, String)>,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::commands::with_state;
 use super::CliError;
-use crate::auth::ClusterVerifier;
+use crate::auth::{ClusterKeys, JwksSource};
 use crate::authority::{self, read_certificates, AuthorityError};
 use crate::ca::inspect::parse_certificate;
 use crate::config::Config;
@@ -41,10 +41,14 @@ pub fn check(config_path: &Path, devices: bool) -> Result<(), CliError> {
     say!("  data directory     {}", config.data_dir.display());
     let mut warnings = Vec::new();
     for c in &config.clusters {
+        let key = match &c.keys {
+            JwksSource::File(_) => "jwks_file",
+            JwksSource::Https { .. } => "ca_file",
+        };
         if let Err(reason) =
-            ClusterVerifier::from_file(&c.id, &c.issuer, &c.audiences, &c.jwks_file)
+            ClusterKeys::new(&c.id, &c.issuer, &c.audiences, c.keys.clone(), c.refresh)
         {
-            warnings.push(format!("clusters ({}): jwks_file: {reason}", c.id));
+            warnings.push(format!("clusters ({}): {key}: {reason}", c.id));
         }
     }
     for path in &config.root.certificates {

@@ -25,6 +25,7 @@ macro_rules! say_raw {
     }};
 }
 
+mod admin;
 mod audit;
 mod cacerts;
 mod ceremony;
@@ -134,6 +135,9 @@ pub enum Command {
         #[command(flatten)]
         output: output::OutputArgs,
     },
+    /// Talk to a running appliance's admin API (mutual TLS): state, intermediates, roots,
+    /// revocations, CRLs, proposals and approvals, audit, metrics.
+    Admin(Box<admin::AdminArgs>),
     /// Write the man page or shell completions (what the package installs).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -305,6 +309,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             commands::intermediate_list(&cli.config, output)
         }
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Admin(args) => admin::run(&cli.config, *args),
     }
 }
 

@@ -6,8 +6,7 @@ use std::time::Duration;
 use super::raw::RawKeystore;
 use super::{ConfigError, Ctx};
 use crate::keystore::pkcs11::{Pkcs11Settings, TokenSelector};
-use crate::keystore::tpm::TpmSettings;
-use crate::keystore::{check_tcti, BackendSettings, KeystoreConfig, PoolOptions};
+use crate::keystore::{check_tcti, BackendSettings, KeystoreConfig, PoolOptions, TpmSettings};
 use crate::secret::SecretSource;
 
 pub(super) fn keystore(ctx: &Ctx, ks: RawKeystore) -> Result<KeystoreConfig, ConfigError> {
@@ -100,6 +99,9 @@ fn pkcs11(ctx: &Ctx, ks: &RawKeystore) -> Result<Pkcs11Settings, ConfigError> {
 }
 
 fn tpm(ctx: &Ctx, ks: &RawKeystore) -> Result<TpmSettings, ConfigError> {
+    if !crate::keystore::TPM_SUPPORT {
+        return Err(ctx.invalid("keystore.backend", crate::keystore::NO_TPM));
+    }
     if ks.module.is_some() || ks.token_label.is_some() || ks.token_serial.is_some() {
         return Err(ctx.invalid(
             "keystore.module",

@@ -20,6 +20,7 @@ use crate::keystore::KeyAlgorithm;
 use crate::secret::SecretSource;
 
 mod admin;
+mod admin_client;
 mod ca;
 mod keystore;
 mod observe;
@@ -28,6 +29,7 @@ mod store;
 mod vault;
 pub mod vault_api;
 
+pub use admin_client::{load_admin_client, AdminClientConfig};
 pub use observe::{peek_log, LogConfig, LogOutput, MetricsConfig};
 
 use crate::keystore::KeystoreConfig;
@@ -79,6 +81,8 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// The Vault-compatible front door (`[vault_api]`).
     pub vault_api: vault_api::VaultSettings,
+    /// `[admin_client]`: how `hsm-ca admin` reaches an admin API (never read by `serve`).
+    pub admin_client: AdminClientConfig,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -169,7 +173,10 @@ pub struct ClusterConfig {
     pub id: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub jwks_file: PathBuf,
+    /// Where its token-signing keys come from (`jwks_file`, `jwks_url` or `discovery`).
+    pub keys: crate::auth::JwksSource,
+    /// How often the keys are re-read or fetched again.
+    pub refresh: Duration,
 }
 
 /// Who may ask for identities other than their own.
@@ -345,6 +352,7 @@ impl Config {
         let store_backend = store::backend(&ctx, &raw.store)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
+        let admin_client = admin_client::admin_client(&ctx, raw.admin_client)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -365,6 +373,7 @@ impl Config {
             admin,
             rotation,
             vault_api,
+            admin_client,
         })
     }
 }

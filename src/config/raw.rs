@@ -42,6 +42,9 @@ pub(super) struct RawConfig {
     /// The Vault-compatible front door (off unless present and enabled).
     #[serde(default)]
     pub(super) vault_api: Option<super::vault::RawVaultApi>,
+    /// How `hsm-ca admin` reaches an admin API.
+    #[serde(default)]
+    pub(super) admin_client: Option<super::admin_client::RawAdminClient>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,7 +336,18 @@ pub(super) struct RawCluster {
     pub(super) issuer: String,
     #[serde(default = "default_audiences")]
     pub(super) audiences: Vec<String>,
-    pub(super) jwks_file: PathBuf,
+    #[serde(default)]
+    pub(super) jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) jwks_url: Option<String>,
+    #[serde(default)]
+    pub(super) discovery: bool,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) refresh_secs: Option<u64>,
 }
 
 fn default_cluster_id() -> String {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::raw::{RawAuthorization, RawCluster, RawServer};
 use super::{AuthorizationConfig, ClusterConfig, ConfigError, Ctx, ServerConfig};
-use crate::auth::{RegistrationAuthority, SpiffeId};
+use crate::auth::{JwksEndpoint, JwksSource, RegistrationAuthority, SpiffeId};
+use crate::secret::SecretSource;
 
 pub(super) fn server(ctx: &Ctx, srv: RawServer) -> Result<ServerConfig, ConfigError> {
     let listen = srv.listen.parse().map_err(|_| {
@@ -79,14 +80,113 @@ pub(super) fn clusters(ctx: &Ctx, raw: Vec<RawCluster>) -> Result<Vec<ClusterCon
         if clusters.iter().any(|k| k.id == c.id) {
             return Err(ctx.invalid("clusters.id", format!("cluster {:?} is listed twice", c.id)));
         }
+        let keys = key_source(ctx, &c)?;
+        let refresh_secs = c.refresh_secs.unwrap_or(DEFAULT_REFRESH_SECS);
+        if refresh_secs == 0 {
+            return Err(ctx.invalid(
+                "clusters.refresh_secs",
+                format!("cluster {:?}: must be at least 1", c.id),
+            ));
+        }
         clusters.push(ClusterConfig {
             id: c.id,
             issuer: c.issuer,
             audiences: c.audiences,
-            jwks_file: ctx.resolve(c.jwks_file),
+            keys,
+            refresh: Duration::from_secs(refresh_secs),
         });
     }
     Ok(clusters)
+}
+
+/// How often a cluster's keys are re-read or fetched when `refresh_secs` is not given.
+pub const DEFAULT_REFRESH_SECS: u64 = 60;
+
+/// Exactly one of `jwks_file`, `jwks_url` and `discovery = true`; `ca_file` (and optionally
+/// `token_file`) only with the HTTPS ones, where `ca_file` is required.
+fn key_source(ctx: &Ctx, c: &RawCluster) -> Result<JwksSource, ConfigError> {
+    let given = [c.jwks_file.is_some(), c.jwks_url.is_some(), c.discovery];
+    let key = match (&c.jwks_file, &c.jwks_url, c.discovery) {
+        (Some(_), _, _) => "clusters.jwks_file",
+        (None, Some(_), _) => "clusters.jwks_url",
+        _ => "clusters.discovery",
+    };
+    match given.iter().filter(|g| **g).count() {
+        1 => {}
+        0 => {
+            return Err(ctx.invalid(
+                "clusters.jwks_file",
+                format!(
+                    "cluster {:?} needs its token keys: jwks_file, jwks_url or discovery = true",
+                    c.id
+                ),
+            ))
+        }
+        _ => {
+            return Err(ctx.invalid(
+                key,
+                format!(
+                    "cluster {:?}: give only one of jwks_file, jwks_url and discovery = true",
+                    c.id
+                ),
+            ))
+        }
+    }
+    if let Some(file) = &c.jwks_file {
+        for (name, set) in [
+            ("clusters.ca_file", c.ca_file.is_some()),
+            ("clusters.token_file", c.token_file.is_some()),
+        ] {
+            if set {
+                return Err(ctx.invalid(
+                    name,
+                    format!(
+                        "cluster {:?}: only with jwks_url or discovery, not jwks_file",
+                        c.id
+                    ),
+                ));
+            }
+        }
+        return Ok(JwksSource::File(ctx.resolve(file.clone())));
+    }
+    let endpoint = match &c.jwks_url {
+        Some(url) => {
+            crate::https::split_url(url).map_err(|e| {
+                ctx.invalid("clusters.jwks_url", format!("cluster {:?}: {e}", c.id))
+            })?;
+            JwksEndpoint::Url(url.clone())
+        }
+        None => {
+            crate::https::split_url(&c.issuer).map_err(|_| {
+                ctx.invalid(
+                    "clusters.discovery",
+                    format!(
+                        "cluster {:?}: discovery needs an https:// issuer, not {:?}",
+                        c.id, c.issuer
+                    ),
+                )
+            })?;
+            JwksEndpoint::Discovery
+        }
+    };
+    let ca_file = c.ca_file.clone().ok_or_else(|| {
+        ctx.invalid(
+            "clusters.ca_file",
+            format!(
+                "cluster {:?}: jwks_url and discovery need ca_file (the CA of the server's \
+                 certificate, such as the cluster's ca.crt)",
+                c.id
+            ),
+        )
+    })?;
+    Ok(JwksSource::Https {
+        endpoint,
+        ca_file: ctx.resolve(ca_file),
+        token: c
+            .token_file
+            .clone()
+            .map(|t| SecretSource::File(ctx.resolve(t))),
+    })
 }
 
 pub(super) fn authorization(

@@ -267,3 +267,65 @@ fn an_intermediate_grant_may_not_reach_admin_identities_through_the_bundle() {
     );
     parse(&format!("{MINIMAL}{VAULT}{own_ca}")).expect("an admin CA of its own");
 }
+
+#[test]
+fn a_cluster_takes_exactly_one_key_source() {
+    let cluster = |body: &str| {
+        parse(&format!(
+            "{MINIMAL}\n[[clusters]]\nissuer = \"https://kubernetes.default.svc\"\n{body}\n"
+        ))
+    };
+    let c = cluster("jwks_file = \"jwks.json\"").expect("file");
+    assert_eq!(
+        c.clusters[0].keys,
+        crate::auth::JwksSource::File(PathBuf::from("/etc/hsm-ca/jwks.json"))
+    );
+    assert_eq!(c.clusters[0].refresh, Duration::from_secs(60));
+    let c = cluster("discovery = true\nca_file = \"ca.crt\"\ntoken_file = \"t\"\nrefresh_secs = 5")
+        .expect("discovery");
+    assert_eq!(
+        c.clusters[0].keys,
+        crate::auth::JwksSource::Https {
+            endpoint: crate::auth::JwksEndpoint::Discovery,
+            ca_file: PathBuf::from("/etc/hsm-ca/ca.crt"),
+            token: Some(SecretSource::File(PathBuf::from("/etc/hsm-ca/t"))),
+        }
+    );
+    assert_eq!(c.clusters[0].refresh, Duration::from_secs(5));
+    for (body, key) in [
+        ("", "clusters.jwks_file"),
+        (
+            "jwks_file = \"a\"\njwks_url = \"https://x/openid/v1/jwks\"",
+            "clusters.jwks_file",
+        ),
+        (
+            "jwks_url = \"https://x/openid/v1/jwks\"\ndiscovery = true\nca_file = \"c\"",
+            "clusters.jwks_url",
+        ),
+        (
+            "jwks_url = \"https://x/openid/v1/jwks\"",
+            "clusters.ca_file",
+        ),
+        (
+            "jwks_url = \"http://x/jwks\"\nca_file = \"c\"",
+            "clusters.jwks_url",
+        ),
+        ("jwks_file = \"a\"\nca_file = \"c\"", "clusters.ca_file"),
+        (
+            "jwks_file = \"a\"\ntoken_file = \"t\"",
+            "clusters.token_file",
+        ),
+        (
+            "jwks_file = \"a\"\nrefresh_secs = 0",
+            "clusters.refresh_secs",
+        ),
+    ] {
+        let err = cluster(body).expect_err(body);
+        assert!(err.to_string().contains(key), "{body}: {err}");
+    }
+    let err = parse(&format!(
+        "{MINIMAL}\n[[clusters]]\nissuer = \"kubernetes\"\ndiscovery = true\nca_file = \"c\"\n"
+    ))
+    .expect_err("discovery needs an https issuer");
+    assert!(err.to_string().contains("clusters.discovery"), "{err}");
+}

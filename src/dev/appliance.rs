@@ -94,6 +94,14 @@ roles = ["auditor", "operator", "officer"]
 [admin.approvals]
 threshold = 1
 
+# Where `hsm-ca -c <this file> admin …` connects, with the dev admin identity. With
+# `dev --listen`/`--admin-listen` the port differs: give --url.
+[admin_client]
+url = "https://127.0.0.1:9443"
+ca_file = "root-cert.pem"
+cert_file = "admin-cert.pem"
+key_file = "admin-key.pem"
+
 [root]
 certificates = ["root-cert.pem"]
 common_name = "hsm-ca dev root"

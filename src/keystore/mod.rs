@@ -9,7 +9,14 @@ pub mod der;
 pub mod pkcs11;
 mod pool;
 pub mod signer;
+#[cfg(feature = "tpm")]
 pub mod tpm;
+mod tpm_settings;
+
+pub use tpm_settings::TpmSettings;
+
+/// Whether this build can use a TPM 2.0 (the `tpm` cargo feature, which links libtss2).
+pub const TPM_SUPPORT: bool = cfg!(feature = "tpm");
 
 use std::fmt;
 use std::str::FromStr;
@@ -310,7 +317,7 @@ pub fn signature_verifies(
 #[derive(Debug, Clone)]
 pub enum BackendSettings {
     Pkcs11(pkcs11::Pkcs11Settings),
-    Tpm(tpm::TpmSettings),
+    Tpm(TpmSettings),
 }
 
 /// Everything needed to open the device and run its workers.
@@ -323,11 +330,22 @@ pub struct KeystoreConfig {
 }
 
 /// Checks a TPM TCTI string (`device:PATH`, `tabrmd`, `swtpm:host=H,port=P`) without opening it.
+#[cfg(feature = "tpm")]
 pub fn check_tcti(tcti: &str) -> Result<(), String> {
     <tss_esapi::tcti_ldr::TctiNameConf as FromStr>::from_str(tcti)
         .map(|_| ())
         .map_err(|_| format!("{tcti:?} is not device:PATH, tabrmd or swtpm:host=H,port=P"))
 }
+
+/// Without the `tpm` feature there is no TPM to name: every TCTI is refused.
+#[cfg(not(feature = "tpm"))]
+pub fn check_tcti(_tcti: &str) -> Result<(), String> {
+    Err(NO_TPM.into())
+}
+
+/// Why a build without the `tpm` cargo feature refuses a TPM backend.
+pub const NO_TPM: &str = "this hsm-ca was built without TPM support (cargo feature `tpm`, which \
+     links libtss2); use backend = \"pkcs11\" or a build with default features";
 
 /// Opens the configured device and starts the keystore workers on it.
 pub fn open(config: &KeystoreConfig) -> Result<KeyStore, KeystoreError> {
@@ -337,10 +355,13 @@ pub fn open(config: &KeystoreConfig) -> Result<KeyStore, KeystoreError> {
             let device = pkcs11::Pkcs11Device::open(settings.clone())?;
             KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
         }
+        #[cfg(feature = "tpm")]
         BackendSettings::Tpm(settings) => {
             let device = tpm::SharedTpm(tpm::TpmDevice::open(settings.clone())?);
             KeyStore::start(std::sync::Arc::new(device), config.pool.clone())
         }
+        #[cfg(not(feature = "tpm"))]
+        BackendSettings::Tpm(_) => Err(KeystoreError::Unsupported(NO_TPM.into())),
     }
 }
 

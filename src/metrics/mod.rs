@@ -230,6 +230,19 @@ impl Scrape {
         self.push(name, help, Value::Counter(vec![(Vec::new(), v)]));
     }
 
+    /// A counter with one sample per label set (nothing is written when there is none);
+    /// `name` is without `_total`.
+    pub fn counters(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: Vec<(Labels, u64)>,
+    ) {
+        if !samples.is_empty() {
+            self.push(name, help, Value::Counter(samples));
+        }
+    }
+
     /// A counter of seconds (such as CPU time); `name` is without `_total`.
     pub fn counter_seconds(&mut self, name: &'static str, help: &'static str, v: f64) {
         self.push(name, help, Value::Seconds(v));

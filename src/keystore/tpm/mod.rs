@@ -50,7 +50,7 @@ use tss_esapi::constants::Tss2ResponseCodeKind;
 use tss_esapi::tcti_ldr::TctiNameConf;
 
 use super::{DeviceSession, KeyDevice, KeyId, KeystoreError};
-use crate::secret::{Secret, SecretSource};
+use crate::secret::Secret;
 pub use session::TpmSession;
 
 /// First persistent handle hsm-ca uses (owner range, TCG's "platform-independent" block).
@@ -58,18 +58,7 @@ pub const HANDLE_BASE: u32 = 0x8101_0000;
 /// How many handles from [`HANDLE_BASE`] hsm-ca may use.
 pub const HANDLE_COUNT: u32 = 0x100;
 
-/// Everything needed to reach a TPM.
-#[derive(Clone, Debug)]
-pub struct TpmSettings {
-    /// `device:/dev/tpmrm0`, `tabrmd`, or `swtpm:host=127.0.0.1,port=N`.
-    pub tcti: String,
-    /// Authorization of the owner hierarchy, when the owner has set one.
-    pub owner_auth: Option<SecretSource>,
-    /// Authorization value given to new keys and used to sign with them.
-    pub key_auth: Option<SecretSource>,
-    /// Verify every signature with the public key before it leaves the keystore.
-    pub verify_signatures: bool,
-}
+pub use super::tpm_settings::TpmSettings;
 
 /// A TPM shared by the keystore workers; each worker opens its own connection.
 pub struct TpmDevice {
