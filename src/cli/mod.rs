@@ -25,6 +25,7 @@ macro_rules! say_raw {
     }};
 }
 
+mod acme;
 mod audit;
 mod cacerts;
 mod ceremony;
@@ -137,6 +138,9 @@ pub enum Command {
     /// Write the man page or shell completions (what the package installs).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// The ACME front door: External Account Binding keys.
+    #[command(subcommand)]
+    Acme(acme::AcmeCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -305,6 +309,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             commands::intermediate_list(&cli.config, output)
         }
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Acme(cmd) => acme::run(&cli.config, cmd),
     }
 }
 

@@ -19,6 +19,7 @@ use raw::RawConfig;
 use crate::keystore::KeyAlgorithm;
 use crate::secret::SecretSource;
 
+pub mod acme;
 mod admin;
 mod ca;
 mod keystore;
@@ -79,6 +80,8 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// The Vault-compatible front door (`[vault_api]`).
     pub vault_api: vault_api::VaultSettings,
+    /// The ACME front door (`[acme]`).
+    pub acme: acme::AcmeSettings,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -345,6 +348,7 @@ impl Config {
         let store_backend = store::backend(&ctx, &raw.store)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
+        let acme = acme::acme(&ctx, raw.acme)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -365,6 +369,7 @@ impl Config {
             admin,
             rotation,
             vault_api,
+            acme,
         })
     }
 }

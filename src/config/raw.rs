@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     /// The Vault-compatible front door (off unless present and enabled).
     #[serde(default)]
     pub(super) vault_api: Option<super::vault::RawVaultApi>,
+    #[serde(default)]
+    pub(super) acme: Option<super::acme::RawAcme>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
