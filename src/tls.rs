@@ -205,9 +205,61 @@ pub fn acme_server_config_from_files(
 }
 
 /// Accepts any server certificate at the TLS layer and still checks the handshake signature
-/// with it: for tls-alpn-01, whose certificate is self-signed and judged by its content.
+/// with its key: for tls-alpn-01, whose certificate is self-signed, carries a critical
+/// extension no path validator knows, and is judged by its content instead.
 #[derive(Debug)]
-struct AcmeValidationVerifier(Arc<CryptoProvider>);
+struct AcmeValidationVerifier;
+
+/// The handshake signature schemes the validation client offers, with ring's verifier for
+/// each.
+const VALIDATION_SCHEMES: &[(
+    rustls::SignatureScheme,
+    &'static dyn ring::signature::VerificationAlgorithm,
+)] = &[
+    (
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+    ),
+    (
+        rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+        &ring::signature::ECDSA_P384_SHA384_ASN1,
+    ),
+    (rustls::SignatureScheme::ED25519, &ring::signature::ED25519),
+    (
+        rustls::SignatureScheme::RSA_PSS_SHA256,
+        &ring::signature::RSA_PSS_2048_8192_SHA256,
+    ),
+    (
+        rustls::SignatureScheme::RSA_PSS_SHA384,
+        &ring::signature::RSA_PSS_2048_8192_SHA384,
+    ),
+    (
+        rustls::SignatureScheme::RSA_PKCS1_SHA256,
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+    ),
+];
+
+impl AcmeValidationVerifier {
+    fn verify(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        use x509_parser::prelude::FromDer;
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let (_, algorithm) = VALIDATION_SCHEMES
+            .iter()
+            .find(|(s, _)| *s == dss.scheme)
+            .ok_or_else(bad)?;
+        let key = parsed.public_key().subject_public_key.data.as_ref();
+        ring::signature::UnparsedPublicKey::new(*algorithm, key)
+            .verify(message, dss.signature())
+            .map_err(|_| bad())?;
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcmeValidationVerifier {
     fn verify_server_cert(
@@ -227,12 +279,7 @@ impl rustls::client::danger::ServerCertVerifier for AcmeValidationVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        Self::verify(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -241,16 +288,11 @@ impl rustls::client::danger::ServerCertVerifier for AcmeValidationVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        Self::verify(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        VALIDATION_SCHEMES.iter().map(|(s, _)| *s).collect()
     }
 }
 
@@ -258,12 +300,11 @@ impl rustls::client::danger::ServerCertVerifier for AcmeValidationVerifier {
 /// the self-signed validation certificate, which the caller then checks by its content. Never
 /// use it for anything else.
 pub fn acme_tls_alpn_client_config() -> Result<ClientConfig, TlsError> {
-    let provider = provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(setup)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcmeValidationVerifier(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcmeValidationVerifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
     Ok(config)
