@@ -248,7 +248,9 @@ impl AcmeValidationVerifier {
         use x509_parser::prelude::FromDer;
         let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
         let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
         let (_, algorithm) = VALIDATION_SCHEMES
             .iter()
             .find(|(s, _)| *s == dss.scheme)
