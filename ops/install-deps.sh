@@ -8,7 +8,9 @@
 # ops/prometheus/ and the /metrics text with it), Debian's python3-prometheus-client (its
 # text parser reads /metrics in the tests, run with /usr/bin/python3) and python3-venv, for the
 # virtual environment with hvac that the Vault front-door test uses (made by
-# ops/hvac-venv.sh, run at the end). Extra package names given as arguments are installed too.
+# ops/hvac-venv.sh, run at the end), and the ACME front door's real clients: lego, certbot and
+# pebble (whose pebble-challtestsrv is the tests' mock DNS server and http-01 responder; curl
+# sets its records). Extra package names given as arguments are installed too.
 set -euo pipefail
 
 need=()
@@ -24,6 +26,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
+command -v lego >/dev/null 2>&1 || need+=(lego)
+command -v certbot >/dev/null 2>&1 || need+=(certbot)
+command -v pebble-challtestsrv >/dev/null 2>&1 || need+=(pebble)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

@@ -3,6 +3,8 @@
 //! [`Backend`] fixture; the `conformance!` macro makes one `#[tokio::test]` per backend. The
 //! PostgreSQL-only tests (secrets, TLS, schema versions, several hosts) are in `state/pg.rs`.
 
+#[path = "state/acme.rs"]
+mod acme;
 #[path = "state/pg.rs"]
 mod pg;
 #[path = "state/proposals.rs"]
@@ -13,6 +15,9 @@ mod tokens;
 
 use std::sync::Arc;
 
+use acme::{
+    acme_nonces_are_taken_once_from_any_node, acme_records_change_only_if_unchanged_and_expire,
+};
 use hsm_ca::keystore::KeyId;
 use hsm_ca::state::{
     CaState, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord,
@@ -115,6 +120,8 @@ conformance!(
     proposals_survive_a_reopen,
     tokens_are_found_by_hash_from_another_handle_renewed_and_revoked,
     expired_tokens_are_pruned_live_ones_kept,
+    acme_nonces_are_taken_once_from_any_node,
+    acme_records_change_only_if_unchanged_and_expire,
 );
 
 fn intermediate(id: u8) -> IntermediateRecord {

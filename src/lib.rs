@@ -9,7 +9,8 @@
 //!   appliance and test fixtures, reached only from `cli` and tests.
 //! - [`server`]: the running appliance's listeners and serving certificate; [`issuance`]: the
 //!   Istio gRPC certificate service; [`vault`]: the Vault PKI API subset for SPIRE and
-//!   cert-manager; [`admin`]: the admin API's HTTP skin; [`metrics`]:
+//!   cert-manager; [`acme`]: the ACME server (RFC 8555) for gateways, webhooks and hosts;
+//!   [`admin`]: the admin API's HTTP skin; [`metrics`]:
 //!   counters for `/metrics`; [`client`]: the istio-agent-like workload client.
 //!
 //! Domain:
@@ -27,6 +28,7 @@
 //!   [`https`]: one HTTPS request as a client (cluster keys, `hsm-ca admin`);
 //!   [`store`]: opening sled; [`secret`]: PINs and auth values that never leak.
 
+pub mod acme;
 pub mod admin;
 pub mod audit;
 pub mod auth;

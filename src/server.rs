@@ -57,6 +57,8 @@ pub enum ServerError {
     Audit(crate::audit::AuditError),
     #[error("vault_api: {0}")]
     Vault(String),
+    #[error("acme: {0}")]
+    Acme(String),
     #[error(
         "admin identity {0} lies in the workload trust domain and admin.client_ca_files is \
          empty: a workload certificate for it would open the admin API. Give the admin API its \
@@ -99,6 +101,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// Where the Vault API listens (when `[vault_api] enabled`).
     pub vault_addr: Option<SocketAddr>,
+    /// Where the ACME server listens (when `[acme] enabled`).
+    pub acme_addr: Option<SocketAddr>,
     pub view: Arc<IssuerView>,
     pub serving: Arc<ServingCert>,
     /// The control plane the admin API drives.
@@ -109,6 +113,7 @@ pub struct RunningServer {
     admin_task: Option<tokio::task::JoinHandle<()>>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     vault_task: Option<tokio::task::JoinHandle<()>>,
+    acme_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
     key_refreshers: Vec<tokio::task::JoinHandle<()>>,
@@ -130,12 +135,15 @@ impl RunningServer {
         if let Some(rotation) = self.rotation.take() {
             rotation.abort();
         }
-        if let Some(mut vault) = self.vault_task.take() {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut vault)
+        for mut task in [self.vault_task.take(), self.acme_task.take()]
+            .into_iter()
+            .flatten()
+        {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
                 .await
                 .is_err()
             {
-                vault.abort();
+                task.abort();
             }
         }
         if let Some(mut admin) = self.admin_task.take() {
@@ -312,6 +320,13 @@ pub async fn start(
     } else {
         None
     };
+    let acme_listener = if config.acme.enabled {
+        let tls =
+            crate::acme::tls(&trust, &config).map_err(|e| ServerError::Acme(e.to_string()))?;
+        Some((bind(config.acme.listen).await?, tls))
+    } else {
+        None
+    };
 
     let budget = DescriptorBudget::from_process_limit();
     tracing::info!(
@@ -402,6 +417,24 @@ pub async fn start(
         None => (None, None),
     };
     let auth_for_admin = auth.clone();
+    let (acme_addr, acme_task) = match acme_listener {
+        Some((listener, tls)) => {
+            let addr = listener.local_addr().ok();
+            let acme = crate::acme::AcmeServer::new(control.clone());
+            let stop = stopped(shutdown_rx.clone());
+            let limits = config.acme.connections;
+            let listener =
+                crate::admin::TlsListener::named("acme", listener, tls, limits, budget.clone())
+                    .map_err(|e| ServerError::Acme(e.to_string()))?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = crate::acme::serve(acme, listener, stop).await {
+                    tracing::error!(error = %e, "the ACME server stopped");
+                }
+            });
+            (addr, Some(task))
+        }
+        None => (None, None),
+    };
     let (admin_addr, admin_task) = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
@@ -490,6 +523,7 @@ pub async fn start(
         admin_addr,
         metrics_addr,
         vault_addr,
+        acme_addr,
         view,
         serving,
         control,
@@ -499,6 +533,7 @@ pub async fn start(
         admin_task,
         metrics_task,
         vault_task,
+        acme_task,
         rotation,
         renewal,
         key_refreshers,

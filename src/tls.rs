@@ -1,9 +1,9 @@
 //! All TLS policy in one place: protocol versions (1.2 and 1.3), the crypto provider (ring),
 //! ALPN `h2` (grpc-go refuses a CA without it), client-certificate verification against the
-//! trust bundle, a serving certificate that can be replaced while the server runs, and how
-//! both listeners accept connections ([`accept`]): a cap on connections per listener and on
-//! descriptors for the whole process, a handshake timeout, and an idle timeout after the
-//! handshake. It must never read the CA state or decide who a peer is.
+//! trust bundle, a serving certificate that can be replaced while the server runs, the ACME
+//! listener and its tls-alpn-01 validation client, and how the listeners accept connections
+//! ([`accept`]): a cap on connections per listener and on descriptors for the whole process,
+//! a handshake timeout, and an idle timeout after the handshake. It must never read the CA state or decide who a peer is.
 
 mod accept;
 
@@ -138,6 +138,177 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The ACME listener's server side: no client certificates (JWS authenticates), ALPN for
+/// HTTP/2 and HTTP/1.1, the serving certificate as it is renewed.
+pub fn acme_server_config(certs: Arc<ServingCert>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(setup)?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// [`acme_server_config`] with a configured chain (PEM, leaf first) and key (PEM: PKCS#8,
+/// SEC1 or PKCS#1), read once at start; the key bytes are zeroized after loading.
+pub fn acme_server_config_from_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ServerConfig, TlsError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| TlsError::Setup(format!("{}: {e}", p.display())))
+    };
+    let chain: Vec<CertificateDer<'static>> = pem::parse_many(read(cert)?.as_slice())
+        .map_err(|e| TlsError::Setup(format!("{}: {e}", cert.display())))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::Setup(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let key_pem = pem::parse(read(key)?.as_slice())
+        .map_err(|_| TlsError::Setup(format!("{}: not a PEM key", key.display())))?;
+    let contents = zeroize::Zeroizing::new(key_pem.contents().to_vec());
+    let key_der = match key_pem.tag() {
+        "PRIVATE KEY" => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(contents.to_vec())),
+        "EC PRIVATE KEY" => PrivateKeyDer::Sec1(contents.to_vec().into()),
+        "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(contents.to_vec().into()),
+        other => {
+            return Err(TlsError::Setup(format!(
+                "{}: unsupported key type {other}",
+                key.display()
+            )))
+        }
+    };
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(setup)?;
+    let certified = CertifiedKey::new(chain, signing);
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(setup)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ServingCert::new(certified)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts any server certificate at the TLS layer and still checks the handshake signature
+/// with its key: for tls-alpn-01, whose certificate is self-signed, carries a critical
+/// extension no path validator knows, and is judged by its content instead.
+#[derive(Debug)]
+struct AcmeValidationVerifier;
+
+/// The handshake signature schemes the validation client offers, with ring's verifier for
+/// each.
+const VALIDATION_SCHEMES: &[(
+    rustls::SignatureScheme,
+    &'static dyn ring::signature::VerificationAlgorithm,
+)] = &[
+    (
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+    ),
+    (
+        rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+        &ring::signature::ECDSA_P384_SHA384_ASN1,
+    ),
+    (rustls::SignatureScheme::ED25519, &ring::signature::ED25519),
+    (
+        rustls::SignatureScheme::RSA_PSS_SHA256,
+        &ring::signature::RSA_PSS_2048_8192_SHA256,
+    ),
+    (
+        rustls::SignatureScheme::RSA_PSS_SHA384,
+        &ring::signature::RSA_PSS_2048_8192_SHA384,
+    ),
+    (
+        rustls::SignatureScheme::RSA_PKCS1_SHA256,
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+    ),
+];
+
+impl AcmeValidationVerifier {
+    fn verify(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        use x509_parser::prelude::FromDer;
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+        let (_, algorithm) = VALIDATION_SCHEMES
+            .iter()
+            .find(|(s, _)| *s == dss.scheme)
+            .ok_or_else(bad)?;
+        let key = parsed.public_key().subject_public_key.data.as_ref();
+        ring::signature::UnparsedPublicKey::new(*algorithm, key)
+            .verify(message, dss.signature())
+            .map_err(|_| bad())?;
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcmeValidationVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Self::verify(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Self::verify(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        VALIDATION_SCHEMES.iter().map(|(s, _)| *s).collect()
+    }
+}
+
+/// The tls-alpn-01 validation client (RFC 8737): offers only ALPN `acme-tls/1` and accepts
+/// the self-signed validation certificate, which the caller then checks by its content. Never
+/// use it for anything else.
+pub fn acme_tls_alpn_client_config() -> Result<ClientConfig, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcmeValidationVerifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
     Ok(config)
 }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod acme;
 pub mod appliance;
 pub mod http;
 pub mod postgres;

@@ -122,6 +122,17 @@ impl From<crate::state::StateError> for ApiError {
     }
 }
 
+impl From<crate::acme::error::AcmeError> for ApiError {
+    fn from(e: crate::acme::error::AcmeError) -> Self {
+        use crate::acme::error::AcmeError;
+        match e {
+            AcmeError::Malformed(m) => ApiError::bad_request(m),
+            AcmeError::State(s) => s.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<TrustError> for ApiError {
     fn from(e: TrustError) -> Self {
         match e {

@@ -363,6 +363,36 @@ async fn audit_key(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
     }
 }
 
+/// `POST /v1/acme/eab`: a new External Account Binding key with its policy. The MAC key is in
+/// this answer only.
+async fn eab_create(
+    State(api): Ctl,
+    Authorized(caller, _): Authorized<Operator>,
+    JsonBody(policy): JsonBody<crate::acme::records::EabPolicy>,
+) -> Answer {
+    let now = api.control.clock().now().unix_timestamp();
+    let created = crate::acme::eab::create(api.control.state(), policy, now).await?;
+    tracing::info!(kid = %created.kid, by = %caller.identity, "acme eab key created");
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn eab_list(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
+    Ok(Json(crate::acme::eab::list(api.control.state()).await?).into_response())
+}
+
+async fn eab_revoke(
+    State(api): Ctl,
+    Authorized(caller, _): Authorized<Operator>,
+    Path(kid): Path<String>,
+) -> Answer {
+    if crate::acme::eab::revoke(api.control.state(), &kid).await? {
+        tracing::info!(kid = %kid, by = %caller.identity, "acme eab key revoked");
+        Ok(Json(json!({"kid": kid, "revoked": true})).into_response())
+    } else {
+        Err(ApiError::not_found(format!("no EAB key {kid}")))
+    }
+}
+
 async fn not_found() -> Response {
     ApiError::not_found("no such route").into_response()
 }
@@ -384,7 +414,7 @@ fn at(router: Router<Api>, path: &'static str, handlers: MethodRouter<Api>) -> R
 
 /// The admin API's routes.
 pub fn router(api: Api) -> Router {
-    let routes: [(&'static str, MethodRouter<Api>); 23] = [
+    let routes: [(&'static str, MethodRouter<Api>); 25] = [
         ("/healthz", get(healthz)),
         ("/readyz", get(ready::readyz)),
         ("/bundle.pem", get(bundle_pem)),
@@ -408,6 +438,8 @@ pub fn router(api: Api) -> Router {
         ("/v1/audit/public-key", get(audit_key)),
         ("/v1/proposals", get(proposals)),
         ("/v1/proposals/{id}/approve", post(approve)),
+        ("/v1/acme/eab", get(eab_list).post(eab_create)),
+        ("/v1/acme/eab/{kid}", delete(eab_revoke)),
     ];
     routes
         .into_iter()

@@ -26,6 +26,7 @@ macro_rules! say_raw {
 }
 
 mod admin;
+mod acme;
 mod audit;
 mod cacerts;
 mod ceremony;
@@ -141,6 +142,9 @@ pub enum Command {
     /// Write the man page or shell completions (what the package installs).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// The ACME front door: External Account Binding keys.
+    #[command(subcommand)]
+    Acme(acme::AcmeCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +314,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Generate(cmd) => generate::run(cmd),
         Command::Admin(args) => admin::run(&cli.config, *args),
+        Command::Acme(cmd) => acme::run(&cli.config, cmd),
     }
 }
 

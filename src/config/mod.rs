@@ -19,6 +19,7 @@ use raw::RawConfig;
 use crate::keystore::KeyAlgorithm;
 use crate::secret::SecretSource;
 
+pub mod acme;
 mod admin;
 mod admin_client;
 mod ca;
@@ -83,6 +84,8 @@ pub struct Config {
     pub vault_api: vault_api::VaultSettings,
     /// `[admin_client]`: how `hsm-ca admin` reaches an admin API (never read by `serve`).
     pub admin_client: AdminClientConfig,
+    /// The ACME front door (`[acme]`).
+    pub acme: acme::AcmeSettings,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -353,6 +356,7 @@ impl Config {
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
         let admin_client = admin_client::admin_client(&ctx, raw.admin_client)?;
+        let acme = acme::acme(&ctx, raw.acme)?;
         Ok(Config {
             path: path.to_path_buf(),
             data_dir: ctx.resolve(raw.data_dir),
@@ -374,6 +378,7 @@ impl Config {
             rotation,
             vault_api,
             admin_client,
+            acme,
         })
     }
 }

@@ -45,6 +45,8 @@ pub(super) struct RawConfig {
     /// How `hsm-ca admin` reaches an admin API.
     #[serde(default)]
     pub(super) admin_client: Option<super::admin_client::RawAdminClient>,
+    #[serde(default)]
+    pub(super) acme: Option<super::acme::RawAcme>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

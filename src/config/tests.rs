@@ -329,3 +329,48 @@ fn a_cluster_takes_exactly_one_key_source() {
     .expect_err("discovery needs an https issuer");
     assert!(err.to_string().contains("clusters.discovery"), "{err}");
 }
+
+#[test]
+fn acme_is_off_by_default_and_requires_eab_when_on() {
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.acme.enabled);
+    let c = parse(&format!("{MINIMAL}[acme]\nenabled = true\n")).expect("valid");
+    assert!(c.acme.enabled && c.acme.eab_required);
+    assert_eq!(c.acme.validation.http01_port, 80);
+    assert_eq!(c.acme.validation.tls_alpn01_port, 443);
+    assert_eq!(c.acme.validation.resolver, None);
+}
+
+#[test]
+fn acme_errors_name_their_key() {
+    for (section, key) in [
+        (
+            "[acme]\nexternal_url = \"http://ca.example.com\"\n",
+            "acme.external_url",
+        ),
+        ("[acme]\ncert_file = \"chain.pem\"\n", "acme.cert_file"),
+        (
+            "[acme]\ndefault_validity_secs = 10\nmax_validity_secs = 5\n",
+            "acme.default_validity_secs",
+        ),
+        (
+            "[acme]\n[acme.validation]\nresolver = \"dns.local\"\n",
+            "acme.validation.resolver",
+        ),
+        (
+            "[acme]\n[acme.validation]\ntimeout_secs = 0\n",
+            "acme.validation.timeout_secs",
+        ),
+        (
+            "[acme]\n[acme.validation]\nmax_concurrent = 0\n",
+            "acme.validation.max_concurrent",
+        ),
+        (
+            "[acme]\n[acme.validation]\nhttp01_port = 0\n",
+            "acme.validation.http01_port",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}{section}")).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}

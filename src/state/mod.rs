@@ -1,7 +1,7 @@
 //! The CA state: the trust bundle (roots and its sequence number), the installed intermediates
 //! and which one issues, revocations, CRL numbers, imported root CRLs and the officers'
-//! proposals with their approvals ([`proposals`]), and the hashes of the Vault front door's
-//! tokens ([`tokens`]). Two backends keep it
+//! proposals with their approvals ([`proposals`]), the hashes of the Vault front door's
+//! tokens ([`tokens`]) and the ACME front door's objects ([`acme`]). Two backends keep it
 //! with the same semantics: [`sled`] (embedded, the default, synchronous; the offline ceremony
 //! uses it directly) and [`postgres`] (shared by several appliances, asynchronous). The running
 //! appliance holds a [`CaState`], which names its backend and whose `async` methods delegate.
@@ -10,6 +10,7 @@
 //! material, speak a client protocol (HTTP, gRPC), or put a database password into an error,
 //! a log line or a record.
 
+pub mod acme;
 pub mod postgres;
 pub mod proposals;
 mod records;
@@ -22,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::keystore::KeyId;
 
+pub use acme::{AcmeKind, AcmeObject};
 pub use postgres::{PgSettings, PgState};
 pub use proposals::{Claim, ProposalRecord, ProposalStatus, ProposalStep};
 pub use records::{
@@ -360,6 +362,89 @@ impl CaState {
         match self {
             CaState::Sled(s) => s.prune_tokens(now),
             CaState::Postgres(p) => p.prune_tokens(now).await,
+        }
+    }
+    /// Stores a new ACME object; false (changing nothing) when (kind, id) is taken. Durable
+    /// on return.
+    pub async fn acme_insert(
+        &self,
+        kind: AcmeKind,
+        id: &str,
+        object: &AcmeObject,
+    ) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_insert(kind, id, object),
+            CaState::Postgres(p) => p.acme_insert(kind, id, object).await,
+        }
+    }
+
+    /// Stores (or replaces) an ACME object. Durable on return.
+    pub async fn acme_put(
+        &self,
+        kind: AcmeKind,
+        id: &str,
+        object: &AcmeObject,
+    ) -> Result<(), StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_put(kind, id, object),
+            CaState::Postgres(p) => p.acme_put(kind, id, object).await,
+        }
+    }
+
+    /// One ACME object, expired or not.
+    pub async fn acme_get(
+        &self,
+        kind: AcmeKind,
+        id: &str,
+    ) -> Result<Option<AcmeObject>, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_get(kind, id),
+            CaState::Postgres(p) => p.acme_get(kind, id).await,
+        }
+    }
+
+    /// Replaces an ACME object with `new` only if its record is still `old`: of callers on any
+    /// number of nodes racing from the same record, exactly one gets true. Durable on return.
+    pub async fn acme_update(
+        &self,
+        kind: AcmeKind,
+        id: &str,
+        old: &serde_json::Value,
+        new: &AcmeObject,
+    ) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_update(kind, id, old, new),
+            CaState::Postgres(p) => p.acme_update(kind, id, old, new).await,
+        }
+    }
+
+    /// Removes an ACME object and returns it: of any number of callers on any number of
+    /// nodes, exactly one gets it (a nonce is used once). Durable on return.
+    pub async fn acme_take(
+        &self,
+        kind: AcmeKind,
+        id: &str,
+    ) -> Result<Option<AcmeObject>, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_take(kind, id),
+            CaState::Postgres(p) => p.acme_take(kind, id).await,
+        }
+    }
+
+    /// Every ACME object of a kind, by id.
+    pub async fn acme_list(&self, kind: AcmeKind) -> Result<Vec<(String, AcmeObject)>, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_list(kind),
+            CaState::Postgres(p) => p.acme_list(kind).await,
+        }
+    }
+
+    /// Forgets every ACME object that expired at or before `now` (unix seconds); returns how
+    /// many.
+    pub async fn acme_prune(&self, now: i64) -> Result<u64, StateError> {
+        match self {
+            CaState::Sled(s) => s.acme_prune(now),
+            CaState::Postgres(p) => p.acme_prune(now).await,
         }
     }
 }

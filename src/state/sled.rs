@@ -28,6 +28,8 @@ pub struct SledState {
     proposals: sled::Tree,
     /// Vault front-door tokens by hash ([`tokens`]).
     tokens: sled::Tree,
+    /// ACME front-door objects by kind and id ([`acme`]).
+    acme: sled::Tree,
     /// Intermediate state changes (install, activate, retire) run one at a time.
     transitions: Mutex<()>,
 }
@@ -62,13 +64,14 @@ impl SledState {
         let db = crate::store::open_with_cache(&path, cache_bytes)
             .map_err(|e| open_err(crate::store::explain(&e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let (intermediates, roots, revocations, meta, proposals, tokens) = (
+        let (intermediates, roots, revocations, meta, proposals, tokens, acme) = (
             tree("intermediates")?,
             tree("roots")?,
             tree("revocations")?,
             tree("meta")?,
             tree("proposals")?,
             tree("vault_tokens")?,
+            tree("acme")?,
         );
         Ok(SledState {
             db,
@@ -78,6 +81,7 @@ impl SledState {
             meta,
             proposals,
             tokens,
+            acme,
             transitions: Mutex::new(()),
         })
     }
@@ -337,6 +341,7 @@ impl SledState {
     }
 }
 
+mod acme;
 mod proposals;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 //! and never trusts the database for more than storage yet: signing rows is issue 11's next
 //! step (the `signature` columns are there for it).
 
+mod acme;
 mod proposals;
 mod schema;
 mod settings;

@@ -28,6 +28,9 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 3 adds the Vault front door's tokens: only each token's SHA-256, its expiry (unix
 /// seconds, for pruning) and the record.
+///
+/// Version 4 adds the ACME front door's objects (accounts, orders, authorizations,
+/// certificates, EAB keys, nonces): one row per (kind, id), an optional expiry for pruning.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -94,6 +97,19 @@ CREATE TABLE vault_tokens (
     record       jsonb NOT NULL
 );
 CREATE INDEX vault_tokens_expiry ON vault_tokens (expires_at);
+"#,
+    ),
+    (
+        4,
+        r#"
+CREATE TABLE acme_objects (
+    kind       text COLLATE "C" NOT NULL,
+    id         text COLLATE "C" NOT NULL,
+    expires_at bigint,
+    record     jsonb NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX acme_objects_expiry ON acme_objects (expires_at) WHERE expires_at IS NOT NULL;
 "#,
     ),
 ];
