@@ -340,6 +340,68 @@ async fn a_validated_order_refuses_a_mismatched_csr_then_issues_and_revokes() {
         .value;
     assert!(eku.server_auth && !eku.client_auth);
 
+    // Renewal information (RFC 9773): the directory names it; the window lies ahead, inside
+    // the certificate's life; an unknown certID is not found.
+    let dir = c.call("GET", "/acme/directory", None).await.json();
+    assert_eq!(dir["renewalInfo"], c.url("/acme/renewal-info"));
+    let aki = parsed
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("authority key identifier");
+    let cert_id = format!("{}.{}", b64(&aki), b64(parsed.raw_serial()));
+    let info_path = format!("/acme/renewal-info/{cert_id}");
+    let window = |a: &raw::Answer| {
+        let w = &a.json()["suggestedWindow"];
+        let at =
+            |k: &str| hsm_ca::clock::parse_rfc3339(w[k].as_str().expect("time")).expect("RFC 3339");
+        (at("start"), at("end"))
+    };
+    let info = c.call("GET", &info_path, None).await;
+    assert_eq!(info.status, 200, "{}", info.json());
+    assert!(info.header("retry-after").is_some());
+    let (start, end) = window(&info);
+    let now = time::OffsetDateTime::now_utc();
+    assert!(now < start && start < end, "{}", info.json());
+    assert!(end < parsed.validity().not_after.to_datetime());
+    let other = format!("{}.{}", b64(&[1, 2, 3]), b64(parsed.raw_serial()));
+    let a = c
+        .call("GET", &format!("/acme/renewal-info/{other}"), None)
+        .await;
+    assert_eq!(a.status, 404, "{}", a.json());
+    let a = c
+        .call("GET", "/acme/renewal-info/not-a-cert-id", None)
+        .await;
+    assert_eq!(a.problem(), "malformed");
+    // A new order may say which certificate it replaces, and only one of its own account.
+    let ids = json!([{"type": "dns", "value": "api.mesh.test"}]);
+    let a = c
+        .post(
+            &key,
+            Some(&account),
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": cert_id})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.json());
+    let stranger = AccountKey::generate();
+    let (kid2, hmac2) = f.eab(json!({"dns_suffixes": ["mesh.test"]})).await;
+    let stranger_account = c.register(&stranger, &kid2, &hmac2).await;
+    let a = c
+        .post(
+            &stranger,
+            Some(&stranger_account),
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": cert_id})),
+        )
+        .await;
+    assert_eq!(a.problem(), "unauthorized", "{}", a.json());
+
     // Revoked by the account; the CRL lists it; a second revocation is refused.
     let body = json!({"certificate": b64(&leaf), "reason": 4});
     let a = c
@@ -348,6 +410,9 @@ async fn a_validated_order_refuses_a_mismatched_csr_then_issues_and_revokes() {
     assert_eq!(a.status, 200, "{}", a.json());
     let serial = hsm_ca::ca::inspect::serial_hex(parsed.raw_serial());
     assert!(f.crl_serials().await.contains(&serial));
+    // A revoked certificate's window lies in the past: renew now.
+    let (_, end) = window(&c.call("GET", &info_path, None).await);
+    assert!(end < time::OffsetDateTime::now_utc());
     let a = c
         .post(&key, Some(&account), "/acme/revoke-cert", Some(&body))
         .await;

@@ -267,6 +267,33 @@ fn admin_commands_drive_a_dev_appliance_with_stable_json_and_exit_codes() {
     let out = app.admin(&["audit-public-key"]);
     assert!(out.stdout.contains("BEGIN PUBLIC KEY"), "{out:?}");
 
+    // ACME EAB keys on the running appliance: made with a policy, listed without the HMAC
+    // key, revoked; an unknown key id is refused.
+    let made = app.json(&[
+        "acme-eab-create",
+        "--dns-suffix",
+        "apps.mesh.test",
+        "--wildcards",
+        "--max-validity-secs",
+        "86400",
+    ]);
+    let kid = made["kid"].as_str().expect("kid").to_string();
+    let hmac = made["hmac_key"].as_str().expect("hmac key").to_string();
+    let out = app.admin(&["acme-eab-list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&kid) && out.stdout.contains("apps.mesh.test"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains(&hmac), "the list shows no HMAC key");
+    let listed = app.json(&["acme-eab-list"]);
+    assert!(listed.to_string().contains("86400"), "{listed}");
+    assert_eq!(app.admin(&["acme-eab-revoke", &kid]).code, 0);
+    let listed = app.json(&["acme-eab-list"]);
+    assert!(listed.to_string().contains("\"revoked\":true"), "{listed}");
+    let out = app.admin(&["acme-eab-revoke", "0123456789abcdef", "--output", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+
     // 1: the API refused (no client certificate; an unknown proposal), with its error code.
     let out = finish(
         Command::new(BIN)

@@ -1,7 +1,8 @@
 //! Officer approvals kept in the CA state, over the real admin API (mTLS on 127.0.0.1, CA keys
 //! in SoftHSM): a proposal filed before a restart is still there after it, and when two
 //! officers approve it at once the operation runs exactly once — also when they approve on two
-//! appliances sharing one PostgreSQL database (Debian's, started by the test).
+//! appliances sharing one PostgreSQL database (Debian's, started by the test), after which
+//! both serve the added root within 2 s.
 
 mod support;
 
@@ -208,6 +209,29 @@ async fn a_proposal_filed_on_one_appliance_runs_once_when_approved_on_two() {
     for node in [&a1, &a2] {
         let all = node.get("/v1/proposals?all=true").await.json();
         assert_eq!(all["proposals"][0]["status"], "executed", "{all}");
+    }
+    // Both nodes serve the new root within 2 s: the one that ran the proposal at once, the
+    // other when it sees the shared change sequence move.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut served = 0;
+        for node in [&a1, &a2] {
+            let bundle = node.get("/bundle.pem").await.body;
+            let certs = hsm_ca::ca::certificates_from_pem(&bundle).expect("bundle");
+            served += usize::from(
+                certs
+                    .iter()
+                    .any(|c| hsm_ca::ca::fingerprint_id(c) == fingerprint),
+            );
+        }
+        if served == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new root is served by {served} of 2 nodes after 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     // One root added, in the two appliances' audit logs together.
     let mut added = audited(&a1, "root_added").await;

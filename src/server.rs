@@ -36,6 +36,10 @@ use crate::trust::{self, TrustError, TrustPlane};
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often a node on a shared database reads the change sequence (a trust change made on
+/// another node takes effect here within about this long).
+pub const CHANGE_POLL: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -59,6 +63,8 @@ pub enum ServerError {
     Vault(String),
     #[error("acme: {0}")]
     Acme(String),
+    #[error("the shared state: {0}")]
+    Control(String),
     #[error(
         "admin identity {0} lies in the workload trust domain and admin.client_ca_files is \
          empty: a workload certificate for it would open the admin API. Give the admin API its \
@@ -115,6 +121,8 @@ pub struct RunningServer {
     vault_task: Option<tokio::task::JoinHandle<()>>,
     acme_task: Option<tokio::task::JoinHandle<()>>,
     rotation: Option<tokio::task::JoinHandle<()>>,
+    /// Publishes other nodes' changes of the shared state.
+    follower: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
     key_refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -132,8 +140,11 @@ impl RunningServer {
         if let Some(metrics) = self.metrics_task.take() {
             metrics.abort();
         }
-        if let Some(rotation) = self.rotation.take() {
-            rotation.abort();
+        for task in [self.rotation.take(), self.follower.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         for mut task in [self.vault_task.take(), self.acme_task.take()]
             .into_iter()
@@ -485,6 +496,40 @@ pub async fn start(
         })
     });
 
+    // On a shared database, other nodes' trust changes (roots, revocations, intermediates)
+    // are published here within one poll of the change sequence.
+    let follower = match control.follow_changes(None).await {
+        Ok(Some(seen)) => {
+            let ctl = control.clone();
+            Some(tokio::spawn(async move {
+                let mut seen = Some(seen);
+                let mut failing = false;
+                loop {
+                    tokio::time::sleep(CHANGE_POLL).await;
+                    match ctl.follow_changes(seen).await {
+                        Ok(now) => {
+                            if failing {
+                                tracing::info!("following the shared state's changes again");
+                            }
+                            if now != seen {
+                                tracing::info!(sequence = ?now, "published a change made on another node");
+                            }
+                            failing = false;
+                            seen = now;
+                        }
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "cannot follow the shared state's changes; retrying");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }))
+        }
+        Ok(None) => None,
+        Err(e) => return Err(ServerError::Control(e.to_string())),
+    };
+
     let renewal = {
         let (view, config, serving) = (view.clone(), config.clone(), serving.clone());
         tokio::spawn(async move {
@@ -535,6 +580,7 @@ pub async fn start(
         vault_task,
         acme_task,
         rotation,
+        follower,
         renewal,
         key_refreshers,
     })

@@ -1,6 +1,7 @@
 //! What only the PostgreSQL backend has: its password never shows in an error, a URL with a
 //! password is refused, TLS checks the server's chain and name (verify-full), a database with a
-//! newer schema is refused, and a multi-host URL finds the writable server.
+//! newer schema is refused, a multi-host URL finds the writable server, and every trust change
+//! moves the change sequence the nodes follow.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use hsm_ca::secret::SecretSource;
 use hsm_ca::state::{CaState, PgSettings, StateError, StoreBackend};
 
 use super::support::postgres::{PgCluster, PgOptions};
-use super::{root, Backend, Postgres};
+use super::{revocation, root, Backend, Postgres};
 
 async fn connect(settings: PgSettings) -> Result<CaState, StateError> {
     CaState::connect(
@@ -119,6 +120,35 @@ async fn verify_full_checks_the_server_name_and_chain() {
     .expect("settings");
     let err = connect(other_ca).await.expect_err("unknown CA");
     assert!(format!("{err}").contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_trust_change_moves_the_change_sequence_also_one_made_in_sql() {
+    let b = Postgres::new().await;
+    let state = b.open().await;
+    let seq = || async {
+        state
+            .change_sequence()
+            .await
+            .expect("seq")
+            .expect("postgres")
+    };
+    let start = seq().await;
+    state.add_root(root("aa", "t")).await.expect("add");
+    let after_root = seq().await;
+    assert!(after_root > start);
+    // A refused duplicate changes nothing it would have to publish; a revocation does.
+    state.revoke(revocation("aa", "01")).await.expect("revoke");
+    let after_revoke = seq().await;
+    assert!(after_revoke > after_root);
+    // Reads and CRL numbers do not move it.
+    state.snapshot().await.expect("snapshot");
+    state.next_crl_number("aa").await.expect("crl number");
+    assert_eq!(seq().await, after_revoke);
+    // A row written straight into the database is seen too.
+    b.cluster
+        .psql("DELETE FROM revocations WHERE serial = '01'");
+    assert!(seq().await > after_revoke);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

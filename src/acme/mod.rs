@@ -23,6 +23,7 @@ mod issue;
 mod jws;
 mod order;
 pub mod records;
+mod renewal;
 mod validate;
 
 use std::sync::Arc;
@@ -311,6 +312,7 @@ fn directory(acme: &AcmeServer, call: &Call) -> Response {
             "newOrder": call.link("new-order"),
             "revokeCert": call.link("revoke-cert"),
             "keyChange": call.link("key-change"),
+            "renewalInfo": call.link("renewal-info"),
             "meta": meta,
         }),
     )
@@ -343,6 +345,10 @@ async fn route(acme: &AcmeServer, call: &mut Call, path: &str) -> Result<Respons
         ["chall", authz, n] => order::challenge(acme, call, authz, n).await,
         ["cert", id] => order::certificate(acme, call, id).await,
         ["revoke-cert"] => order::revoke(acme, call).await,
+        ["renewal-info", id] => match call.method {
+            Method::GET | Method::HEAD => renewal::renewal_info(acme, id).await,
+            _ => Err(AcmeError::MethodNotAllowed),
+        },
         _ => Err(AcmeError::NotFound("no such resource".into())),
     }
 }

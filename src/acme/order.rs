@@ -186,6 +186,17 @@ pub(super) async fn new_order(acme: &AcmeServer, call: &mut Call) -> Result<Resp
             identifiers.push(id);
         }
     }
+    if let Some(replaces) = payload.get("replaces").filter(|r| !r.is_null()) {
+        let replaces = replaces
+            .as_str()
+            .ok_or_else(|| AcmeError::Malformed("replaces must be a certID".into()))?;
+        let replaced = super::renewal::certificate(acme, replaces).await?;
+        if replaced.account != req.account.id {
+            return Err(AcmeError::Unauthorized(
+                "the replaced certificate was ordered by another account".into(),
+            ));
+        }
+    }
     let policy = policy_of(acme, &req.account).await?;
     let admins = &acme.control.config().admin.users;
     for id in &identifiers {

@@ -371,7 +371,15 @@ async fn eab_create(
     JsonBody(policy): JsonBody<crate::acme::records::EabPolicy>,
 ) -> Answer {
     let now = api.control.clock().now().unix_timestamp();
+    let shown = serde_json::to_string(&policy).unwrap_or_default();
     let created = crate::acme::eab::create(api.control.state(), policy, now).await?;
+    api.control
+        .record(crate::audit::AuditEvent::EabKeyCreated {
+            actor: caller.identity.clone(),
+            kid: created.kid.clone(),
+            policy: shown,
+        })
+        .await?;
     tracing::info!(kid = %created.kid, by = %caller.identity, "acme eab key created");
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -386,6 +394,12 @@ async fn eab_revoke(
     Path(kid): Path<String>,
 ) -> Answer {
     if crate::acme::eab::revoke(api.control.state(), &kid).await? {
+        api.control
+            .record(crate::audit::AuditEvent::EabKeyRevoked {
+                actor: caller.identity.clone(),
+                kid: kid.clone(),
+            })
+            .await?;
         tracing::info!(kid = %kid, by = %caller.identity, "acme eab key revoked");
         Ok(Json(json!({"kid": kid, "revoked": true})).into_response())
     } else {

@@ -179,6 +179,15 @@ pub enum AuditEvent {
     },
     /// A ceremony stopped before it finished.
     CeremonyFailed { command: String, error: String },
+    /// An ACME External Account Binding key was made; `policy` is what its accounts may
+    /// order, as JSON (never the MAC key).
+    EabKeyCreated {
+        actor: String,
+        kid: String,
+        policy: String,
+    },
+    /// An ACME External Account Binding key was revoked.
+    EabKeyRevoked { actor: String, kid: String },
     /// The token's user PIN was changed (`hsm-ca keys change-pin`).
     PinChanged { token: String, actor: String },
     /// The log could be written again after a storage error (a full disk) that began at

@@ -25,8 +25,8 @@ macro_rules! say_raw {
     }};
 }
 
-mod admin;
 mod acme;
+mod admin;
 mod audit;
 mod cacerts;
 mod ceremony;

@@ -189,6 +189,23 @@ impl Control {
         Ok(())
     }
 
+    /// Publishes the shared state again when another node changed it, that is when the
+    /// change sequence is no longer `seen`; returns the sequence the published state is at
+    /// least as new as (`seen` on sled, which only this process changes). The sequence is
+    /// read before the state, so a change committed in between is published now and seen
+    /// again next time, never missed.
+    pub async fn follow_changes(&self, seen: Option<u64>) -> Result<Option<u64>, ControlError> {
+        let Some(now) = self.state.change_sequence().await? else {
+            return Ok(seen);
+        };
+        if seen == Some(now) {
+            return Ok(seen);
+        }
+        let _g = self.changes.lock().await;
+        self.publish().await?;
+        Ok(Some(now))
+    }
+
     /// Reloads the revocations client certificates are checked against.
     async fn reload_revocations(&self) -> Result<(), ControlError> {
         let snapshot = self.state.snapshot().await?;

@@ -180,6 +180,15 @@ impl CaState {
         }
     }
 
+    /// The shared change sequence (see [`postgres::PgState::change_sequence`]): `None` on
+    /// sled, whose state only this process can change.
+    pub async fn change_sequence(&self) -> Result<Option<u64>, StateError> {
+        match self {
+            CaState::Sled(_) => Ok(None),
+            CaState::Postgres(p) => p.change_sequence().await.map(Some),
+        }
+    }
+
     /// Records a revocation; false when that serial was revoked already.
     pub async fn revoke(&self, record: RevocationRecord) -> Result<bool, StateError> {
         match self {

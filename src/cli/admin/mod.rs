@@ -162,6 +162,32 @@ pub enum AdminCommand {
     AuditVerify,
     /// The audit log's public key, PEM (`GET /v1/audit/public-key`).
     AuditPublicKey,
+    /// Make an ACME External Account Binding key with its policy (`POST /v1/acme/eab`); the
+    /// answer holds the HMAC key, shown only this once.
+    AcmeEabCreate {
+        /// DNS names under this suffix (and the suffix itself) may be ordered; repeatable.
+        #[arg(long = "dns-suffix")]
+        dns_suffixes: Vec<String>,
+        /// This DNS name exactly may be ordered; repeatable.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+        /// Wildcard names under an allowed suffix may be ordered.
+        #[arg(long)]
+        wildcards: bool,
+        /// IP address identifiers may be ordered.
+        #[arg(long)]
+        ip: bool,
+        /// Longest certificate lifetime, in seconds (default: `[acme] max_validity_secs`).
+        #[arg(long)]
+        max_validity_secs: Option<u64>,
+        /// Certificates carry clientAuth besides serverAuth.
+        #[arg(long)]
+        client_auth: bool,
+    },
+    /// The EAB keys and their policies, never the HMAC keys (`GET /v1/acme/eab`).
+    AcmeEabList,
+    /// Revoke an EAB key: its accounts can order nothing more (`DELETE /v1/acme/eab/<kid>`).
+    AcmeEabRevoke { kid: String },
 }
 
 /// A call to make: method, path, JSON body.
@@ -284,6 +310,30 @@ fn call_for(command: &AdminCommand) -> Result<Call, CliError> {
         C::Audit { from, limit } => get(format!("/v1/audit?from={from}&limit={limit}")),
         C::AuditVerify => get("/v1/audit/verify"),
         C::AuditPublicKey => get("/v1/audit/public-key"),
+        C::AcmeEabCreate {
+            dns_suffixes,
+            dns_names,
+            wildcards,
+            ip,
+            max_validity_secs,
+            client_auth,
+        } => post(
+            "/v1/acme/eab",
+            json!({
+                "dns_suffixes": dns_suffixes,
+                "dns_names": dns_names,
+                "wildcards": wildcards,
+                "ip": ip,
+                "max_validity_secs": max_validity_secs,
+                "client_auth": client_auth,
+            }),
+        ),
+        C::AcmeEabList => get("/v1/acme/eab"),
+        C::AcmeEabRevoke { kid } => Call {
+            method: "DELETE",
+            path: format!("/v1/acme/eab/{}", segment(kid)?),
+            body: None,
+        },
     })
 }
 

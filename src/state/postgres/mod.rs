@@ -341,6 +341,18 @@ impl PgState {
         unsigned(row.get(0), "bundle sequence")
     }
 
+    /// Raised by every committed change of roots, intermediates, revocations or imported
+    /// CRLs (schema version 5's triggers).
+    pub async fn change_sequence(&self) -> Result<u64, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT sequence FROM changes", &[])
+            .await
+            .map_err(db)?;
+        unsigned(row.get(0), "change sequence")
+    }
+
     /// Records a revocation; false when that serial was revoked already.
     pub async fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;

@@ -31,6 +31,11 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 4 adds the ACME front door's objects (accounts, orders, authorizations,
 /// certificates, EAB keys, nonces): one row per (kind, id), an optional expiry for pruning.
+///
+/// Version 5 adds the change sequence: one counter that triggers raise in the same
+/// transaction as any statement changing roots, intermediates, revocations or imported CRLs
+/// (whichever code or person wrote it), so that every node sees a committed trust change by
+/// reading one row.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -110,6 +115,30 @@ CREATE TABLE acme_objects (
     PRIMARY KEY (kind, id)
 );
 CREATE INDEX acme_objects_expiry ON acme_objects (expires_at) WHERE expires_at IS NOT NULL;
+"#,
+    ),
+    (
+        5,
+        r#"
+CREATE TABLE changes (
+    single   boolean PRIMARY KEY DEFAULT true CHECK (single),
+    sequence bigint NOT NULL CHECK (sequence >= 0)
+);
+INSERT INTO changes (single, sequence) VALUES (true, 0);
+CREATE FUNCTION hsmca_trust_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE changes SET sequence = sequence + 1;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER roots_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON roots
+    FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
+CREATE TRIGGER intermediates_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON intermediates
+    FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
+CREATE TRIGGER revocations_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON revocations
+    FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
+CREATE TRIGGER imported_crls_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON imported_crls
+    FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
 "#,
     ),
 ];
