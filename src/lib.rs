@@ -38,6 +38,7 @@ pub mod ceremony;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dev;

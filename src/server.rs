@@ -123,6 +123,8 @@ pub struct RunningServer {
     rotation: Option<tokio::task::JoinHandle<()>>,
     /// Publishes other nodes' changes of the shared state.
     follower: Option<tokio::task::JoinHandle<()>>,
+    /// Ships the audit chain to the shared database.
+    shipper: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
     key_refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -140,9 +142,13 @@ impl RunningServer {
         if let Some(metrics) = self.metrics_task.take() {
             metrics.abort();
         }
-        for task in [self.rotation.take(), self.follower.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.rotation.take(),
+            self.follower.take(),
+            self.shipper.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -382,6 +388,14 @@ pub async fn start(
         tracing::warn!("audit.enabled = false: issuances are NOT recorded (measurement mode)");
         None
     };
+    // On a shared database the chain is shipped there, before the first request is served
+    // (with require_shipped, every answer waits for its record to arrive).
+    let shipper = match &audit {
+        Some(log) => crate::cluster::start_shipping(state.clone(), log.clone(), &config)
+            .await
+            .map_err(|e| ServerError::Control(e.to_string()))?,
+        None => None,
+    };
     let issuance_metrics = Arc::new(crate::metrics::IssuanceMetrics::default());
     let service = CertificateService::new(
         view.clone(),
@@ -581,6 +595,7 @@ pub async fn start(
         acme_task,
         rotation,
         follower,
+        shipper,
         renewal,
         key_refreshers,
     })

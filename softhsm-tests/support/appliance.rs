@@ -220,6 +220,16 @@ impl Appliance {
     /// Another appliance on this one's device and on the database `settings` names, with its
     /// own data directory (the config, JWKS and root files copied).
     pub async fn second_node(&self, settings: &hsm_ca::state::PgSettings) -> Node {
+        self.second_node_with(settings, |_| {}).await
+    }
+
+    /// [`Appliance::second_node`] with its config adjusted by `adjust` (its node id is
+    /// `second` before that).
+    pub async fn second_node_with(
+        &self,
+        settings: &hsm_ca::state::PgSettings,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         for name in [
             "hsm-ca.toml",
@@ -229,7 +239,9 @@ impl Appliance {
         ] {
             std::fs::copy(self.path(name), dir.path().join(name)).expect("copy");
         }
-        let config = Config::load(&dir.path().join("hsm-ca.toml")).expect("config");
+        let mut config = Config::load(&dir.path().join("hsm-ca.toml")).expect("config");
+        config.node_id = "second".into();
+        adjust(&mut config);
         let server = serve(&config, &self.store, postgres(settings).await).await;
         Node {
             dir,

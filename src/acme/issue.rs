@@ -202,7 +202,10 @@ pub async fn issue(
                     }
                     return Err(e.into());
                 }
-                (Ok(_), Err(e)) => return Err(e.into()),
+                (Ok(_), Err(e)) => {
+                    audit.record_withheld(&e, &serial, &ca_key).await;
+                    return Err(e.into());
+                }
             }
         }
     };

@@ -147,6 +147,19 @@ pub async fn render(ctl: &Control, issuance: &IssuanceMetrics, auth: &Authentica
             "Refusals counted instead of recorded one by one.",
             stats.refusals_folded.load(Ordering::Relaxed),
         );
+        if let Some(shipping) = audit.shipping() {
+            let records = stats.records.load(Ordering::Relaxed);
+            s.gauge(
+                "hsmca_audit_shipping_lag_records",
+                "Audit records durable on this node but not yet committed in the shared database.",
+                records.saturating_sub(shipping.shipped.load(Ordering::Relaxed)) as f64,
+            );
+            s.counter(
+                "hsmca_audit_shipping_failures",
+                "Shipments of audit records to the shared database that failed (retried).",
+                shipping.failures.load(Ordering::Relaxed),
+            );
+        }
         s.gauge(
             "hsmca_audit_writer_up",
             "1 while the audit writer runs and its last commit succeeded; 0 when it stopped or \

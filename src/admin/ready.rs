@@ -2,7 +2,9 @@
 //! writer and the active intermediate can serve; otherwise 503 with every reason
 //! (`{"ready": false, "reason": "...", "reasons": [...], "warnings": [...]}`). A device that
 //! reported trouble on its last call is probed (the active key's info), so a recovered device
-//! is ready again without waiting for traffic. It must never change state.
+//! is ready again without waiting for traffic. Audit shipping that fails for 10 s or falls
+//! 10,000 records behind is a reason with `[audit] require_shipped` (nothing can be answered)
+//! and a warning without. It must never change state.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +14,11 @@ use serde_json::json;
 
 use super::Api;
 use crate::control::Control;
+
+/// How long audit shipping may fail before `/readyz` says so.
+const SHIPPING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How many records audit shipping may be behind before `/readyz` says so.
+const SHIPPING_MAX_LAG: u64 = 10_000;
 
 /// Why the appliance cannot serve now (empty: it can), and warnings that do not stop it.
 pub async fn check(ctl: &Control) -> (Vec<String>, Vec<String>) {
@@ -44,6 +51,26 @@ pub async fn check(ctl: &Control) -> (Vec<String>, Vec<String>) {
     }
     if let Some(Err(e)) = ctl.audit().map(|a| a.health()) {
         reasons.push(format!("audit log: {e}"));
+    }
+    if let Some(audit) = ctl.audit() {
+        if let Some(problem) = audit.shipping().and_then(|status| {
+            crate::cluster::shipping_problem(
+                status,
+                audit
+                    .stats()
+                    .records
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                SHIPPING_GRACE,
+                SHIPPING_MAX_LAG,
+            )
+        }) {
+            // Without require_shipped the node still issues (its disk holds the records).
+            if ctl.config().audit_shipping.require_shipped {
+                reasons.push(problem);
+            } else {
+                warnings.push(problem);
+            }
+        }
     }
     (reasons, warnings)
 }

@@ -48,8 +48,34 @@ impl Default for AuditOptions {
     }
 }
 
+/// What an append waits for besides the local disk when records must reach the shared
+/// database first (`[audit] require_shipped`): the sequence number shipped so far, a wake-up
+/// for the shipper, and how long to wait.
+#[derive(Clone, Debug)]
+pub struct ShipGate {
+    pub shipped: tokio::sync::watch::Receiver<u64>,
+    pub wake: Arc<tokio::sync::Notify>,
+    pub timeout: std::time::Duration,
+}
+
+/// How far the chain has reached the shared database, kept by whoever ships it and read by
+/// `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct ShippingStatus {
+    /// The highest sequence number committed in the database.
+    pub shipped: std::sync::atomic::AtomicU64,
+    /// Shipments that failed.
+    pub failures: std::sync::atomic::AtomicU64,
+    /// While shipments fail: the last error and when the failures began.
+    pub failing: Mutex<Option<(String, Instant)>>,
+}
+
 /// An open audit log. Appends are durable when they return.
 pub struct AuditLog {
+    /// Set once when records must be shipped before an append returns.
+    gate: std::sync::OnceLock<ShipGate>,
+    /// Set once when the chain is shipped to a shared database.
+    shipping: std::sync::OnceLock<Arc<ShippingStatus>>,
     tx: Option<Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
     store: Store,
@@ -127,6 +153,8 @@ impl AuditLog {
             limiter.clone(),
         )?;
         Ok(AuditLog {
+            gate: std::sync::OnceLock::new(),
+            shipping: std::sync::OnceLock::new(),
             tx: Some(tx),
             writer: Some(writer),
             store: log,
@@ -153,9 +181,61 @@ impl AuditLog {
         Ok(rx)
     }
 
-    /// Appends `event`; returns its sequence number once it is on disk.
+    /// Appends `event`; returns its sequence number once it is on disk, and, with a
+    /// [`ShipGate`], once it is in the shared database too (the start and stop records do not
+    /// wait for it).
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        self.submit(event)?.await.map_err(|_| AuditError::Stopped)?
+        let waits = !matches!(event, AuditEvent::Started { .. } | AuditEvent::Stopped {});
+        let seq = self
+            .submit(event)?
+            .await
+            .map_err(|_| AuditError::Stopped)??;
+        if let Some(gate) = self.gate.get().filter(|_| waits) {
+            gate.wake.notify_one();
+            let mut shipped = gate.shipped.clone();
+            let reached = tokio::time::timeout(gate.timeout, shipped.wait_for(|s| *s >= seq)).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                return Err(AuditError::NotShipped { seq });
+            }
+        }
+        Ok(seq)
+    }
+
+    /// The shipping status, made on first use (the shipper keeps it).
+    pub fn shipping_status(&self) -> Arc<ShippingStatus> {
+        self.shipping.get_or_init(Arc::default).clone()
+    }
+
+    /// The shipping status when the chain is shipped.
+    pub fn shipping(&self) -> Option<&ShippingStatus> {
+        self.shipping.get().map(|s| s.as_ref())
+    }
+
+    /// After an `issued` record's append failed with [`AuditError::NotShipped`] (durable here,
+    /// not in the shared database in time, so the certificate is withheld): records that it
+    /// never left, without waiting for shipping again. Other errors need nothing.
+    pub async fn record_withheld(&self, error: &AuditError, serial: &str, ca_key: &str) {
+        if !matches!(error, AuditError::NotShipped { .. }) {
+            return;
+        }
+        let event = AuditEvent::NotIssued {
+            serial: serial.to_string(),
+            ca_key: ca_key.to_string(),
+            reason: error.to_string(),
+        };
+        let recorded = match self.submit(event) {
+            Ok(rx) => rx.await.map_err(|_| AuditError::Stopped).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "a withheld certificate was not recorded as not issued");
+        }
+    }
+
+    /// From now on, appends wait for their record to be shipped ([`ShipGate`]). Only the first
+    /// gate set counts.
+    pub fn require_shipped(&self, gate: ShipGate) {
+        let _ = self.gate.set(gate);
     }
 
     /// [`AuditLog::append`] for synchronous callers.
@@ -239,6 +319,24 @@ impl AuditLog {
             .iter_from(from)
             .take(limit)
             .map(|v| serde_json::from_slice(&v?).map_err(storage))
+            .collect()
+    }
+
+    /// Up to `limit` records from sequence number `from` on, each with the exact bytes stored
+    /// (what the next record's `prev` hashes).
+    pub fn stored_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(AuditRecord, Vec<u8>)>, AuditError> {
+        self.store
+            .iter_from(from)
+            .take(limit)
+            .map(|v| {
+                let bytes = v?;
+                let record: AuditRecord = serde_json::from_slice(&bytes).map_err(storage)?;
+                Ok((record, bytes))
+            })
             .collect()
     }
 

@@ -56,7 +56,7 @@ use std::path::Path;
 pub use self::export::export;
 pub use self::host::HostLog;
 pub use self::key::{read_public_key, recorded_key, AuditKey, AUDIT_KEY_LABEL};
-pub use self::log::{AuditLog, AuditOptions, DEFAULT_AUDIT_CACHE_BYTES};
+pub use self::log::{AuditLog, AuditOptions, ShipGate, ShippingStatus, DEFAULT_AUDIT_CACHE_BYTES};
 pub use self::verify::{verify_file, verify_file_with_keys, verify_lines, verify_store};
 pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP, RETRY_FIRST, RETRY_MAX};
 pub use limiter::RefusalLimits;
@@ -77,6 +77,10 @@ pub enum AuditError {
     File { path: String, reason: String },
     #[error("audit key: {0}")]
     Key(String),
+    /// `[audit] require_shipped`: the record is durable on this node, but did not reach the
+    /// shared database in time, so the answer it belongs to is not given.
+    #[error("audit record {seq} did not reach the shared database in time")]
+    NotShipped { seq: u64 },
 }
 
 fn storage(e: impl std::fmt::Display) -> AuditError {

@@ -35,6 +35,14 @@ pub enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Verify every node's chain as shipped to the shared database (`[store] backend =
+    /// "postgres"`), each against the key its node registered; exit 3 if one does not verify.
+    /// With --out, also write each as <node>.jsonl and <node>-public-key.pem.
+    Shipped {
+        /// Folder to write each node's records and key into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 impl From<AuditError> for CliError {
@@ -131,6 +139,7 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             report(&summary, &key_note);
             finish(&summary, &lines, expect, allow_unsigned_tail)
         }
+        AuditCommand::Shipped { out } => shipped(config_path, out.as_deref()),
         AuditCommand::Export { out } => {
             let config = Config::load(config_path)?;
             let key = audit::recorded_key(&config.data_dir)?;
@@ -155,6 +164,70 @@ pub fn run(config_path: &Path, command: AuditCommand) -> Result<(), CliError> {
             );
             Ok(())
         }
+    }
+}
+
+/// `hsm-ca audit shipped`: every node's chain in the shared database.
+fn shipped(config_path: &Path, out: Option<&Path>) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    if !matches!(
+        config.store_backend,
+        crate::state::StoreBackend::Postgres(_)
+    ) {
+        return Err(CliError::Message(
+            "audit records are shipped only to a shared database ([store] backend = \"postgres\")"
+                .into(),
+        ));
+    }
+    let chains = super::commands::with_state(&config, async |state| {
+        let crate::state::CaState::Postgres(pg) = state else {
+            return Ok(Vec::new());
+        };
+        Ok(crate::cluster::shipped_chains(pg).await?)
+    })?;
+    if chains.is_empty() {
+        return Err(CliError::Message(
+            "no node has shipped audit records to this database".into(),
+        ));
+    }
+    let mut failed = Vec::new();
+    for chain in &chains {
+        let key = chain
+            .public_key_pem
+            .as_deref()
+            .and_then(|p| pem::parse(p).ok())
+            .map(|p| key_fingerprint(p.contents()))
+            .unwrap_or_else(|| "none: checkpoints not checked".into());
+        match crate::cluster::verify_shipped(chain) {
+            Ok(summary) => say!(
+                "{}: {} records verify, {} checkpoints, {} after the last; audit key {key}",
+                chain.node,
+                summary.records,
+                summary.checkpoints,
+                summary.unsigned_tail
+            ),
+            Err(e) => {
+                say!("{}: DOES NOT VERIFY: {e}", chain.node);
+                failed.push(chain.node.clone());
+            }
+        }
+        if let Some(dir) = out {
+            let jsonl = dir.join(format!("{}.jsonl", chain.node));
+            crate::authority::write_file(&jsonl, chain.lines.as_bytes(), false)?;
+            if let Some(pem_text) = &chain.public_key_pem {
+                let path = dir.join(format!("{}-public-key.pem", chain.node));
+                crate::authority::write_file(&path, pem_text.as_bytes(), false)?;
+            }
+        }
+    }
+    say!("Compare each audit key with the one its node shows (GET /v1/audit/public-key).");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Verification(format!(
+            "the shipped chain of {} does not verify",
+            failed.join(", ")
+        )))
     }
 }
 

@@ -71,8 +71,14 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`: the log filter and format when no flag or variable gives them.
     pub log: LogConfig,
+    /// This appliance's name among those sharing a database (`node_id`; default: the host
+    /// name): its audit records are shipped under it.
+    pub node_id: String,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
+    /// `[audit] require_shipped`: answer only once the record is also committed in the
+    /// shared database (postgres backend), waiting at most `ship_timeout`.
+    pub audit_shipping: AuditShipping,
     pub audit: crate::audit::AuditOptions,
     /// Bound of the CA state store's page cache, in bytes (`[store] cache_mb`, sled).
     pub store_cache_bytes: u64,
@@ -86,6 +92,13 @@ pub struct Config {
     pub admin_client: AdminClientConfig,
     /// The ACME front door (`[acme]`).
     pub acme: acme::AcmeSettings,
+}
+
+/// Whether records must reach the shared database before an answer, and how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditShipping {
+    pub require_shipped: bool,
+    pub timeout: Duration,
 }
 
 /// Automatic intermediate rotation (needs the root key in the online device).
@@ -353,6 +366,8 @@ impl Config {
             ));
         }
         let store_backend = store::backend(&ctx, &raw.store)?;
+        let node_id = store::node_id(&ctx, raw.node_id)?;
+        let audit_shipping = store::audit_shipping(&ctx, &raw.audit, &store_backend)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
         let admin_client = admin_client::admin_client(&ctx, raw.admin_client)?;
@@ -370,7 +385,9 @@ impl Config {
             authorization,
             metrics,
             log,
+            node_id,
             audit_enabled: raw.audit.enabled,
+            audit_shipping,
             audit,
             store_cache_bytes: raw.store.cache_mb << 20,
             store_backend,

@@ -14,6 +14,9 @@ pub(super) struct RawConfig {
     pub(super) trust_domain: String,
     #[serde(default = "default_data_dir")]
     pub(super) data_dir: PathBuf,
+    /// This appliance's name among those sharing a database (default: the host name).
+    #[serde(default)]
+    pub(super) node_id: Option<String>,
     pub(super) keystore: RawKeystore,
     #[serde(default)]
     pub(super) root: RawRoot,
@@ -212,6 +215,10 @@ pub(super) struct RawAudit {
     pub(super) refusals_per_minute: u32,
     #[serde(default = "default_audit_cache_mb")]
     pub(super) cache_mb: u64,
+    #[serde(default)]
+    pub(super) require_shipped: bool,
+    #[serde(default = "default_ship_timeout")]
+    pub(super) ship_timeout_secs: u64,
 }
 
 /// `[store]`: where the CA state is kept (sled, or PostgreSQL in `[store.postgres]`).
@@ -267,10 +274,15 @@ impl Default for RawAudit {
             refusal_burst: default_refusal_burst(),
             refusals_per_minute: default_refusals_per_minute(),
             cache_mb: default_audit_cache_mb(),
+            require_shipped: false,
+            ship_timeout_secs: default_ship_timeout(),
         }
     }
 }
 
+fn default_ship_timeout() -> u64 {
+    5
+}
 fn default_checkpoint_every() -> u64 {
     1000
 }

@@ -3,7 +3,10 @@
 //! [`StoreBackend`]; connecting is the state's job. The database password is named here (a file
 //! or a variable), never read, and never accepted inside the URL.
 
-use super::raw::RawStore;
+use std::time::Duration;
+
+use super::raw::{RawAudit, RawStore};
+use super::AuditShipping;
 use super::{ConfigError, Ctx};
 use crate::state::postgres::DEFAULT_POOL_SIZE;
 use crate::state::{PgSettings, StoreBackend};
@@ -47,4 +50,57 @@ pub(super) fn backend(ctx: &Ctx, store: &RawStore) -> Result<StoreBackend, Confi
             format!("unknown backend {other:?} (expected \"sled\" or \"postgres\")"),
         )),
     }
+}
+
+/// `node_id`: letters, digits, `.`, `-` and `_`, at most 64; the host name when not given.
+pub(super) fn node_id(ctx: &Ctx, given: Option<String>) -> Result<String, ConfigError> {
+    let id = match given {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    };
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if valid {
+        Ok(id)
+    } else {
+        Err(ctx.invalid(
+            "node_id",
+            "must be 1 to 64 letters, digits, '.', '-' or '_' (set it when the host name is not)",
+        ))
+    }
+}
+
+/// `[audit] require_shipped` and `ship_timeout_secs`: shipping needs the shared database.
+pub(super) fn audit_shipping(
+    ctx: &Ctx,
+    audit: &RawAudit,
+    backend: &StoreBackend,
+) -> Result<AuditShipping, ConfigError> {
+    if audit.require_shipped && !matches!(backend, StoreBackend::Postgres(_)) {
+        return Err(ctx.invalid(
+            "audit.require_shipped",
+            "records are shipped to the shared database: it needs [store] backend = \"postgres\"",
+        ));
+    }
+    if audit.require_shipped && !audit.enabled {
+        return Err(ctx.invalid(
+            "audit.require_shipped",
+            "needs the audit log (audit.enabled = true)",
+        ));
+    }
+    if !(1..=300).contains(&audit.ship_timeout_secs) {
+        return Err(ctx.invalid(
+            "audit.ship_timeout_secs",
+            "must be between 1 and 300 (seconds)",
+        ));
+    }
+    Ok(AuditShipping {
+        require_shipped: audit.require_shipped,
+        timeout: Duration::from_secs(audit.ship_timeout_secs),
+    })
 }

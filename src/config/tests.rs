@@ -374,3 +374,22 @@ fn acme_errors_name_their_key() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn node_ids_are_checked_and_require_shipped_needs_the_shared_database() {
+    let with_node = |id: &str| parse(&format!("node_id = \"{id}\"\n{MINIMAL}"));
+    assert_eq!(with_node("ca-1.east").expect("valid").node_id, "ca-1.east");
+    for bad in ["", "two words", "a/b", &"x".repeat(65)] {
+        let err = with_node(bad).expect_err(bad);
+        assert!(err.to_string().contains("node_id"), "{bad}: {err}");
+    }
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.node_id.is_empty(), "the host name by default");
+    assert!(!c.audit_shipping.require_shipped);
+    assert_eq!(c.audit_shipping.timeout, Duration::from_secs(5));
+    let err = parse(&format!("{MINIMAL}[audit]\nrequire_shipped = true\n"))
+        .expect_err("sled has nowhere to ship");
+    assert!(err.to_string().contains("audit.require_shipped"), "{err}");
+    let err = parse(&format!("{MINIMAL}[audit]\nship_timeout_secs = 0\n")).expect_err("zero");
+    assert!(err.to_string().contains("audit.ship_timeout_secs"), "{err}");
+}

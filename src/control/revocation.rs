@@ -142,7 +142,7 @@ impl Control {
                         .await?
                         .ok_or(ControlError::NoActiveIntermediate)?,
                 };
-                self.check_issued(&issuer, &serial)?;
+                self.check_issued(&issuer, &serial).await?;
             }
             _ => return Err(ControlError::RevocationTarget),
         }
@@ -151,14 +151,20 @@ impl Control {
 
     /// With the audit log on, a leaf serial is revocable only when the log holds its issuance
     /// by `issuer`; without it (measurements only) nothing can say, and it is accepted.
-    fn check_issued(&self, issuer: &IntermediateRecord, serial: &str) -> Result<(), ControlError> {
+    async fn check_issued(
+        &self,
+        issuer: &IntermediateRecord,
+        serial: &str,
+    ) -> Result<(), ControlError> {
         let Some(audit) = self.audit() else {
             return Ok(());
         };
         let key = issuer.key_id.to_string();
+        // This node's log, then the records other nodes shipped to the shared database.
         if audit
             .was_issued(&key, serial)
             .map_err(ControlError::AuditFailed)?
+            || self.state.audit_issued(&key, serial).await?
         {
             Ok(())
         } else {
@@ -224,7 +230,7 @@ impl Control {
                         .await?
                         .ok_or(ControlError::NoActiveIntermediate)?,
                 };
-                self.check_issued(&issuer, &serial)?;
+                self.check_issued(&issuer, &serial).await?;
                 (fingerprint_id(&record_der(&issuer)?), serial)
             }
             _ => return Err(ControlError::RevocationTarget),

@@ -291,14 +291,20 @@ impl CertificateService {
                     }
                     return Err(e.into());
                 }
-                (Ok(_), Err(e)) => return Err(e.into()),
+                (Ok(_), Err(e)) => {
+                    audit.record_withheld(&e, &serial, &ca_key).await;
+                    return Err(e.into());
+                }
             }
         } else {
             let leaf = prepared.sign(&issuer.ca).await;
             self.signing.store(leaf.is_ok(), Ordering::Relaxed);
             let leaf = leaf?;
             progress.recorded = true;
-            audit.append(record).await?;
+            if let Err(e) = audit.append(record).await {
+                audit.record_withheld(&e, &serial, &ca_key).await;
+                return Err(e.into());
+            }
             leaf
         };
         Ok(answer(&issuer, leaf.pem, caller, identity, serial))

@@ -52,6 +52,9 @@ pub enum StateError {
          hsm-ca knows: run the newer hsm-ca that upgraded it"
     )]
     SchemaTooNew { found: i32, known: i32 },
+    /// What is to be written contradicts what is there and must not be replaced.
+    #[error("CA state conflict: {0}")]
+    Conflict(String),
 }
 
 /// Which backend keeps the CA state (`[store] backend`).
@@ -186,6 +189,15 @@ impl CaState {
         match self {
             CaState::Sled(_) => Ok(None),
             CaState::Postgres(p) => p.change_sequence().await.map(Some),
+        }
+    }
+
+    /// Whether another node's shipped audit records hold this issuance (always false on
+    /// sled, where there are no other nodes).
+    pub async fn audit_issued(&self, ca_key: &str, serial: &str) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(_) => Ok(false),
+            CaState::Postgres(p) => p.audit_issued(ca_key, serial).await,
         }
     }
 

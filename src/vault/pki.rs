@@ -316,7 +316,8 @@ async fn sign(api: &VaultApi, call: &mut Call, role_name: &str) -> Result<Respon
         .collect::<Vec<_>>()
         .join(", ");
     if let Some(audit) = api.control.audit() {
-        audit
+        let ca_key = issuer.ca.key().id().to_string();
+        let recorded = audit
             .append(AuditEvent::Issued {
                 serial: leaf.serial.clone(),
                 identity,
@@ -326,13 +327,17 @@ async fn sign(api: &VaultApi, call: &mut Call, role_name: &str) -> Result<Respon
                     api.settings().pki_mount,
                     token.login
                 ),
-                ca_key: issuer.ca.key().id().to_string(),
+                ca_key: ca_key.clone(),
                 not_before: rfc3339(leaf.not_before),
                 not_after: rfc3339(leaf.not_after),
                 csr_key_sha256: csr.public_key_fingerprint(),
                 certificate_sha256: None,
             })
-            .await?;
+            .await;
+        if let Err(e) = recorded {
+            audit.record_withheld(&e, &leaf.serial, &ca_key).await;
+            return Err(e.into());
+        }
     }
     let (chain, _) = issuing_chain(api)?;
     Ok(data_answer(json!({

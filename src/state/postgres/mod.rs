@@ -12,6 +12,7 @@
 //! step (the `signature` columns are there for it).
 
 mod acme;
+mod audit;
 mod proposals;
 mod schema;
 mod settings;
@@ -29,6 +30,7 @@ use super::{
 };
 use crate::keystore::KeyId;
 
+pub use audit::ShippedRecord;
 pub use schema::SCHEMA_VERSION;
 pub use settings::{PgSettings, DEFAULT_POOL_SIZE};
 

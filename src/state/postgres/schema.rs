@@ -36,6 +36,10 @@ const MIGRATION_LOCK: i32 = 0;
 /// transaction as any statement changing roots, intermediates, revocations or imported CRLs
 /// (whichever code or person wrote it), so that every node sees a committed trust change by
 /// reading one row.
+///
+/// Version 6 adds the nodes' shipped audit records: each node's audit public key
+/// (`audit_nodes`), and its records by (node, sequence number) as the exact bytes stored on
+/// its disk, with the CA key and serial of `issued` records in columns for lookups.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -139,6 +143,26 @@ CREATE TRIGGER revocations_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE 
     FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
 CREATE TRIGGER imported_crls_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON imported_crls
     FOR EACH STATEMENT EXECUTE FUNCTION hsmca_trust_changed();
+"#,
+    ),
+    (
+        6,
+        r#"
+CREATE TABLE audit_nodes (
+    node_id        text COLLATE "C" PRIMARY KEY,
+    public_key_pem text,
+    registered_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE audit_records (
+    node_id       text COLLATE "C" NOT NULL REFERENCES audit_nodes (node_id),
+    seq           bigint NOT NULL CHECK (seq > 0),
+    stored        bytea NOT NULL,
+    issued_ca_key text COLLATE "C",
+    issued_serial text COLLATE "C",
+    PRIMARY KEY (node_id, seq)
+);
+CREATE INDEX audit_records_issued ON audit_records (issued_ca_key, issued_serial)
+    WHERE issued_serial IS NOT NULL;
 "#,
     ),
 ];

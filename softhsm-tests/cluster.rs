@@ -1,0 +1,266 @@
+//! Two appliances on one PostgreSQL database (Debian's, started by the test), each with its own
+//! audit chain on its own disk: every node's chain reaches the database complete and verifies
+//! there, a leaf issued on one node is revoked through the other, and a node with
+//! `[audit] require_shipped` answers only once its record is in the database — and withholds
+//! the certificate, recording that, while the database cannot be reached.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hsm_ca::client::{self, WorkloadKey};
+use hsm_ca::server::RunningServer;
+use hsm_ca::state::{CaState, PgState, StoreBackend};
+use serde_json::json;
+use support::appliance::Appliance;
+use support::http::AdminClient;
+use support::postgres::{PgCluster, ROLE};
+
+const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
+
+fn config() -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+development_shared_ca = true
+
+[[admin.users]]
+identity = "{OPERATOR}"
+roles = ["auditor", "officer"]
+
+[admin.approvals]
+threshold = 1
+"#
+    )
+}
+
+fn admin_on(server: &RunningServer, roots: &[Vec<u8>]) -> AdminClient {
+    let (chain, key) = support::appliance::client_identity(&server.view, OPERATOR);
+    AdminClient::new(
+        server.admin_addr.expect("admin listens"),
+        roots,
+        Some((&chain, &key)),
+    )
+}
+
+/// A workload certificate from the node `server`; its serial (hex), or the refusal's code.
+async fn issue(app: &Appliance, server: &RunningServer) -> Result<String, tonic::Code> {
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let csr = client::workload_csr(WorkloadKey::P256, id).expect("csr");
+    let tls = hsm_ca::tls::client_config(&app.roots, None, false).expect("tls");
+    let mut grpc = client::connect(server.local_addr, "localhost", tls)
+        .await
+        .expect("connect");
+    let token = app.token_for("default", "web");
+    let chain = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .map_err(|e| match e {
+            client::ClientError::Refused { code, .. } => code,
+            other => panic!("{other}"),
+        })?
+        .cert_chain;
+    let der = hsm_ca::ca::certificates_from_pem(chain[0].as_bytes()).expect("pem");
+    Ok(hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&der[0])
+            .expect("leaf")
+            .raw_serial(),
+    ))
+}
+
+async fn database(cluster: &PgCluster) -> CaState {
+    CaState::connect(
+        &StoreBackend::Postgres(cluster.settings()),
+        std::path::Path::new("/nonexistent"),
+        1 << 20,
+    )
+    .await
+    .expect("database")
+}
+
+fn pg(state: &CaState) -> &PgState {
+    match state {
+        CaState::Postgres(pg) => pg,
+        CaState::Sled(_) => unreachable!("a database"),
+    }
+}
+
+/// Waits until `node`'s shipped head is `seq` or later.
+async fn shipped_up_to(pg: &PgState, node: &str, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let head = pg
+            .audit_shipped_head(node)
+            .await
+            .expect("head")
+            .map_or(0, |(s, _)| s);
+        if head >= seq {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} shipped up to {head}, not {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The number of records in a running node's chain.
+fn records(server: &RunningServer) -> u64 {
+    server
+        .control
+        .audit()
+        .expect("audit")
+        .stats()
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let two = one.second_node(&settings).await;
+    let db = database(&cluster).await;
+    let first_node = one.config.node_id.clone();
+
+    let on_one = issue(&one, &one.server).await.expect("issued on one");
+    let on_two = issue(&one, &two.server).await.expect("issued on two");
+    shipped_up_to(pg(&db), &first_node, records(&one.server)).await;
+    shipped_up_to(pg(&db), "second", records(&two.server)).await;
+
+    // Each leaf revoked through the node that did not issue it: the issuance is found in the
+    // records the other node shipped.
+    for (serial, through) in [(&on_one, &two.server), (&on_two, &one.server)] {
+        let reply = admin_on(through, &one.roots)
+            .post(
+                "/v1/revocations",
+                json!({"serial": serial, "reason": "key-compromise"}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{serial}: {}", reply.text());
+    }
+    // A serial nobody issued is still refused.
+    let reply = admin_on(&two.server, &one.roots)
+        .post("/v1/revocations", json!({"serial": "0badc0ffee"}))
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+
+    // Both chains are in the database, whole, and verify with their nodes' keys.
+    shipped_up_to(pg(&db), &first_node, records(&one.server)).await;
+    shipped_up_to(pg(&db), "second", records(&two.server)).await;
+    let chains = hsm_ca::cluster::shipped_chains(pg(&db))
+        .await
+        .expect("chains");
+    let nodes: Vec<&str> = chains.iter().map(|c| c.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for chain in &chains {
+        let summary = hsm_ca::cluster::verify_shipped(chain).expect("verifies");
+        let (local, serial) = if chain.node == "second" {
+            (records(&two.server), &on_two)
+        } else {
+            (records(&one.server), &on_one)
+        };
+        assert!(summary.records >= local, "{}: {summary:?}", chain.node);
+        assert!(summary.signatures_checked, "{}", chain.node);
+        assert!(chain.lines.contains(&format!("\"serial\":\"{serial}\"")));
+    }
+    // Tampering with a shipped record shows.
+    let changed = cluster.psql(
+        "UPDATE audit_records \
+         SET stored = convert_to(replace(convert_from(stored, 'UTF8'), '/sa/web', '/sa/wab'), 'UTF8') \
+         WHERE node_id = 'second' AND issued_serial IS NOT NULL",
+    );
+    assert!(changed.contains("UPDATE 1"), "{changed}");
+    let chains = hsm_ca::cluster::shipped_chains(pg(&db))
+        .await
+        .expect("chains");
+    let second = chains.iter().find(|c| c.node == "second").expect("second");
+    assert!(hsm_ca::cluster::verify_shipped(second).is_err());
+
+    two.server.shutdown().await;
+    one.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_shipped_answers_after_the_database_commit_and_withholds_without_it() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let strict = one
+        .second_node_with(&settings, |c| {
+            c.audit_shipping.require_shipped = true;
+            c.audit_shipping.timeout = Duration::from_secs(2);
+        })
+        .await;
+    let db = database(&cluster).await;
+
+    // The answer comes after the record is in the database: no waiting needed to find it.
+    for _ in 0..3 {
+        let serial = issue(&one, &strict.server).await.expect("issued");
+        let head = strict
+            .server
+            .control
+            .audit()
+            .expect("audit")
+            .stats()
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (shipped, _) = pg(&db)
+            .audit_shipped_head("second")
+            .await
+            .expect("head")
+            .expect("shipped");
+        assert!(shipped + 1 >= head, "shipped {shipped} of {head}");
+        let chains = hsm_ca::cluster::shipped_chains(pg(&db))
+            .await
+            .expect("chains");
+        let second = chains.iter().find(|c| c.node == "second").expect("second");
+        assert!(second.lines.contains(&format!("\"serial\":\"{serial}\"")));
+    }
+
+    // The database refuses connections: the strict node withholds certificates with
+    // UNAVAILABLE; the other keeps issuing from its own disk.
+    cluster.psql_in(
+        "postgres",
+        &[
+            &format!("ALTER DATABASE {ROLE} ALLOW_CONNECTIONS false"),
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{ROLE}'"
+            ),
+        ],
+    );
+    let refused = issue(&one, &strict.server).await.expect_err("withheld");
+    assert_eq!(refused, tonic::Code::Unavailable);
+    issue(&one, &one.server)
+        .await
+        .expect("the other node issues");
+
+    // Back: the strict node issues again, and every record reaches the database, among them
+    // the withheld certificate's `not_issued`.
+    cluster.psql_in(
+        "postgres",
+        &[&format!("ALTER DATABASE {ROLE} ALLOW_CONNECTIONS true")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while issue(&one, &strict.server).await.is_err() {
+        assert!(Instant::now() < deadline, "the strict node issues again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let db = database(&cluster).await;
+    shipped_up_to(pg(&db), "second", records(&strict.server)).await;
+    let chains = hsm_ca::cluster::shipped_chains(pg(&db))
+        .await
+        .expect("chains");
+    let second = chains.iter().find(|c| c.node == "second").expect("second");
+    hsm_ca::cluster::verify_shipped(second).expect("verifies");
+    assert!(second.lines.contains("\"kind\":\"not_issued\""));
+    assert!(second.lines.contains("did not reach the shared database"));
+
+    strict.server.shutdown().await;
+    one.server.shutdown().await;
+}

@@ -1,0 +1,247 @@
+//! What an appliance does because others share its database: it ships its audit chain to
+//! PostgreSQL under its node id, so the records of every node are in one place (for
+//! `hsm-ca audit verify --database`, for revoking a leaf through any node, and against a lost
+//! disk), and with `[audit] require_shipped` it answers only once its record is there.
+//!
+//! A certificate still leaves only after its record is durable on the node's own disk; the
+//! shipper follows behind (woken by every append that waits for it, otherwise every
+//! [`SHIP_INTERVAL`]), in batches, idempotently by (node, sequence number). A node whose local
+//! chain does not continue the one shipped under its id (a lost or restored disk, two
+//! appliances with one `node_id`) refuses to start rather than fork the database copy.
+//!
+//! It must never ship a record that is not durable on the node, and never overwrite one that
+//! was shipped.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::audit::{AuditEvent, AuditLog, ShipGate, ShippingStatus};
+use crate::config::Config;
+use crate::state::postgres::ShippedRecord;
+use crate::state::{CaState, PgState, StateError};
+
+/// How often the shipper looks for new records when no append woke it.
+pub const SHIP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Most records in one shipment.
+const BATCH: usize = 500;
+
+/// Why shipping cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(
+        "node {node}: the audit chain in the database does not continue this node's chain \
+         (record {seq} differs or is missing here); a node that lost its disk, or a second \
+         appliance, needs its own node_id"
+    )]
+    Diverged { node: String, seq: u64 },
+}
+
+/// Starts shipping `audit` to the database of `state` when it is PostgreSQL (`None` on sled).
+/// Registers the node and its audit key, checks that the local chain continues the shipped
+/// one, and, with `require_shipped`, makes every append wait for its record to be shipped.
+pub async fn start_shipping(
+    state: Arc<CaState>,
+    audit: Arc<AuditLog>,
+    config: &Config,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ShipError> {
+    let CaState::Postgres(pg) = state.as_ref() else {
+        return Ok(None);
+    };
+    let node = config.node_id.clone();
+    let public_key = audit.key().map(|k| k.public_pem());
+    pg.register_audit_node(&node, public_key.as_deref()).await?;
+    let shipped = match pg.audit_shipped_head(&node).await? {
+        None => 0,
+        Some((seq, stored)) => {
+            let local = tokio::task::block_in_place(|| audit.stored_page(seq, 1))?;
+            match local.first() {
+                Some((record, bytes)) if record.seq == seq && *bytes == stored => seq,
+                _ => return Err(ShipError::Diverged { node, seq }),
+            }
+        }
+    };
+    let status = audit.shipping_status();
+    status.shipped.store(shipped, Ordering::Relaxed);
+    let (shipped_tx, shipped_rx) = tokio::sync::watch::channel(shipped);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    if config.audit_shipping.require_shipped {
+        audit.require_shipped(ShipGate {
+            shipped: shipped_rx,
+            wake: wake.clone(),
+            timeout: config.audit_shipping.timeout,
+        });
+    }
+    tracing::info!(node = %node, shipped, "shipping the audit chain to the shared database");
+    Ok(Some(tokio::spawn(async move {
+        let CaState::Postgres(pg) = state.as_ref() else {
+            return;
+        };
+        let mut next = shipped + 1;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SHIP_INTERVAL) => {}
+                _ = wake.notified() => {}
+            }
+            match ship_pending(pg, &audit, &node, next).await {
+                Ok(last) => {
+                    if last >= next {
+                        next = last + 1;
+                        status.shipped.store(last, Ordering::Relaxed);
+                        shipped_tx.send_replace(last);
+                    }
+                    if crate::control::lock(&status.failing).take().is_some() {
+                        tracing::info!(node = %node, "audit shipping works again");
+                    }
+                }
+                Err(e) => {
+                    status.failures.fetch_add(1, Ordering::Relaxed);
+                    let mut failing = crate::control::lock(&status.failing);
+                    if failing.is_none() {
+                        tracing::warn!(error = %e, "audit records cannot be shipped; retrying");
+                    }
+                    let since = failing.as_ref().map_or_else(Instant::now, |(_, t)| *t);
+                    *failing = Some((e.to_string(), since));
+                }
+            }
+        }
+    })))
+}
+
+/// Ships every record from `from` on that is on the node's disk; returns the last sequence
+/// number shipped (`from - 1` when there was none).
+async fn ship_pending(
+    pg: &PgState,
+    audit: &AuditLog,
+    node: &str,
+    mut from: u64,
+) -> Result<u64, ShipError> {
+    loop {
+        let page = tokio::task::block_in_place(|| audit.stored_page(from, BATCH))?;
+        let Some((last, _)) = page.last() else {
+            return Ok(from - 1);
+        };
+        let last = last.seq;
+        let full = page.len() == BATCH;
+        let records: Vec<ShippedRecord> = page
+            .into_iter()
+            .map(|(record, stored)| ShippedRecord {
+                seq: record.seq,
+                issued: match record.event {
+                    AuditEvent::Issued { serial, ca_key, .. } => Some((ca_key, serial)),
+                    _ => None,
+                },
+                stored,
+            })
+            .collect();
+        pg.ship_audit(node, &records).await?;
+        from = last + 1;
+        if !full {
+            return Ok(last);
+        }
+    }
+}
+
+/// One node's chain as the shared database holds it.
+#[derive(Debug)]
+pub struct ShippedChain {
+    pub node: String,
+    /// The node's audit public key as registered (PEM), if its log has one.
+    pub public_key_pem: Option<String>,
+    /// The records as JSON Lines, in sequence order.
+    pub lines: String,
+}
+
+/// Every node's shipped chain, read from the database in pages.
+pub async fn shipped_chains(pg: &PgState) -> Result<Vec<ShippedChain>, StateError> {
+    const PAGE: i64 = 10_000;
+    let mut chains = Vec::new();
+    for (node, public_key_pem) in pg.audit_nodes().await? {
+        let mut lines = String::new();
+        let mut from = 1;
+        loop {
+            let page = pg.audit_records(&node, from, PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            from = last + 1;
+            let full = page.len() as i64 == PAGE;
+            for (_, stored) in page {
+                lines.push_str(&String::from_utf8_lossy(&stored));
+                lines.push('\n');
+            }
+            if !full {
+                break;
+            }
+        }
+        chains.push(ShippedChain {
+            node,
+            public_key_pem,
+            lines,
+        });
+    }
+    Ok(chains)
+}
+
+/// Verifies one shipped chain: the hash links from its first record, and every checkpoint
+/// against the node's registered key. (The key comes from the database too: compare its
+/// fingerprint with the one the node itself shows, `GET /v1/audit/public-key`.)
+pub fn verify_shipped(
+    chain: &ShippedChain,
+) -> Result<crate::audit::ChainSummary, crate::audit::AuditError> {
+    let key = match &chain.public_key_pem {
+        Some(pem_text) => Some(
+            pem::parse(pem_text)
+                .map_err(|e| crate::audit::AuditError::Key(format!("node {}: {e}", chain.node)))?
+                .into_contents(),
+        ),
+        None => None,
+    };
+    let keys: Vec<&[u8]> = key.iter().map(Vec::as_slice).collect();
+    crate::audit::verify_lines(&chain.lines, &keys)
+}
+
+/// Why `/readyz` should report the shipping (empty when it keeps up): failing for longer than
+/// `grace`, or more than `max_lag` records behind.
+pub fn shipping_problem(
+    status: &ShippingStatus,
+    records: u64,
+    grace: Duration,
+    max_lag: u64,
+) -> Option<String> {
+    if let Some((error, since)) = crate::control::lock(&status.failing).as_ref() {
+        if since.elapsed() >= grace {
+            return Some(format!(
+                "audit shipping has failed for {} s: {error}",
+                since.elapsed().as_secs()
+            ));
+        }
+    }
+    let lag = records.saturating_sub(status.shipped.load(Ordering::Relaxed));
+    (lag > max_lag).then(|| format!("audit shipping is {lag} records behind"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_reports_a_long_failure_or_a_long_lag() {
+        let status = ShippingStatus::default();
+        status.shipped.store(90, Ordering::Relaxed);
+        assert_eq!(shipping_problem(&status, 100, Duration::ZERO, 10), None);
+        assert!(shipping_problem(&status, 101, Duration::ZERO, 10)
+            .is_some_and(|p| p.contains("11 records behind")));
+        *crate::control::lock(&status.failing) = Some(("down".into(), Instant::now()));
+        assert!(
+            shipping_problem(&status, 95, Duration::ZERO, 10).is_some_and(|p| p.contains("down"))
+        );
+        assert_eq!(
+            shipping_problem(&status, 95, Duration::from_secs(60), 10),
+            None
+        );
+    }
+}
