@@ -2,7 +2,8 @@
 //! audit chain on its own disk: every node's chain reaches the database complete and verifies
 //! there, a leaf issued on one node is revoked through the other, and a node with
 //! `[audit] require_shipped` answers only once its record is in the database — and withholds
-//! the certificate, recording that, while the database cannot be reached.
+//! the certificate, recording that, while the database cannot be reached. One of the nodes
+//! leads; when it stops, the other takes over.
 
 mod support;
 
@@ -180,8 +181,33 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
     let second = chains.iter().find(|c| c.node == "second").expect("second");
     assert!(hsm_ca::cluster::verify_shipped(second).is_err());
 
-    two.server.shutdown().await;
-    one.server.shutdown().await;
+    // One of the two leads; when it stops, the other takes over within a renewal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(l) = pg(&db).leader().await.expect("leader").filter(|l| l.live) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (stays, stays_id) = if first.node == "second" {
+        two.server.shutdown().await;
+        (one.server, first_node.clone())
+    } else {
+        one.server.shutdown().await;
+        (two.server, "second".to_string())
+    };
+    let deadline = Instant::now() + hsm_ca::cluster::LEADER_RENEW * 2;
+    loop {
+        let now = pg(&db).leader().await.expect("leader").expect("someone");
+        if now.live && now.node == stays_id {
+            assert!(now.epoch > first.epoch);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?} still leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stays.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,11 @@
 //! chain does not continue the one shipped under its id (a lost or restored disk, two
 //! appliances with one `node_id`) refuses to start rather than fork the database copy.
 //!
-//! It must never ship a record that is not durable on the node, and never overwrite one that
-//! was shipped.
+//! It also runs the leader-only jobs on one node at a time ([`spawn_leadership`]): a lease in
+//! the database with an epoch that fences the leader's writes.
+//!
+//! It must never ship a record that is not durable on the node, never overwrite one that was
+//! shipped, and never run a leader-only job unfenced on a shared database.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{AuditEvent, AuditLog, ShipGate, ShippingStatus};
 use crate::config::Config;
+use crate::control::Control;
 use crate::state::postgres::ShippedRecord;
-use crate::state::{CaState, PgState, StateError};
+use crate::state::{CaState, Fence, PgState, StateError};
 
 /// How often the shipper looks for new records when no append woke it.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -145,6 +149,67 @@ async fn ship_pending(
             return Ok(last);
         }
     }
+}
+
+/// How long a leadership lasts unless renewed; another node takes over after it lapses.
+pub const LEADER_LEASE: Duration = Duration::from_secs(10);
+
+/// How often the leader renews its lease (and the others try to take it).
+pub const LEADER_RENEW: Duration = Duration::from_secs(3);
+
+/// Runs the leader-only jobs (automatic rotation) on exactly one of the nodes sharing the
+/// database: every [`LEADER_RENEW`] each node takes or renews the lease; the holder runs the
+/// rotation step (every `rotation.check_interval`) fenced by its epoch. `None` on sled.
+pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
+    if !matches!(control.state(), CaState::Postgres(_)) {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let CaState::Postgres(pg) = control.state() else {
+            return;
+        };
+        let node = control.config().node_id.clone();
+        let rotation = control.config().rotation.clone();
+        let mut leading: Option<u64> = None;
+        let mut failing = false;
+        let mut last_step: Option<Instant> = None;
+        loop {
+            match pg.acquire_leadership(&node, LEADER_LEASE).await {
+                Ok(now) => {
+                    failing = false;
+                    if now != leading {
+                        match now {
+                            Some(epoch) => tracing::info!(node = %node, epoch, "this node leads"),
+                            None => tracing::info!(node = %node, "another node leads"),
+                        }
+                        leading = now;
+                    }
+                }
+                Err(e) => {
+                    // Without the database no write can be fenced: stop leading.
+                    leading = None;
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot take or renew the leadership");
+                    }
+                    failing = true;
+                }
+            }
+            let due = last_step.is_none_or(|t| t.elapsed() >= rotation.check_interval);
+            if let (Some(epoch), true, true) = (leading, rotation.auto, due) {
+                last_step = Some(Instant::now());
+                let fence = Fence {
+                    node: node.clone(),
+                    epoch,
+                };
+                match crate::state::fenced(fence, control.auto_rotate_step()).await {
+                    Ok(Some(what)) => tracing::info!("automatic rotation: {what}"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "automatic rotation cannot proceed"),
+                }
+            }
+            tokio::time::sleep(LEADER_RENEW).await;
+        }
+    }))
 }
 
 /// One node's chain as the shared database holds it.

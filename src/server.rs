@@ -125,6 +125,8 @@ pub struct RunningServer {
     follower: Option<tokio::task::JoinHandle<()>>,
     /// Ships the audit chain to the shared database.
     shipper: Option<tokio::task::JoinHandle<()>>,
+    /// Takes and renews the leader lease and runs the leader-only jobs.
+    leadership: Option<tokio::task::JoinHandle<()>>,
     renewal: tokio::task::JoinHandle<()>,
     key_refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -141,6 +143,16 @@ impl RunningServer {
         }
         if let Some(metrics) = self.metrics_task.take() {
             metrics.abort();
+        }
+        if let Some(task) = self.leadership.take() {
+            task.abort();
+            // Another node takes over at its next renewal instead of after the lease.
+            if let CaState::Postgres(pg) = self.control.state() {
+                let node = &self.control.config().node_id;
+                if let Err(e) = pg.release_leadership(node).await {
+                    tracing::warn!(error = %e, "the leadership was not released");
+                }
+            }
         }
         for task in [
             self.rotation.take(),
@@ -488,7 +500,9 @@ pub async fn start(
         })
     });
 
-    let rotation = config.rotation.auto.then(|| {
+    // On a shared database the leader-only jobs run on one node (the lease holder), fenced.
+    let leadership = crate::cluster::spawn_leadership(control.clone());
+    let rotation = (config.rotation.auto && leadership.is_none()).then(|| {
         let (ctl, every) = (control.clone(), config.rotation.check_interval);
         tokio::spawn(async move {
             let mut warned = false;
@@ -596,6 +610,7 @@ pub async fn start(
         rotation,
         follower,
         shipper,
+        leadership,
         renewal,
         key_refreshers,
     })

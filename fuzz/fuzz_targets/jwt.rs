@@ -16,7 +16,9 @@
 use std::sync::{Arc, OnceLock};
 
 use hsm_ca::auth::jwt::{self, Claims};
-use hsm_ca::auth::{revoked::Revocations, Authenticator, ClusterVerifier, DEFAULT_CLUSTER};
+use hsm_ca::auth::{
+    revoked::Revocations, Authenticator, ClusterKeys, ClusterVerifier, DEFAULT_CLUSTER,
+};
 
 const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -33,7 +35,7 @@ fn authenticator() -> &'static Authenticator {
         .expect("the fixture JWKS is valid");
         Authenticator {
             trust_domain: TRUST_DOMAIN.into(),
-            clusters: vec![cluster],
+            clusters: vec![Arc::new(ClusterKeys::fixed(cluster))],
             registration_authorities: Vec::new(),
             trusted_node_accounts: Vec::new(),
             verified_tokens: jwt::VerifiedTokens::default(),

@@ -1,7 +1,8 @@
 //! What only the PostgreSQL backend has: its password never shows in an error, a URL with a
 //! password is refused, TLS checks the server's chain and name (verify-full), a database with a
 //! newer schema is refused, a multi-host URL finds the writable server, and every trust change
-//! moves the change sequence the nodes follow.
+//! moves the change sequence the nodes follow, and a leader whose lease lapsed cannot write
+//! after another node took over.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use hsm_ca::secret::SecretSource;
 use hsm_ca::state::{CaState, PgSettings, StateError, StoreBackend};
 
 use super::support::postgres::{PgCluster, PgOptions};
-use super::{revocation, root, Backend, Postgres};
+use super::{intermediate, revocation, root, Backend, Postgres};
 
 async fn connect(settings: PgSettings) -> Result<CaState, StateError> {
     CaState::connect(
@@ -149,6 +150,66 @@ async fn every_trust_change_moves_the_change_sequence_also_one_made_in_sql() {
     b.cluster
         .psql("DELETE FROM revocations WHERE serial = '01'");
     assert!(seq().await > after_revoke);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_leaders_writes_are_refused_after_another_node_took_over() {
+    use hsm_ca::state::{fenced, Fence};
+    use std::time::Duration;
+    let b = Postgres::new().await;
+    let state = b.open().await;
+    let CaState::Postgres(pg) = &state else {
+        unreachable!("postgres")
+    };
+    let fence = |node: &str, epoch| Fence {
+        node: node.into(),
+        epoch,
+    };
+    let short = Duration::from_secs(1);
+    let first = pg
+        .acquire_leadership("a", short)
+        .await
+        .expect("take")
+        .expect("a leads");
+    assert_eq!(pg.acquire_leadership("b", short).await.expect("try"), None);
+    assert_eq!(
+        pg.acquire_leadership("a", short).await.expect("renew"),
+        Some(first),
+        "a renewal keeps the epoch"
+    );
+    fenced(fence("a", first), state.install(intermediate(1)))
+        .await
+        .expect("the leader writes");
+
+    // a pauses past its lease; b takes over with a new epoch.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = pg
+        .acquire_leadership("b", Duration::from_secs(30))
+        .await
+        .expect("take")
+        .expect("b leads");
+    assert!(second > first);
+    let leader = pg.leader().await.expect("leader").expect("someone");
+    assert_eq!(
+        (leader.node.as_str(), leader.epoch, leader.live),
+        ("b", second, true)
+    );
+
+    // a resumes: its write is refused and changes nothing; b's goes through.
+    let err = fenced(fence("a", first), state.install(intermediate(2)))
+        .await
+        .expect_err("fenced");
+    assert!(matches!(err, StateError::Fenced { .. }), "{err}");
+    assert_eq!(state.intermediates().await.expect("list").len(), 1);
+    fenced(fence("b", second), state.install(intermediate(2)))
+        .await
+        .expect("the new leader writes");
+    assert_eq!(pg.acquire_leadership("a", short).await.expect("try"), None);
+
+    // A clean stop gives the lease up at once.
+    pg.release_leadership("b").await.expect("release");
+    let third = pg.acquire_leadership("a", short).await.expect("take");
+    assert!(third.is_some_and(|e| e > second), "{third:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::keystore::KeyId;
 
 pub use acme::{AcmeKind, AcmeObject};
-pub use postgres::{PgSettings, PgState};
+pub use postgres::{Leader, PgSettings, PgState};
 pub use proposals::{Claim, ProposalRecord, ProposalStatus, ProposalStep};
 pub use records::{
     ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord, Snapshot,
@@ -55,6 +55,33 @@ pub enum StateError {
     /// What is to be written contradicts what is there and must not be replaced.
     #[error("CA state conflict: {0}")]
     Conflict(String),
+    /// A leader-only write by a node that no longer holds the leadership it started with.
+    #[error("node {node} is no longer the leader of epoch {epoch}: the write was refused")]
+    Fenced { node: String, epoch: u64 },
+}
+
+/// The leadership a leader-only job runs under: node id and epoch. While [`fenced`] runs a
+/// job, every intermediate transition it writes to PostgreSQL commits only if the database
+/// still names this node leader of this epoch (a paused old leader cannot write after a new
+/// one took over).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+    pub epoch: u64,
+}
+
+tokio::task_local! {
+    static FENCE: Fence;
+}
+
+/// Runs `job` with its intermediate transitions fenced by `fence`.
+pub async fn fenced<F: std::future::Future>(fence: Fence, job: F) -> F::Output {
+    FENCE.scope(fence, job).await
+}
+
+/// The fence of the leader-only job running in this task, if any.
+pub(crate) fn current_fence() -> Option<Fence> {
+    FENCE.try_with(Fence::clone).ok()
 }
 
 /// Which backend keeps the CA state (`[store] backend`).

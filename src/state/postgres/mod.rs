@@ -13,6 +13,7 @@
 
 mod acme;
 mod audit;
+mod leader;
 mod proposals;
 mod schema;
 mod settings;
@@ -31,6 +32,7 @@ use super::{
 use crate::keystore::KeyId;
 
 pub use audit::ShippedRecord;
+pub use leader::Leader;
 pub use schema::SCHEMA_VERSION;
 pub use settings::{PgSettings, DEFAULT_POOL_SIZE};
 
@@ -96,7 +98,7 @@ async fn transition_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Sta
     )
     .await
     .map_err(db)?;
-    Ok(())
+    leader::check_fence(tx).await
 }
 
 /// The intermediate `key_id`'s row, locked for the transaction.

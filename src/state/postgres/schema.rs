@@ -40,6 +40,9 @@ const MIGRATION_LOCK: i32 = 0;
 /// Version 6 adds the nodes' shipped audit records: each node's audit public key
 /// (`audit_nodes`), and its records by (node, sequence number) as the exact bytes stored on
 /// its disk, with the CA key and serial of `issued` records in columns for lookups.
+///
+/// Version 7 adds the leader lease: one row naming the node that runs the leader-only jobs,
+/// until when, and the epoch that grows with every change of holder.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -163,6 +166,18 @@ CREATE TABLE audit_records (
 );
 CREATE INDEX audit_records_issued ON audit_records (issued_ca_key, issued_serial)
     WHERE issued_serial IS NOT NULL;
+"#,
+    ),
+    (
+        7,
+        r#"
+CREATE TABLE leader (
+    single     boolean PRIMARY KEY DEFAULT true CHECK (single),
+    node_id    text COLLATE "C",
+    epoch      bigint NOT NULL CHECK (epoch >= 0),
+    expires_at timestamptz
+);
+INSERT INTO leader (single, node_id, epoch, expires_at) VALUES (true, NULL, 0, NULL);
 "#,
     ),
 ];
