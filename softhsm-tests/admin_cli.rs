@@ -257,6 +257,9 @@ fn admin_commands_drive_a_dev_appliance_with_stable_json_and_exit_codes() {
     assert!(text.contains(&serial.to_uppercase()), "{text}");
     assert!(text.contains("KEY COMPROMISE"), "{text}");
 
+    // One appliance on sled: no registry, an empty list.
+    let nodes = app.json(&["nodes"]);
+    assert_eq!(nodes["nodes"], serde_json::json!([]), "{nodes}");
     let proposals = app.json(&["proposals", "--all"]);
     assert!(proposals["proposals"].is_array(), "{proposals}");
     let page = app.json(&["audit", "--limit", "3"]);

@@ -2,8 +2,8 @@
 //! audit chain on its own disk: every node's chain reaches the database complete and verifies
 //! there, a leaf issued on one node is revoked through the other, and a node with
 //! `[audit] require_shipped` answers only once its record is in the database — and withholds
-//! the certificate, recording that, while the database cannot be reached. One of the nodes
-//! leads; when it stops, the other takes over.
+//! the certificate, recording that, while the database cannot be reached. The node registry
+//! shows both; one of them leads, and when it stops, the other takes over.
 
 mod support;
 
@@ -181,6 +181,30 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
     let second = chains.iter().find(|c| c.node == "second").expect("second");
     assert!(hsm_ca::cluster::verify_shipped(second).is_err());
 
+    // The registry shows both nodes live, serving the root, issuing from the same intermediate.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let root_fp = hsm_ca::ca::fingerprint_id(&one.roots[0]);
+    let nodes = loop {
+        let nodes = admin_on(&two.server, &one.roots)
+            .get("/v1/nodes")
+            .await
+            .json();
+        let list = nodes["nodes"].as_array().cloned().unwrap_or_default();
+        let reported = |n: &serde_json::Value| {
+            n["live"] == true && n["audit_shipped"].as_u64().is_some_and(|s| s > 0)
+        };
+        if list.len() == 2 && list.iter().all(reported) {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "{nodes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for node in &nodes {
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{node}");
+        assert!(node["roots"].to_string().contains(&root_fp), "{node}");
+        assert_eq!(node["active_intermediate"], nodes[0]["active_intermediate"]);
+    }
+
     // One of the two leads; when it stops, the other takes over within a renewal.
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
@@ -207,6 +231,13 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
         assert!(Instant::now() < deadline, "{now:?} still leads");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The stopped node is in the registry, not live.
+    let nodes = pg(&db).nodes().await.expect("nodes");
+    let gone = nodes
+        .iter()
+        .find(|n| n.node_id != stays_id)
+        .expect("the stopped node");
+    assert!(gone.stopped && !gone.live, "{gone:?}");
     stays.shutdown().await;
 }
 

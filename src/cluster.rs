@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::audit::{AuditEvent, AuditLog, ShipGate, ShippingStatus};
 use crate::config::Config;
 use crate::control::Control;
-use crate::state::postgres::ShippedRecord;
+use crate::state::postgres::{NodeReport, ShippedRecord};
 use crate::state::{CaState, Fence, PgState, StateError};
 
 /// How often the shipper looks for new records when no append woke it.
@@ -157,9 +157,28 @@ pub const LEADER_LEASE: Duration = Duration::from_secs(10);
 /// How often the leader renews its lease (and the others try to take it).
 pub const LEADER_RENEW: Duration = Duration::from_secs(3);
 
-/// Runs the leader-only jobs (automatic rotation) on exactly one of the nodes sharing the
-/// database: every [`LEADER_RENEW`] each node takes or renews the lease; the holder runs the
-/// rotation step (every `rotation.check_interval`) fenced by its epoch. `None` on sled.
+/// What this node reports to the registry now.
+fn report(control: &Control) -> NodeReport {
+    NodeReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        active_intermediate: control.trust().view().load().ca.key().id().to_string(),
+        roots: control
+            .trust()
+            .roots()
+            .iter()
+            .map(|der| crate::ca::fingerprint_id(der))
+            .collect(),
+        audit_shipped: control
+            .audit()
+            .and_then(|a| a.shipping())
+            .map(|s| s.shipped.load(Ordering::Relaxed)),
+    }
+}
+
+/// The node's life among those sharing the database: every [`LEADER_RENEW`] it reports to the
+/// node registry (heartbeat, version, active intermediate, roots served) and takes or renews
+/// the leader lease; the holder runs the leader-only jobs (automatic rotation, every
+/// `rotation.check_interval`) fenced by its epoch. `None` on sled.
 pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
     if !matches!(control.state(), CaState::Postgres(_)) {
         return None;
@@ -174,6 +193,11 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
         let mut failing = false;
         let mut last_step: Option<Instant> = None;
         loop {
+            if let Err(e) = pg.heartbeat(&node, &report(&control)).await {
+                if !failing {
+                    tracing::warn!(error = %e, "the node registry cannot be updated");
+                }
+            }
             match pg.acquire_leadership(&node, LEADER_LEASE).await {
                 Ok(now) => {
                     failing = false;

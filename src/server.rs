@@ -152,6 +152,9 @@ impl RunningServer {
                 if let Err(e) = pg.release_leadership(node).await {
                     tracing::warn!(error = %e, "the leadership was not released");
                 }
+                if let Err(e) = pg.node_stopped(node).await {
+                    tracing::warn!(error = %e, "the node registry was not told of the stop");
+                }
             }
         }
         for task in [

@@ -198,7 +198,9 @@ impl From<ControlError> for ApiError {
             | C::CrlRevokesActive(_) => (StatusCode::CONFLICT, "refused"),
             C::RootExists(_) | C::AlreadyRevoked { .. } => (StatusCode::CONFLICT, "exists"),
             C::RootInUse { .. } => (StatusCode::CONFLICT, "root_in_use"),
-            C::PropagationWindow { .. } => (StatusCode::CONFLICT, "propagation_window"),
+            C::PropagationWindow { .. } | C::NotPropagated { .. } => {
+                (StatusCode::CONFLICT, "propagation_window")
+            }
             C::StaleCrl { .. } => (StatusCode::CONFLICT, "stale_crl"),
             C::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
             C::ProposalExpired(_) => (StatusCode::GONE, "proposal_expired"),

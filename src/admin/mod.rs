@@ -384,6 +384,16 @@ async fn eab_create(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// `GET /v1/nodes`: the appliances sharing the database, as the node registry shows them
+/// (empty on sled: one appliance, no registry).
+async fn nodes(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
+    let nodes = match api.control.state() {
+        crate::state::CaState::Postgres(pg) => pg.nodes().await?,
+        crate::state::CaState::Sled(_) => Vec::new(),
+    };
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
 async fn eab_list(State(api): Ctl, _: Authorized<AnyRole>) -> Answer {
     Ok(Json(crate::acme::eab::list(api.control.state()).await?).into_response())
 }
@@ -428,7 +438,7 @@ fn at(router: Router<Api>, path: &'static str, handlers: MethodRouter<Api>) -> R
 
 /// The admin API's routes.
 pub fn router(api: Api) -> Router {
-    let routes: [(&'static str, MethodRouter<Api>); 25] = [
+    let routes: [(&'static str, MethodRouter<Api>); 26] = [
         ("/healthz", get(healthz)),
         ("/readyz", get(ready::readyz)),
         ("/bundle.pem", get(bundle_pem)),
@@ -454,6 +464,7 @@ pub fn router(api: Api) -> Router {
         ("/v1/proposals/{id}/approve", post(approve)),
         ("/v1/acme/eab", get(eab_list).post(eab_create)),
         ("/v1/acme/eab/{kid}", delete(eab_revoke)),
+        ("/v1/nodes", get(nodes)),
     ];
     routes
         .into_iter()

@@ -117,6 +117,12 @@ pub enum ControlError {
         ready_at: OffsetDateTime,
     },
     #[error(
+        "root {root} is not served yet by the live node(s) {}: wait for them to report it \
+         (GET /v1/nodes)",
+        nodes.join(", ")
+    )]
+    NotPropagated { root: String, nodes: Vec<String> },
+    #[error(
         "this CRL revokes the active intermediate {0}; activate a successor, then import it \
          again"
     )]

@@ -253,6 +253,22 @@ impl Control {
                 ready_at,
             });
         }
+        // On a shared database, every live node must serve the root already.
+        if let crate::state::CaState::Postgres(pg) = self.state.as_ref() {
+            let behind: Vec<String> = pg
+                .nodes()
+                .await?
+                .into_iter()
+                .filter(|n| n.live && !n.report.roots.contains(&root.fingerprint))
+                .map(|n| n.node_id)
+                .collect();
+            if !behind.is_empty() {
+                return Err(ControlError::NotPropagated {
+                    root: root.fingerprint,
+                    nodes: behind,
+                });
+            }
+        }
         Ok(())
     }
 

@@ -184,6 +184,9 @@ pub enum AdminCommand {
         #[arg(long)]
         client_auth: bool,
     },
+    /// The appliances sharing the database: heartbeat, version, intermediate, roots served
+    /// (`GET /v1/nodes`).
+    Nodes,
     /// The EAB keys and their policies, never the HMAC keys (`GET /v1/acme/eab`).
     AcmeEabList,
     /// Revoke an EAB key: its accounts can order nothing more (`DELETE /v1/acme/eab/<kid>`).
@@ -329,6 +332,7 @@ fn call_for(command: &AdminCommand) -> Result<Call, CliError> {
             }),
         ),
         C::AcmeEabList => get("/v1/acme/eab"),
+        C::Nodes => get("/v1/nodes"),
         C::AcmeEabRevoke { kid } => Call {
             method: "DELETE",
             path: format!("/v1/acme/eab/{}", segment(kid)?),

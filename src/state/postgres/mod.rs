@@ -14,6 +14,7 @@
 mod acme;
 mod audit;
 mod leader;
+mod nodes;
 mod proposals;
 mod schema;
 mod settings;
@@ -33,6 +34,7 @@ use crate::keystore::KeyId;
 
 pub use audit::ShippedRecord;
 pub use leader::Leader;
+pub use nodes::{NodeReport, NodeStatus, NODE_LIVE_SECS};
 pub use schema::SCHEMA_VERSION;
 pub use settings::{PgSettings, DEFAULT_POOL_SIZE};
 

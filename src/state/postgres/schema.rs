@@ -43,6 +43,9 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 7 adds the leader lease: one row naming the node that runs the leader-only jobs,
 /// until when, and the epoch that grows with every change of holder.
+///
+/// Version 8 adds the node registry: each node's last heartbeat (the database's clock), whether
+/// it stopped cleanly, and what it reported (version, active intermediate, roots it serves).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -178,6 +181,17 @@ CREATE TABLE leader (
     expires_at timestamptz
 );
 INSERT INTO leader (single, node_id, epoch, expires_at) VALUES (true, NULL, 0, NULL);
+"#,
+    ),
+    (
+        8,
+        r#"
+CREATE TABLE nodes (
+    node_id      text COLLATE "C" PRIMARY KEY,
+    heartbeat_at timestamptz NOT NULL,
+    stopped      boolean NOT NULL DEFAULT false,
+    record       jsonb NOT NULL
+);
 "#,
     ),
 ];
