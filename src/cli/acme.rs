@@ -20,28 +20,48 @@ pub enum AcmeCommand {
     Eab(EabCommand),
 }
 
+/// An EAB key's policy from the command line (`acme eab create`, `admin acme-eab-create`).
+#[derive(clap::Args, Debug)]
+pub struct EabPolicyArgs {
+    /// DNS names under this suffix (and the suffix itself) may be ordered; repeatable.
+    #[arg(long = "dns-suffix")]
+    dns_suffixes: Vec<String>,
+    /// This DNS name exactly may be ordered; repeatable.
+    #[arg(long = "dns-name")]
+    dns_names: Vec<String>,
+    /// Wildcard names under an allowed suffix may be ordered.
+    #[arg(long)]
+    wildcards: bool,
+    /// IP address identifiers may be ordered.
+    #[arg(long)]
+    ip: bool,
+    /// Longest certificate lifetime, in seconds (default: `[acme] max_validity_secs`).
+    #[arg(long)]
+    max_validity_secs: Option<u64>,
+    /// Certificates carry clientAuth besides serverAuth.
+    #[arg(long)]
+    client_auth: bool,
+}
+
+impl EabPolicyArgs {
+    pub(super) fn policy(&self) -> EabPolicy {
+        EabPolicy {
+            dns_suffixes: self.dns_suffixes.clone(),
+            dns_names: self.dns_names.clone(),
+            wildcards: self.wildcards,
+            ip: self.ip,
+            max_validity_secs: self.max_validity_secs,
+            client_auth: self.client_auth,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum EabCommand {
     /// Make a key with its policy; prints the key id and the MAC key (shown once).
     Create {
-        /// DNS names under this suffix (and the suffix itself) may be ordered; repeatable.
-        #[arg(long = "dns-suffix")]
-        dns_suffixes: Vec<String>,
-        /// This DNS name exactly may be ordered; repeatable.
-        #[arg(long = "dns-name")]
-        dns_names: Vec<String>,
-        /// Wildcard names under an allowed suffix may be ordered.
-        #[arg(long)]
-        wildcards: bool,
-        /// IP address identifiers may be ordered.
-        #[arg(long)]
-        ip: bool,
-        /// Longest certificate lifetime, in seconds (default: `[acme] max_validity_secs`).
-        #[arg(long)]
-        max_validity_secs: Option<u64>,
-        /// Certificates carry clientAuth besides serverAuth.
-        #[arg(long)]
-        client_auth: bool,
+        #[command(flatten)]
+        policy: EabPolicyArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -66,23 +86,8 @@ pub fn run(config_path: &Path, cmd: AcmeCommand) -> Result<(), CliError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let AcmeCommand::Eab(cmd) = cmd;
     match cmd {
-        EabCommand::Create {
-            dns_suffixes,
-            dns_names,
-            wildcards,
-            ip,
-            max_validity_secs,
-            client_auth,
-            output,
-        } => {
-            let policy = EabPolicy {
-                dns_suffixes,
-                dns_names,
-                wildcards,
-                ip,
-                max_validity_secs,
-                client_auth,
-            };
+        EabCommand::Create { policy, output } => {
+            let policy = policy.policy();
             let created = with_state(&config, async |state| {
                 crate::acme::eab::create(state, policy, now)
                     .await

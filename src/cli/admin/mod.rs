@@ -165,24 +165,8 @@ pub enum AdminCommand {
     /// Make an ACME External Account Binding key with its policy (`POST /v1/acme/eab`); the
     /// answer holds the HMAC key, shown only this once.
     AcmeEabCreate {
-        /// DNS names under this suffix (and the suffix itself) may be ordered; repeatable.
-        #[arg(long = "dns-suffix")]
-        dns_suffixes: Vec<String>,
-        /// This DNS name exactly may be ordered; repeatable.
-        #[arg(long = "dns-name")]
-        dns_names: Vec<String>,
-        /// Wildcard names under an allowed suffix may be ordered.
-        #[arg(long)]
-        wildcards: bool,
-        /// IP address identifiers may be ordered.
-        #[arg(long)]
-        ip: bool,
-        /// Longest certificate lifetime, in seconds (default: `[acme] max_validity_secs`).
-        #[arg(long)]
-        max_validity_secs: Option<u64>,
-        /// Certificates carry clientAuth besides serverAuth.
-        #[arg(long)]
-        client_auth: bool,
+        #[command(flatten)]
+        policy: super::acme::EabPolicyArgs,
     },
     /// The appliances sharing the database: heartbeat, version, intermediate, roots served
     /// (`GET /v1/nodes`).
@@ -313,23 +297,9 @@ fn call_for(command: &AdminCommand) -> Result<Call, CliError> {
         C::Audit { from, limit } => get(format!("/v1/audit?from={from}&limit={limit}")),
         C::AuditVerify => get("/v1/audit/verify"),
         C::AuditPublicKey => get("/v1/audit/public-key"),
-        C::AcmeEabCreate {
-            dns_suffixes,
-            dns_names,
-            wildcards,
-            ip,
-            max_validity_secs,
-            client_auth,
-        } => post(
+        C::AcmeEabCreate { policy } => post(
             "/v1/acme/eab",
-            json!({
-                "dns_suffixes": dns_suffixes,
-                "dns_names": dns_names,
-                "wildcards": wildcards,
-                "ip": ip,
-                "max_validity_secs": max_validity_secs,
-                "client_auth": client_auth,
-            }),
+            serde_json::to_value(policy.policy()).map_err(|e| CliError::Message(e.to_string()))?,
         ),
         C::AcmeEabList => get("/v1/acme/eab"),
         C::Nodes => get("/v1/nodes"),
