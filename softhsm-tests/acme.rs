@@ -433,3 +433,172 @@ async fn a_validated_order_refuses_a_mismatched_csr_then_issues_and_revokes() {
     assert_eq!(a.problem(), "unauthorized");
     f.app.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_two_roots_are_served_a_cross_signed_alternate_chain_is_offered() {
+    let f = AcmeFixture::start(None).await;
+    let admin = f.admin();
+    let c = client(&f);
+    let (kid, hmac) = f.eab(json!({"dns_suffixes": ["mesh.test"]})).await;
+    let key = AccountKey::generate();
+    let account = c.register(&key, &kid, &hmac).await;
+    // One certificate under the only root: nothing else to offer.
+    let first = issue_for(&f, &c, &key, &account, "one.mesh.test").await;
+    assert!(first.header("link").unwrap_or_default().contains("index"));
+    assert!(!first
+        .headers
+        .get_all("link")
+        .iter()
+        .any(|l| l.to_str().unwrap_or_default().contains("alternate")));
+
+    // Root rotation: a second root (its key in the device), cross-signed by the first, and an
+    // intermediate under it made active.
+    let root1 = hsm_ca::ca::fingerprint_id(&f.app.roots[0]);
+    let mut cfg2 = f.app.config.clone();
+    cfg2.root.common_name = "hsm-ca test root 2".into();
+    let (_, root2) = tokio::task::block_in_place(|| {
+        hsm_ca::authority::create_root(&f.app.store, &cfg2, time::OffsetDateTime::now_utc())
+    })
+    .expect("second root");
+    let root2_fp = hsm_ca::ca::fingerprint_id(&root2.der);
+    let added = admin
+        .post("/v1/roots", json!({"certificate_pem": root2.pem}))
+        .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    let cross = admin
+        .post(
+            &format!("/v1/roots/{root2_fp}/cross-sign"),
+            json!({"by": root1}),
+        )
+        .await;
+    assert_eq!(cross.status, 200, "{}", cross.text());
+    let csr = admin.post("/v1/intermediates", json!({})).await.json();
+    let signed = admin
+        .post(
+            "/v1/intermediates/sign",
+            json!({"csr_pem": csr["csr_pem"], "root": root2_fp}),
+        )
+        .await
+        .json();
+    let installed = admin
+        .post(
+            "/v1/intermediates/install",
+            json!({"certificate_pem": signed["certificate_pem"]}),
+        )
+        .await;
+    assert_eq!(installed.status, 200, "{}", installed.text());
+    let key_id = csr["key_id"].as_str().expect("key id");
+    let activated = admin
+        .post(&format!("/v1/intermediates/{key_id}/activate"), json!({}))
+        .await;
+    assert_eq!(activated.status, 200, "{}", activated.text());
+
+    // A certificate under the new root (the listener's own certificate now comes from it
+    // too): its chain verifies against the new root; the alternate, ending in the
+    // cross-certificate, against the old root alone.
+    let c = Client::new(
+        f.app.server.acme_addr.expect("acme listens"),
+        &[f.app.roots[0].clone(), root2.der.clone()],
+    );
+    let second = issue_for(&f, &c, &key, &account, "two.mesh.test").await;
+    let link = second
+        .headers
+        .get_all("link")
+        .iter()
+        .filter_map(|l| l.to_str().ok())
+        .find(|l| l.contains("rel=\"alternate\""))
+        .expect("an alternate chain is linked")
+        .to_string();
+    let alt_url = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("url")
+        .to_string();
+    let stored = hsm_ca::ca::certificates_from_pem(&second.body).expect("pem");
+    assert_eq!(stored.len(), 2, "leaf, intermediate");
+    let (new_root, leaf, untrusted) = (
+        f.app.path("new-root.pem"),
+        f.app.path("alt-leaf.pem"),
+        f.app.path("alt-untrusted.pem"),
+    );
+    std::fs::write(&new_root, &root2.pem).expect("root");
+    std::fs::write(&leaf, hsm_ca::ca::certificate_pem(&stored[0])).expect("leaf");
+    std::fs::write(&untrusted, hsm_ca::ca::certificate_pem(&stored[1])).expect("untrusted");
+    let (ok, out) = support::openssl_verify(&new_root, Some(&untrusted), &leaf);
+    assert!(ok, "{out}");
+    let alternate = c
+        .post(&key, Some(&account), &c.path_of(&alt_url), None)
+        .await;
+    assert_eq!(
+        alternate.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&alternate.body)
+    );
+    let certs = hsm_ca::ca::certificates_from_pem(&alternate.body).expect("pem");
+    assert_eq!(certs.len(), 3, "leaf, intermediate, cross-certificate");
+    assert_eq!(certs[..2], stored[..], "the same leaf and intermediate");
+    let old_root = f.app.path("old-root.pem");
+    std::fs::write(&old_root, hsm_ca::ca::certificate_pem(&f.app.roots[0])).expect("root");
+    std::fs::write(
+        &untrusted,
+        format!(
+            "{}{}",
+            hsm_ca::ca::certificate_pem(&certs[1]),
+            hsm_ca::ca::certificate_pem(&certs[2])
+        ),
+    )
+    .expect("untrusted");
+    let (ok, out) = support::openssl_verify(&old_root, Some(&untrusted), &leaf);
+    assert!(ok, "{out}");
+    // The stored chain alone does not reach the old root.
+    std::fs::write(&untrusted, hsm_ca::ca::certificate_pem(&certs[1])).expect("untrusted");
+    let (ok, _) = support::openssl_verify(&old_root, Some(&untrusted), &leaf);
+    assert!(!ok);
+    let missing = format!("{}/9", c.path_of(&alt_url).rsplit_once('/').expect("n").0);
+    let none = c.post(&key, Some(&account), &missing, None).await;
+    assert_eq!(none.status, 404);
+    f.app.server.shutdown().await;
+}
+
+/// Orders `name`, proves it over http-01 through the mock server, finalizes and downloads:
+/// the download answer.
+async fn issue_for(
+    f: &AcmeFixture,
+    c: &Client,
+    key: &AccountKey,
+    account: &str,
+    name: &str,
+) -> raw::Answer {
+    let order = c
+        .post(
+            key,
+            Some(account),
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
+        .await
+        .json();
+    let authz = c.path_of(order["authorizations"][0].as_str().expect("authz"));
+    let a = c.post(key, Some(account), &authz, None).await.json();
+    let http01 = challenge(&a, "http-01");
+    let token = http01["token"].as_str().expect("token");
+    f.dns
+        .add_http01(token, &format!("{token}.{}", key.thumbprint()));
+    let url = c.path_of(http01["url"].as_str().expect("url"));
+    c.post(key, Some(account), &url, Some(&json!({}))).await;
+    assert_eq!(settled(c, key, account, &authz).await["status"], "valid");
+    let finalize = c.path_of(order["finalize"].as_str().expect("finalize"));
+    let done = c
+        .post(
+            key,
+            Some(account),
+            &finalize,
+            Some(&json!({"csr": csr(&[name])})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.json());
+    let cert_url = c.path_of(done.json()["certificate"].as_str().expect("certificate"));
+    c.post(key, Some(account), &cert_url, None).await
+}

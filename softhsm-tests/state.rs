@@ -110,6 +110,7 @@ conformance!(
     revocations_are_idempotent_and_listed_per_issuer,
     crl_numbers_increase_per_issuer,
     an_imported_crl_is_replaced_only_by_a_greater_number,
+    cross_certificates_are_kept_once_and_survive_a_reopen,
     a_reopen_keeps_everything,
     concurrent_crl_numbers_are_distinct_and_increasing,
     racing_activations_leave_exactly_one_active,
@@ -295,6 +296,32 @@ async fn crl_numbers_increase_per_issuer<B: Backend>() {
         assert_eq!(state.next_crl_number("ca7").await.expect("n"), expected);
     }
     assert_eq!(state.next_crl_number("ca8").await.expect("n"), 1);
+}
+
+async fn cross_certificates_are_kept_once_and_survive_a_reopen<B: Backend>() {
+    let b = B::new().await;
+    let state = b.open().await;
+    let cross = |fp: &str| hsm_ca::state::CrossCertificate {
+        version: 0,
+        fingerprint: fp.into(),
+        subject_root: "bb".into(),
+        issuer_root: "aa".into(),
+        certificate_pem: format!("pem of {fp}"),
+        created_at: "t".into(),
+    };
+    assert!(state.cross_certificates().await.expect("list").is_empty());
+    assert!(state.add_cross_certificate(cross("c2")).await.expect("add"));
+    assert!(state.add_cross_certificate(cross("c1")).await.expect("add"));
+    assert!(!state
+        .add_cross_certificate(cross("c1"))
+        .await
+        .expect("again"));
+    drop(state);
+    let state = b.open().await;
+    let kept = state.cross_certificates().await.expect("list");
+    let fps: Vec<_> = kept.iter().map(|c| c.fingerprint.as_str()).collect();
+    assert_eq!(fps, ["c1", "c2"]);
+    assert!(kept.iter().all(|c| c.version == RECORD_VERSION));
 }
 
 async fn an_imported_crl_is_replaced_only_by_a_greater_number<B: Backend>() {

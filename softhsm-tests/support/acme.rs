@@ -120,10 +120,14 @@ max_concurrent = 4
 [admin]
 listen = "127.0.0.1:0"
 development_shared_ca = true
+propagation_window_secs = 0
 
 [[admin.users]]
 identity = "{OPERATOR}"
-roles = ["operator"]
+roles = ["operator", "officer"]
+
+[admin.approvals]
+threshold = 1
 "#
     )
 }

@@ -343,7 +343,8 @@ async fn route(acme: &AcmeServer, call: &mut Call, path: &str) -> Result<Respons
         ["order", id, "finalize"] => order::finalize(acme, call, id).await,
         ["authz", id] => order::authorization(acme, call, id).await,
         ["chall", authz, n] => order::challenge(acme, call, authz, n).await,
-        ["cert", id] => order::certificate(acme, call, id).await,
+        ["cert", id] => order::certificate(acme, call, id, None).await,
+        ["cert", id, n] => order::certificate(acme, call, id, Some(n)).await,
         ["revoke-cert"] => order::revoke(acme, call).await,
         ["renewal-info", id] => match call.method {
             Method::GET | Method::HEAD => renewal::renewal_info(acme, id).await,

@@ -510,6 +510,7 @@ pub(super) async fn certificate(
     acme: &AcmeServer,
     call: &mut Call,
     id: &str,
+    alternate: Option<&str>,
 ) -> Result<Response, AcmeError> {
     let req = signed(acme, call).await?;
     let cert = match acme
@@ -524,12 +525,64 @@ pub(super) async fn certificate(
             ))
         }
     };
-    Ok((
+    let alternates = alternate_chains(acme, &cert).await?;
+    let body = match alternate {
+        None => cert.chain_pem,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| alternates.get(i).cloned())
+            .ok_or_else(|| AcmeError::NotFound("no such alternate chain".into()))?,
+    };
+    let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
-        cert.chain_pem,
+        body,
     )
-        .into_response())
+        .into_response();
+    for n in 1..=alternates.len() {
+        response = linked(response, &call.link(&format!("cert/{id}/{n}")), "alternate");
+    }
+    Ok(response)
+}
+
+/// Chains to offer besides the stored one while two roots are in the bundle: the stored chain
+/// followed by a cross-certificate kept in the CA state that certifies the key which signed
+/// the issuing intermediate, signed by another root in the bundle — for clients that trust
+/// only that other (older) root.
+async fn alternate_chains(acme: &AcmeServer, cert: &Certificate) -> Result<Vec<String>, AcmeError> {
+    let chain = crate::ca::certificates_from_pem(cert.chain_pem.as_bytes())
+        .map_err(|e| AcmeError::Internal(format!("stored chain of {}: {e}", cert.serial)))?;
+    let Some(intermediate) = chain.last().filter(|_| chain.len() > 1) else {
+        return Ok(Vec::new());
+    };
+    let bundle: Vec<String> = acme
+        .control
+        .trust()
+        .roots()
+        .iter()
+        .map(|der| crate::ca::fingerprint_id(der))
+        .collect();
+    if bundle.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for cross in acme.control.state().cross_certificates().await? {
+        if !(bundle.contains(&cross.issuer_root) && bundle.contains(&cross.subject_root)) {
+            continue;
+        }
+        let Some(der) = crate::ca::certificates_from_pem(cross.certificate_pem.as_bytes())
+            .ok()
+            .and_then(|mut c| (!c.is_empty()).then(|| c.remove(0)))
+        else {
+            continue;
+        };
+        if crate::ca::inspect::check_issued_by(intermediate, &der).is_ok() {
+            out.push(format!("{}{}", cert.chain_pem, cross.certificate_pem));
+        }
+    }
+    Ok(out)
 }
 
 /// `POST /acme/revoke-cert`: by the account that ordered it, or signed by the certificate's

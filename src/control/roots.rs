@@ -226,6 +226,16 @@ impl Control {
         let serial = self
             .record_ca_issued(caller, &cert.der, "admin:cross-sign", signer.key().id())
             .await?;
+        self.state
+            .add_cross_certificate(crate::state::CrossCertificate {
+                version: crate::state::RECORD_VERSION,
+                fingerprint: fingerprint_id(&cert.der),
+                subject_root: fingerprint.to_string(),
+                issuer_root: by.to_string(),
+                certificate_pem: certificate_pem(&cert.der),
+                created_at: rfc3339(now),
+            })
+            .await?;
         Ok(CrossSigned {
             certificate_pem: certificate_pem(&cert.der),
             serial,

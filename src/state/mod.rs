@@ -27,8 +27,8 @@ pub use acme::{AcmeKind, AcmeObject};
 pub use postgres::{Leader, PgSettings, PgState};
 pub use proposals::{Claim, ProposalRecord, ProposalStatus, ProposalStep};
 pub use records::{
-    ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord, Snapshot,
-    Transition, RECORD_VERSION,
+    CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord,
+    RootRecord, Snapshot, Transition, RECORD_VERSION,
 };
 pub use sled::SledState;
 pub use tokens::TokenRecord;
@@ -258,6 +258,25 @@ impl CaState {
         match self {
             CaState::Sled(s) => s.next_crl_number(issuer),
             CaState::Postgres(p) => p.next_crl_number(issuer).await,
+        }
+    }
+
+    /// Keeps a cross-certificate; false when it is kept already.
+    pub async fn add_cross_certificate(
+        &self,
+        record: CrossCertificate,
+    ) -> Result<bool, StateError> {
+        match self {
+            CaState::Sled(s) => s.add_cross_certificate(record),
+            CaState::Postgres(p) => p.add_cross_certificate(record).await,
+        }
+    }
+
+    /// Every cross-certificate kept, by fingerprint.
+    pub async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StateError> {
+        match self {
+            CaState::Sled(s) => s.cross_certificates(),
+            CaState::Postgres(p) => p.cross_certificates().await,
         }
     }
 

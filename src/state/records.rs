@@ -95,6 +95,22 @@ pub struct ImportedCrl {
     pub imported_at: String,
 }
 
+/// A cross-certificate made here: the root `issuer_root` (its key in this device) signed the
+/// subject and key of the root `subject_root`. Kept so that a chain to the new root can be
+/// offered, as an alternative, to clients that trust only the old one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrossCertificate {
+    pub version: u32,
+    /// Hex SHA-256 of the cross-certificate's DER.
+    pub fingerprint: String,
+    /// Fingerprint of the root it certifies.
+    pub subject_root: String,
+    /// Fingerprint of the root that signed it.
+    pub issuer_root: String,
+    pub certificate_pem: String,
+    pub created_at: String,
+}
+
 /// The outcome of an intermediate's state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {

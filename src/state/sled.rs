@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use super::records::{activated, decode, encode, installing, retired, superseded};
 use super::{
-    ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord, RootRecord, Snapshot,
-    StateError, Transition, RECORD_VERSION,
+    CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord,
+    RootRecord, Snapshot, StateError, Transition, RECORD_VERSION,
 };
 use crate::keystore::KeyId;
 
@@ -262,6 +262,34 @@ impl SledState {
         let next = self.increment(format!("crl_number/{issuer}").as_bytes())?;
         self.flush()?;
         Ok(next)
+    }
+
+    /// Keeps a cross-certificate; false when it is kept already. Durable on return.
+    pub fn add_cross_certificate(&self, mut record: CrossCertificate) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let key = format!("cross_cert/{}", record.fingerprint);
+        let added = self
+            .meta
+            .compare_and_swap(
+                key.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(&record)?),
+            )
+            .map_err(storage)?
+            .is_ok();
+        self.flush()?;
+        Ok(added)
+    }
+
+    /// Every cross-certificate kept, by fingerprint.
+    pub fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StateError> {
+        self.meta
+            .scan_prefix(b"cross_cert/")
+            .map(|kv| {
+                let (k, v) = kv.map_err(storage)?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     /// The last CRL imported for the root whose fingerprint is `issuer`.

@@ -27,8 +27,8 @@ use tokio_postgres::IsolationLevel;
 
 use super::records::{activated, installing, retired, superseded};
 use super::{
-    ImportedCrl, IntermediateRecord, RevocationRecord, RootRecord, Snapshot, StateError,
-    Transition, RECORD_VERSION,
+    CrossCertificate, ImportedCrl, IntermediateRecord, RevocationRecord, RootRecord, Snapshot,
+    StateError, Transition, RECORD_VERSION,
 };
 use crate::keystore::KeyId;
 
@@ -422,6 +422,34 @@ impl PgState {
             .await
             .map_err(db)?;
         row.as_ref().map(record).transpose()
+    }
+
+    /// Keeps a cross-certificate; false when it is kept already.
+    pub async fn add_cross_certificate(
+        &self,
+        mut record: CrossCertificate,
+    ) -> Result<bool, StateError> {
+        record.version = RECORD_VERSION;
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO cross_certificates (fingerprint, record) VALUES ($1, $2)
+                 ON CONFLICT (fingerprint) DO NOTHING",
+                &[&record.fingerprint, &Json(&record)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Every cross-certificate kept, by fingerprint.
+    pub async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StateError> {
+        self.select(
+            "SELECT record FROM cross_certificates ORDER BY fingerprint",
+            &[],
+        )
+        .await
     }
 
     /// Stores an imported CRL if its number is greater than the stored one's (one statement);

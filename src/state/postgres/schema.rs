@@ -46,6 +46,8 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 8 adds the node registry: each node's last heartbeat (the database's clock), whether
 /// it stopped cleanly, and what it reported (version, active intermediate, roots it serves).
+///
+/// Version 9 keeps the cross-certificates made here (ACME offers them as alternate chains).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -191,6 +193,15 @@ CREATE TABLE nodes (
     heartbeat_at timestamptz NOT NULL,
     stopped      boolean NOT NULL DEFAULT false,
     record       jsonb NOT NULL
+);
+"#,
+    ),
+    (
+        9,
+        r#"
+CREATE TABLE cross_certificates (
+    fingerprint text COLLATE "C" PRIMARY KEY,
+    record      jsonb NOT NULL
 );
 "#,
     ),
