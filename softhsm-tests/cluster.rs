@@ -1,6 +1,6 @@
 //! Two appliances on one PostgreSQL database (Debian's, started by the test), each with its own
-//! audit chain on its own disk: every node's chain reaches the database complete and verifies
-//! there, a leaf issued on one node is revoked through the other, and a node with
+//! audit chain on its own disk: a revocation made on one is enforced by the other within 2 s,
+//! every node's chain reaches the database complete and verifies there, a leaf issued on one node is revoked through the other, and a node with
 //! `[audit] require_shipped` answers only once its record is in the database — and withholds
 //! the certificate, recording that, while the database cannot be reached. The node registry
 //! shows both; one of them leads, and when it stops, the other takes over.
@@ -319,5 +319,81 @@ async fn require_shipped_answers_after_the_database_commit_and_withholds_without
     assert!(second.lines.contains("did not reach the shared database"));
 
     strict.server.shutdown().await;
+    one.server.shutdown().await;
+}
+
+/// Renews over mTLS on `server` with the certificate `chain` and its `key` alone (no token).
+async fn renew(
+    app: &Appliance,
+    server: &RunningServer,
+    chain: &[Vec<u8>],
+    key: &[u8],
+) -> Result<(), tonic::Code> {
+    let tls = hsm_ca::tls::client_config(&app.roots, Some((chain, key)), false).expect("tls");
+    let mut grpc = client::connect(server.local_addr, "localhost", tls)
+        .await
+        .expect("connect");
+    let csr = client::workload_csr(
+        WorkloadKey::P256,
+        "spiffe://cluster.local/ns/default/sa/web",
+    )
+    .expect("csr");
+    match client::create_certificate(&mut grpc, &csr.csr_pem, 600, None, None, None).await {
+        Ok(_) => Ok(()),
+        Err(client::ClientError::Refused { code, .. }) => Err(code),
+        Err(other) => panic!("not a refusal: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_on_one_node_is_enforced_by_the_other_within_two_seconds() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let two = one.second_node(&settings).await;
+
+    // A workload certificate from node one renews on node two over mTLS.
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let csr = client::workload_csr(WorkloadKey::P256, id).expect("csr");
+    let tls = hsm_ca::tls::client_config(&one.roots, None, false).expect("tls");
+    let mut grpc = client::connect(one.server.local_addr, "localhost", tls)
+        .await
+        .expect("connect");
+    let token = one.token_for("default", "web");
+    let pems = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+        .await
+        .expect("issued")
+        .cert_chain;
+    let chain: Vec<Vec<u8>> = pems[..2]
+        .iter()
+        .flat_map(|p| hsm_ca::ca::certificates_from_pem(p.as_bytes()).expect("pem"))
+        .collect();
+    let key = csr.key_pkcs8.to_vec();
+    assert_eq!(renew(&one, &two.server, &chain, &key).await, Ok(()));
+
+    // Revoked through node one: node two refuses it within 2 s.
+    let serial = hsm_ca::ca::inspect::serial_hex(
+        hsm_ca::ca::inspect::parse_certificate(&chain[0])
+            .expect("leaf")
+            .raw_serial(),
+    );
+    let revoked_at = Instant::now();
+    let reply = admin_on(&one.server, &one.roots)
+        .post("/v1/revocations", json!({"serial": serial}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    loop {
+        match renew(&one, &two.server, &chain, &key).await {
+            Err(tonic::Code::Unauthenticated) => break,
+            other => assert!(
+                revoked_at.elapsed() < Duration::from_secs(2),
+                "node two still answers {other:?} after 2 s"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    two.server.shutdown().await;
     one.server.shutdown().await;
 }
