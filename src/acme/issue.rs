@@ -186,27 +186,13 @@ pub async fn issue(
             // The certificate leaves only once its record is durable; the record is written
             // while the device signs, and a signature that then fails is recorded as not
             // issued.
-            let (leaf, recorded) = tokio::join!(prepared.sign(&issuer.ca), audit.append(record));
-            match (leaf, recorded) {
-                (Ok(leaf), Ok(_)) => leaf,
-                (Err(e), recorded) => {
-                    if recorded.is_ok() {
-                        let not_issued = AuditEvent::NotIssued {
-                            serial: serial.clone(),
-                            ca_key: ca_key.clone(),
-                            reason: e.to_string(),
-                        };
-                        if let Err(a) = audit.append(not_issued).await {
-                            tracing::warn!(error = %a, "a failed signature was not recorded");
-                        }
-                    }
-                    return Err(e.into());
-                }
-                (Ok(_), Err(e)) => {
-                    audit.record_withheld(&e, &serial, &ca_key).await;
-                    return Err(e.into());
-                }
-            }
+            audit
+                .record_while_signing(record, &serial, &ca_key, prepared.sign(&issuer.ca))
+                .await
+                .map_err(|e| match e {
+                    crate::audit::NotIssued::Sign(e) => AcmeError::from(e),
+                    crate::audit::NotIssued::Audit(e) => AcmeError::from(e),
+                })?
         }
     };
     tracing::info!(serial = %serial, account = %account.id, order = %order.id, "acme certificate issued");

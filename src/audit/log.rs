@@ -70,6 +70,15 @@ pub struct ShippingStatus {
     pub failing: Mutex<Option<(String, Instant)>>,
 }
 
+/// Why [`AuditLog::record_while_signing`] let no certificate out.
+#[derive(Debug)]
+pub enum NotIssued<E> {
+    /// The device did not sign.
+    Sign(E),
+    /// The record could not be made durable (or shipped, when that is required).
+    Audit(AuditError),
+}
+
 /// An open audit log. Appends are durable when they return.
 pub struct AuditLog {
     /// Set once when records must be shipped before an append returns.
@@ -209,6 +218,41 @@ impl AuditLog {
     /// The shipping status when the chain is shipped.
     pub fn shipping(&self) -> Option<&ShippingStatus> {
         self.shipping.get().map(|s| s.as_ref())
+    }
+
+    /// Issues with `sign` while `record` — the `issued` record of `serial` by `ca_key` — is
+    /// made durable: the disk sync and the device signature overlap, and the certificate may
+    /// leave only when this returns `Ok`. A signature that fails after its record was made is
+    /// recorded as `not_issued`; a record durable here but not shipped in time withholds the
+    /// certificate and records that too ([`AuditLog::record_withheld`]).
+    pub async fn record_while_signing<T, E: std::fmt::Display>(
+        &self,
+        record: AuditEvent,
+        serial: &str,
+        ca_key: &str,
+        sign: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, NotIssued<E>> {
+        let (signed, recorded) = tokio::join!(sign, self.append(record));
+        match (signed, recorded) {
+            (Ok(signed), Ok(_)) => Ok(signed),
+            (Err(e), recorded) => {
+                if recorded.is_ok() {
+                    let not_issued = AuditEvent::NotIssued {
+                        serial: serial.to_string(),
+                        ca_key: ca_key.to_string(),
+                        reason: e.to_string(),
+                    };
+                    if let Err(a) = self.append(not_issued).await {
+                        tracing::warn!(error = %a, "a failed signature was not recorded");
+                    }
+                }
+                Err(NotIssued::Sign(e))
+            }
+            (Ok(_), Err(e)) => {
+                self.record_withheld(&e, serial, ca_key).await;
+                Err(NotIssued::Audit(e))
+            }
+        }
     }
 
     /// After an `issued` record's append failed with [`AuditError::NotShipped`] (durable here,

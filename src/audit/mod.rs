@@ -56,7 +56,9 @@ use std::path::Path;
 pub use self::export::export;
 pub use self::host::HostLog;
 pub use self::key::{read_public_key, recorded_key, AuditKey, AUDIT_KEY_LABEL};
-pub use self::log::{AuditLog, AuditOptions, ShipGate, ShippingStatus, DEFAULT_AUDIT_CACHE_BYTES};
+pub use self::log::{
+    AuditLog, AuditOptions, NotIssued, ShipGate, ShippingStatus, DEFAULT_AUDIT_CACHE_BYTES,
+};
 pub use self::verify::{verify_file, verify_file_with_keys, verify_lines, verify_store};
 pub use self::writer::{AuditStats, CheckpointPolicy, MAX_GROUP, RETRY_FIRST, RETRY_MAX};
 pub use limiter::RefusalLimits;

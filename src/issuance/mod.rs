@@ -17,7 +17,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditError, AuditEvent, AuditLog};
+use crate::audit::{AuditError, AuditEvent, AuditLog, NotIssued};
 use crate::auth::{AuthError, Authenticator, Caller, SpiffeId};
 use crate::ca::{self, CaError};
 use crate::keystore::KeystoreError;
@@ -274,27 +274,17 @@ impl CertificateService {
         let leaf = if self.signing.load(Ordering::Relaxed) {
             // From here on the issuance is recorded even if the caller goes away.
             progress.recorded = true;
-            let (leaf, recorded) = tokio::join!(prepared.sign(&issuer.ca), audit.append(record));
-            self.signing.store(leaf.is_ok(), Ordering::Relaxed);
-            match (leaf, recorded) {
-                (Ok(leaf), Ok(_)) => leaf,
-                (Err(e), recorded) => {
-                    if recorded.is_ok() {
-                        let not_issued = AuditEvent::NotIssued {
-                            serial,
-                            ca_key,
-                            reason: e.to_string(),
-                        };
-                        if let Err(a) = audit.append(not_issued).await {
-                            tracing::warn!(error = %a, "a failed signature was not recorded");
-                        }
-                    }
-                    return Err(e.into());
-                }
-                (Ok(_), Err(e)) => {
-                    audit.record_withheld(&e, &serial, &ca_key).await;
-                    return Err(e.into());
-                }
+            let issued = audit
+                .record_while_signing(record, &serial, &ca_key, prepared.sign(&issuer.ca))
+                .await;
+            self.signing.store(
+                !matches!(issued, Err(NotIssued::Sign(_))),
+                Ordering::Relaxed,
+            );
+            match issued {
+                Ok(leaf) => leaf,
+                Err(NotIssued::Sign(e)) => return Err(e.into()),
+                Err(NotIssued::Audit(e)) => return Err(e.into()),
             }
         } else {
             let leaf = prepared.sign(&issuer.ca).await;
