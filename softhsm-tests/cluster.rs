@@ -168,6 +168,43 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
         assert!(summary.signatures_checked, "{}", chain.node);
         assert!(chain.lines.contains(&format!("\"serial\":\"{serial}\"")));
     }
+    // `hsm-ca audit shipped` says the same from a config on the database.
+    let config = one.path("on-database.toml");
+    let base = std::fs::read_to_string(&one.config.path).expect("config");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[store]\nbackend = \"postgres\"\n\n[store.postgres]\nurl = \"{}\"\n\
+             password_file = \"{}\"\n",
+            cluster.url(),
+            cluster.password_file().display()
+        ),
+    )
+    .expect("config");
+    let shipped = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ca"))
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "shipped", "--out"])
+            .arg(dir)
+            .output()
+            .expect("hsm-ca audit shipped")
+    };
+    let out_dir = one.path("shipped");
+    std::fs::create_dir_all(&out_dir).expect("dir");
+    let out = shipped(&out_dir);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("records verify").count(), 2, "{text}");
+    assert!(
+        out_dir.join("second.jsonl").exists() && out_dir.join("second-public-key.pem").exists()
+    );
+
     // Tampering with a shipped record shows.
     let changed = cluster.psql(
         "UPDATE audit_records \
@@ -180,6 +217,12 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
         .expect("chains");
     let second = chains.iter().find(|c| c.node == "second").expect("second");
     assert!(hsm_ca::cluster::verify_shipped(second).is_err());
+    let out_dir = one.path("shipped-again");
+    std::fs::create_dir_all(&out_dir).expect("dir");
+    let out = shipped(&out_dir);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("second: DOES NOT VERIFY"), "{text}");
 
     // The registry shows both nodes live, serving the root, issuing from the same intermediate.
     let deadline = Instant::now() + Duration::from_secs(10);
