@@ -440,3 +440,73 @@ async fn a_revocation_made_on_one_node_is_enforced_by_the_other_within_two_secon
     two.server.shutdown().await;
     one.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let two = one.second_node(&settings).await;
+
+    // Someone with database access adds their own root, and moves the change sequence.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "not our root");
+    let evil = params.self_signed(&key).expect("root");
+    let fp = hsm_ca::ca::fingerprint_id(evil.der());
+    let record = json!({
+        "version": hsm_ca::state::RECORD_VERSION,
+        "fingerprint": fp,
+        "certificate_pem": evil.pem(),
+        "subject": "CN=not our root",
+        "not_after": "2036-01-01T00:00:00Z",
+        "added_at": "2026-01-01T00:00:00Z",
+    });
+    cluster.psql(&format!(
+        "INSERT INTO roots (fingerprint, added_at, record) VALUES ('{fp}', \
+         '2026-01-01T00:00:00Z', '{record}'::jsonb)"
+    ));
+    cluster.psql("UPDATE bundle SET sequence = sequence + 1");
+    // …and a copy of a real root's row with a made-up signature.
+    cluster.psql(&format!(
+        "INSERT INTO roots (fingerprint, added_at, record, signature) \
+         SELECT 'f' || fingerprint, added_at, jsonb_set(record, '{{fingerprint}}', \
+         to_jsonb('f' || fingerprint)), signature FROM roots WHERE fingerprint <> '{fp}'"
+    ));
+
+    // Give both nodes time to see the change; neither serves either row, and both say so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ours = hsm_ca::ca::fingerprint_id(&one.roots[0]);
+    for server in [&one.server, &two.server] {
+        let admin = admin_on(server, &one.roots);
+        let bundle = hsm_ca::ca::certificates_from_pem(&admin.get("/bundle.pem").await.body)
+            .expect("bundle");
+        let served: Vec<String> = bundle
+            .iter()
+            .map(|d| hsm_ca::ca::fingerprint_id(d))
+            .collect();
+        assert_eq!(served, [ours.clone()], "only the root a member signed");
+        let state = admin.get("/v1/state").await.text();
+        assert!(!state.contains(&fp), "{state}");
+        let metrics = admin.get("/metrics").await.text();
+        let rejected = metrics
+            .lines()
+            .find(|l| l.starts_with("hsmca_state_rows_rejected_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(rejected >= 2.0, "{metrics}");
+        let audit = admin.get("/v1/audit?from=1&limit=1000").await.text();
+        assert!(
+            audit.contains("state_row_rejected") && audit.contains(&fp),
+            "{audit}"
+        );
+    }
+    two.server.shutdown().await;
+    one.server.shutdown().await;
+}

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use crate::audit::{AuditEvent, AuditLog, ShipGate, ShippingStatus};
 use crate::config::Config;
 use crate::control::Control;
+use crate::keystore::{KeyAlgorithm, KeyInfo, KeyRequest, KeyStore, SignatureScheme};
 use crate::state::postgres::{NodeReport, ShippedRecord};
+use crate::state::rows::{OnReject, RowSign, RowTrust};
 use crate::state::{CaState, Fence, PgState, StateError};
 
 /// How often the shipper looks for new records when no append woke it.
@@ -172,6 +174,12 @@ fn report(control: &Control) -> NodeReport {
             .audit()
             .and_then(|a| a.shipping())
             .map(|s| s.shipped.load(Ordering::Relaxed)),
+        row_key_pem: match control.state() {
+            CaState::Postgres(pg) => pg
+                .row_trust()
+                .map(|t| pem::encode(&pem::Pem::new("PUBLIC KEY", t.own_key().to_vec()))),
+            CaState::Sled(_) => None,
+        },
     }
 }
 
@@ -234,6 +242,76 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
             tokio::time::sleep(LEADER_RENEW).await;
         }
     }))
+}
+
+/// The label of each appliance's row-signing key in its device.
+pub const ROW_KEY_LABEL: &str = "hsm-ca-node";
+
+/// This appliance's row-signing key: found in the device by label, or made there.
+fn row_key(store: &KeyStore) -> Result<KeyInfo, String> {
+    let found = store
+        .list_blocking()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|k| k.label == ROW_KEY_LABEL && k.algorithm == Some(KeyAlgorithm::EcdsaP256));
+    match found {
+        Some(key) => Ok(key),
+        None => store
+            .generate_blocking(KeyRequest {
+                algorithm: KeyAlgorithm::EcdsaP256,
+                label: ROW_KEY_LABEL.into(),
+            })
+            .map_err(|e| format!("cannot create the row-signing key: {e}")),
+    }
+}
+
+/// On a shared database: roots are signed with this appliance's device key from now on, and
+/// only roots a member signed are believed (this appliance's key and `member_keys`). Unsigned
+/// roots this appliance already trusts from its own files (`known`: their fingerprints) are
+/// signed now. A rejected row is logged and, once `audit` holds the log, audited.
+pub async fn trust_rows(
+    state: &CaState,
+    store: &KeyStore,
+    config: &Config,
+    known: &[String],
+    audit: Arc<std::sync::OnceLock<Arc<AuditLog>>>,
+) -> Result<(), String> {
+    let CaState::Postgres(pg) = state else {
+        return Ok(());
+    };
+    let key = tokio::task::block_in_place(|| row_key(store))?;
+    let (signer, id) = (store.clone(), key.id.clone());
+    let sign: RowSign = Arc::new(move |message: &[u8]| {
+        signer
+            .sign_blocking(&id, SignatureScheme::EcdsaSha256, message)
+            .map_err(|e| e.to_string())
+    });
+    let on_reject: OnReject = Arc::new(move |table: &str, key: &str| {
+        tracing::warn!(
+            table,
+            key,
+            "ignored a row that no member signed (written into the database by other means)"
+        );
+        let (Some(log), Ok(runtime)) = (audit.get(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (log, table, key) = (log.clone(), table.to_string(), key.to_string());
+        runtime.spawn(async move {
+            if let Err(e) = log
+                .append(AuditEvent::StateRowRejected { table, key })
+                .await
+            {
+                tracing::warn!(error = %e, "a rejected row was not audited");
+            }
+        });
+    });
+    let trust = RowTrust::new(sign, &key.public_key, &config.member_keys, on_reject)?;
+    pg.trust_rows(Arc::new(trust));
+    let adopted = pg.adopt_roots(known).await.map_err(|e| e.to_string())?;
+    if adopted > 0 {
+        tracing::info!(adopted, "signed the roots this appliance already trusted");
+    }
+    Ok(())
 }
 
 /// One node's chain as the shared database holds it.

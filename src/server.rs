@@ -304,6 +304,12 @@ pub async fn start(
     check_admin_identities(&config)?;
     let config = Arc::new(config);
     let clock = Clock::system();
+    // On a shared database, roots are believed only when a member signed them.
+    let audit_slot = Arc::new(std::sync::OnceLock::new());
+    let known = trust::local_root_fingerprints(&config);
+    crate::cluster::trust_rows(&state, &store, &config, &known, audit_slot.clone())
+        .await
+        .map_err(ServerError::Control)?;
     let roots = trust::load_roots(&config, &state, clock.now()).await?;
     let snapshot = state.snapshot().await.map_err(TrustError::from)?;
     let issuer = tokio::task::block_in_place(|| authority::issuer_of(&store, snapshot.active()))?;
@@ -403,6 +409,9 @@ pub async fn start(
         tracing::warn!("audit.enabled = false: issuances are NOT recorded (measurement mode)");
         None
     };
+    if let Some(log) = &audit {
+        let _ = audit_slot.set(log.clone());
+    }
     // On a shared database the chain is shipped there, before the first request is served
     // (with require_shipped, every answer waits for its record to arrive).
     let shipper = match &audit {

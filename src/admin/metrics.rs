@@ -171,6 +171,15 @@ pub async fn render(ctl: &Control, issuance: &IssuanceMetrics, auth: &Authentica
             },
         );
     }
+    if let crate::state::CaState::Postgres(pg) = ctl.state() {
+        if let Some(rows) = pg.row_trust() {
+            s.counter(
+                "hsmca_state_rows_rejected",
+                "Reads of shared-database rows that no member signed (ignored; each read counts).",
+                rows.rejected(),
+            );
+        }
+    }
     s.gauge(
         "hsmca_trust_bundle_sequence",
         "Sequence number of the trust bundle (changes so far).",

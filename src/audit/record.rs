@@ -186,6 +186,9 @@ pub enum AuditEvent {
         kid: String,
         policy: String,
     },
+    /// A row of the shared database that no member signed was ignored (written there by
+    /// other means than an appliance).
+    StateRowRejected { table: String, key: String },
     /// An ACME External Account Binding key was revoked.
     EabKeyRevoked { actor: String, kid: String },
     /// The token's user PIN was changed (`hsm-ca keys change-pin`).

@@ -74,6 +74,9 @@ pub struct Config {
     /// This appliance's name among those sharing a database (`node_id`; default: the host
     /// name): its audit records are shipped under it.
     pub node_id: String,
+    /// `member_keys`: the other appliances' row-signing public keys (DER SubjectPublicKeyInfo),
+    /// read from their PEM files; rows they sign on the shared database are believed.
+    pub member_keys: Vec<Vec<u8>>,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     /// `[audit] require_shipped`: answer only once the record is also committed in the
@@ -367,6 +370,7 @@ impl Config {
         }
         let store_backend = store::backend(&ctx, &raw.store)?;
         let node_id = store::node_id(&ctx, raw.node_id)?;
+        let member_keys = store::member_keys(&ctx, raw.member_keys)?;
         let audit_shipping = store::audit_shipping(&ctx, &raw.audit, &store_backend)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
@@ -386,6 +390,7 @@ impl Config {
             metrics,
             log,
             node_id,
+            member_keys,
             audit_enabled: raw.audit.enabled,
             audit_shipping,
             audit,

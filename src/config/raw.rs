@@ -17,6 +17,9 @@ pub(super) struct RawConfig {
     /// This appliance's name among those sharing a database (default: the host name).
     #[serde(default)]
     pub(super) node_id: Option<String>,
+    /// Public keys (PEM files) of the other appliances sharing the database.
+    #[serde(default)]
+    pub(super) member_keys: Vec<PathBuf>,
     pub(super) keystore: RawKeystore,
     #[serde(default)]
     pub(super) root: RawRoot,

@@ -104,3 +104,38 @@ pub(super) fn audit_shipping(
         timeout: Duration::from_secs(audit.ship_timeout_secs),
     })
 }
+
+/// `member_keys`: PEM `PUBLIC KEY` files, P-256 (what `hsm-ca admin nodes` shows as each node's
+/// `row_key_pem`).
+pub(super) fn member_keys(
+    ctx: &Ctx,
+    files: Vec<std::path::PathBuf>,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
+    files
+        .into_iter()
+        .map(|file| {
+            let path = ctx.resolve(file);
+            let text = std::fs::read(&path)
+                .map_err(|e| ctx.invalid("member_keys", format!("{}: {e}", path.display())))?;
+            let block = pem::parse(text)
+                .ok()
+                .filter(|b| b.tag() == "PUBLIC KEY")
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "member_keys",
+                        format!("{}: not a PEM PUBLIC KEY", path.display()),
+                    )
+                })?;
+            let spki = block.into_contents();
+            if crate::keystore::der::spki_scheme(&spki)
+                != Some(crate::keystore::SignatureScheme::EcdsaSha256)
+            {
+                return Err(ctx.invalid(
+                    "member_keys",
+                    format!("{}: not a P-256 public key", path.display()),
+                ));
+            }
+            Ok(spki)
+        })
+        .collect()
+}

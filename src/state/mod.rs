@@ -14,6 +14,7 @@ pub mod acme;
 pub mod postgres;
 pub mod proposals;
 mod records;
+pub mod rows;
 pub mod sled;
 pub mod tokens;
 

@@ -226,6 +226,21 @@ pub fn load_revocations(
 
 /// Seeds the bundle from the config's root files the first time (recording them as added at
 /// `now`), then writes the bundle file. Returns the bundle (DER, oldest first).
+/// Fingerprints of the roots this appliance trusts from its own files: the configured root
+/// certificates and the bundle it last wrote. Unreadable files count as empty.
+pub fn local_root_fingerprints(config: &Config) -> Vec<String> {
+    config
+        .root
+        .certificates
+        .iter()
+        .cloned()
+        .chain(std::iter::once(bundle_file(config)))
+        .filter_map(|path| authority::read_certificates(&path).ok())
+        .flatten()
+        .map(|der| fingerprint_id(&der))
+        .collect()
+}
+
 pub async fn load_roots(
     config: &Config,
     state: &CaState,

@@ -21,11 +21,14 @@ mod settings;
 mod tls;
 mod tokens;
 
+use std::sync::Arc;
+
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::Json;
 use tokio_postgres::IsolationLevel;
 
 use super::records::{activated, installing, retired, superseded};
+use super::rows::RowTrust;
 use super::{
     CrossCertificate, ImportedCrl, IntermediateRecord, RevocationRecord, RootRecord, Snapshot,
     StateError, Transition, RECORD_VERSION,
@@ -54,6 +57,9 @@ fn db(e: impl std::fmt::Display) -> StateError {
 pub struct PgState {
     pool: Pool,
     described: String,
+    /// Set once the node can sign: roots are then signed when written and believed only when
+    /// a member signed them.
+    rows: std::sync::OnceLock<Arc<RowTrust>>,
 }
 
 impl std::fmt::Debug for PgState {
@@ -146,7 +152,11 @@ impl PgState {
         })?;
         schema::migrate(&mut client).await?;
         drop(client);
-        Ok(PgState { pool, described })
+        Ok(PgState {
+            pool,
+            described,
+            rows: std::sync::OnceLock::new(),
+        })
     }
 
     /// User, hosts and database (no password).
@@ -290,25 +300,120 @@ impl PgState {
         row.as_ref().map(record).transpose()
     }
 
-    /// The roots of the trust bundle, oldest first.
+    /// From now on roots are signed with `trust`'s key when written, and only those a member
+    /// signed are read. Only the first call counts.
+    pub fn trust_rows(&self, trust: Arc<RowTrust>) {
+        let _ = self.rows.set(trust);
+    }
+
+    /// The row trust, when set.
+    pub fn row_trust(&self) -> Option<&Arc<RowTrust>> {
+        self.rows.get()
+    }
+
+    /// The roots of the trust bundle, oldest first (with row trust: the believed ones).
     pub async fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
-        self.select(
-            "SELECT record FROM roots ORDER BY added_at, fingerprint",
-            &[],
-        )
-        .await
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record, signature FROM roots ORDER BY added_at, fingerprint",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        self.believed_roots(rows)
+    }
+
+    /// The roots among `rows` (record, signature) that a member signed; all without row trust.
+    fn believed_roots(
+        &self,
+        rows: Vec<tokio_postgres::Row>,
+    ) -> Result<Vec<RootRecord>, StateError> {
+        let mut out = Vec::new();
+        for row in &rows {
+            let root: RootRecord = record(row)?;
+            if let Some(trust) = self.rows.get() {
+                let signature: Option<Vec<u8>> = row.try_get("signature").map_err(db)?;
+                let content = serde_json::to_vec(&root).map_err(db)?;
+                if !trust.believe("roots", &root.fingerprint, &content, signature.as_deref()) {
+                    continue;
+                }
+            }
+            out.push(root);
+        }
+        Ok(out)
+    }
+
+    /// The signature of a root row (none without row trust).
+    fn root_signature(&self, root: &RootRecord) -> Result<Option<Vec<u8>>, StateError> {
+        let Some(trust) = self.rows.get() else {
+            return Ok(None);
+        };
+        let content = serde_json::to_vec(root).map_err(db)?;
+        let sign = || trust.sign("roots", &root.fingerprint, &content);
+        let signature = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        };
+        signature
+            .map(Some)
+            .map_err(|e| StateError::Storage(format!("the row cannot be signed: {e}")))
+    }
+
+    /// Signs the unsigned root rows whose fingerprint is in `known` (roots this node served
+    /// before rows were signed, from its own files); returns how many.
+    pub async fn adopt_roots(&self, known: &[String]) -> Result<usize, StateError> {
+        if self.rows.get().is_none() {
+            return Ok(0);
+        }
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM roots WHERE signature IS NULL AND fingerprint = ANY($1)",
+                &[&known],
+            )
+            .await
+            .map_err(db)?;
+        let mut adopted = 0;
+        for row in &rows {
+            let mut root: RootRecord = record(row)?;
+            root.version = RECORD_VERSION;
+            let signature = self.root_signature(&root)?;
+            adopted += self
+                .client()
+                .await?
+                .execute(
+                    "UPDATE roots SET record = $2, signature = $3
+                     WHERE fingerprint = $1 AND signature IS NULL",
+                    &[&root.fingerprint, &Json(&root), &signature],
+                )
+                .await
+                .map_err(db)? as usize;
+        }
+        Ok(adopted)
     }
 
     /// Adds a root and bumps the bundle sequence in one transaction; false when present.
     pub async fn add_root(&self, mut record: RootRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
+        let signature = self.root_signature(&record)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let inserted = tx
             .execute(
-                "INSERT INTO roots (fingerprint, added_at, record) VALUES ($1, $2, $3)
+                "INSERT INTO roots (fingerprint, added_at, record, signature)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (fingerprint) DO NOTHING",
-                &[&record.fingerprint, &record.added_at, &Json(&record)],
+                &[
+                    &record.fingerprint,
+                    &record.added_at,
+                    &Json(&record),
+                    &signature,
+                ],
             )
             .await
             .map_err(db)?
@@ -500,7 +605,7 @@ impl PgState {
             .map_err(db)?;
         let roots = tx
             .query(
-                "SELECT record FROM roots ORDER BY added_at, fingerprint",
+                "SELECT record, signature FROM roots ORDER BY added_at, fingerprint",
                 &[],
             )
             .await
@@ -518,7 +623,7 @@ impl PgState {
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Snapshot {
-            roots: records(roots)?,
+            roots: self.believed_roots(roots)?,
             intermediates: records(intermediates)?,
             revocations: records(revocations)?,
         })

@@ -23,6 +23,9 @@ pub struct NodeReport {
     pub roots: Vec<String>,
     /// Whether it ships its audit records, and up to which sequence number.
     pub audit_shipped: Option<u64>,
+    /// Its row-signing public key (PEM): what the other appliances list in `member_keys`.
+    #[serde(default)]
+    pub row_key_pem: Option<String>,
 }
 
 /// A node as the registry shows it.
