@@ -490,7 +490,11 @@ async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
             .iter()
             .map(|d| hsm_ca::ca::fingerprint_id(d))
             .collect();
-        assert_eq!(served, [ours.clone()], "only the root a member signed");
+        assert_eq!(
+            served,
+            std::slice::from_ref(&ours),
+            "only the root a member signed"
+        );
         let state = admin.get("/v1/state").await.text();
         assert!(!state.contains(&fp), "{state}");
         let metrics = admin.get("/metrics").await.text();

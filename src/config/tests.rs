@@ -393,3 +393,28 @@ fn node_ids_are_checked_and_require_shipped_needs_the_shared_database() {
     let err = parse(&format!("{MINIMAL}[audit]\nship_timeout_secs = 0\n")).expect_err("zero");
     assert!(err.to_string().contains("audit.ship_timeout_secs"), "{err}");
 }
+
+#[test]
+fn member_keys_must_be_p256_public_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let good = dir.path().join("b.pem");
+    std::fs::write(&good, key.public_key_pem()).expect("write");
+    let bad = dir.path().join("c.pem");
+    std::fs::write(&bad, "not a key").expect("write");
+    let with = |path: &Path| {
+        Config::parse(
+            &dir.path().join("hsm-ca.toml"),
+            &format!("member_keys = [\"{}\"]\n{MINIMAL}", path.display()),
+        )
+    };
+    let c = with(&good).expect("valid");
+    assert_eq!(
+        c.member_keys,
+        vec![rcgen::PublicKeyData::subject_public_key_info(&key)]
+    );
+    for path in [bad.as_path(), &dir.path().join("missing.pem")] {
+        let err = with(path).expect_err("refused");
+        assert!(err.to_string().contains("member_keys"), "{err}");
+    }
+}

@@ -365,7 +365,7 @@ impl PgState {
 
     /// Signs the unsigned root rows whose fingerprint is in `known` (roots this node served
     /// before rows were signed, from its own files); returns how many.
-    pub async fn adopt_roots(&self, known: &[String]) -> Result<usize, StateError> {
+    pub async fn adopt_roots(&self, known: &[String]) -> Result<u64, StateError> {
         if self.rows.get().is_none() {
             return Ok(0);
         }
@@ -392,7 +392,7 @@ impl PgState {
                     &[&root.fingerprint, &Json(&root), &signature],
                 )
                 .await
-                .map_err(db)? as usize;
+                .map_err(db)?;
         }
         Ok(adopted)
     }
