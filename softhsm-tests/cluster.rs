@@ -514,3 +514,90 @@ async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
     two.server.shutdown().await;
     one.server.shutdown().await;
 }
+
+/// Figures for the README and the operators, not a check: propagation delay of a root added on
+/// one node until the other serves it, over 100 changes, and how long the leader lease takes
+/// to move after a clean stop. Run with
+/// `cargo test --release --test cluster -- --ignored --nocapture figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run by hand"]
+#[allow(clippy::print_stdout, reason = "prints figures")]
+async fn figures_propagation_and_leader_handover() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let two = one.second_node(&settings).await;
+    let (on_one, on_two) = (
+        admin_on(&one.server, &one.roots),
+        admin_on(&two.server, &one.roots),
+    );
+    let mut delays = Vec::new();
+    for n in 0..100 {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("figure root {n}"));
+        let root = params.self_signed(&key).expect("root");
+        let fp = hsm_ca::ca::fingerprint_id(root.der());
+        let added = on_one
+            .post("/v1/roots", json!({"certificate_pem": root.pem()}))
+            .await;
+        assert_eq!(added.status, 200, "{}", added.text());
+        let start = Instant::now();
+        loop {
+            let bundle = on_two.get("/bundle.pem").await.body;
+            let served = hsm_ca::ca::certificates_from_pem(&bundle).expect("bundle");
+            if served.iter().any(|d| hsm_ca::ca::fingerprint_id(d) == fp) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "root {n} not served"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        delays.push(start.elapsed());
+    }
+    delays.sort();
+    println!(
+        "propagation over {} root additions: p50 {:?}, p90 {:?}, max {:?}",
+        delays.len(),
+        delays[delays.len() / 2],
+        delays[delays.len() * 9 / 10],
+        delays[delays.len() - 1]
+    );
+
+    let db = database(&cluster).await;
+    let leader = loop {
+        if let Some(l) = pg(&db).leader().await.expect("leader").filter(|l| l.live) {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stopped_at = Instant::now();
+    let stays = if leader.node == "second" {
+        two.server.shutdown().await;
+        one.server
+    } else {
+        one.server.shutdown().await;
+        two.server
+    };
+    loop {
+        let now = pg(&db).leader().await.expect("leader").expect("someone");
+        if now.live && now.node != leader.node {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "leader handover after a clean stop: {:?} (renewal every {:?}, lease {:?})",
+        stopped_at.elapsed(),
+        hsm_ca::cluster::LEADER_RENEW,
+        hsm_ca::cluster::LEADER_LEASE
+    );
+    stays.shutdown().await;
+}
