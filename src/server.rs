@@ -36,8 +36,17 @@ use crate::trust::{self, TrustError, TrustPlane};
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a node on a shared database reads the change sequence (a trust change made on
-/// another node takes effect here within about this long).
+/// Aborts a task when dropped (a helper task that lives as long as its owner).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a node on a shared database reads the change sequence when no notification woke
+/// it (a trust change made on another node takes effect here within about this long at most).
 pub const CHANGE_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
@@ -541,11 +550,38 @@ pub async fn start(
     let follower = match control.follow_changes(None).await {
         Ok(Some(seen)) => {
             let ctl = control.clone();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            // The trigger's notifications wake the follower at once; the poll stays, for a
+            // lost notification or a broken listening connection.
+            let listener = {
+                let (ctl, wake) = (control.clone(), wake.clone());
+                tokio::spawn(async move {
+                    let CaState::Postgres(pg) = ctl.state() else {
+                        return;
+                    };
+                    let mut failing = false;
+                    loop {
+                        match pg.listen_for_changes(&wake).await {
+                            Err(e) if !failing => {
+                                failing = true;
+                                tracing::warn!(error = %e, "not listening for changes; polling");
+                            }
+                            Err(_) => {}
+                            Ok(()) => failing = false,
+                        }
+                        tokio::time::sleep(CHANGE_POLL).await;
+                    }
+                })
+            };
             Some(tokio::spawn(async move {
+                let _listener = AbortOnDrop(listener);
                 let mut seen = Some(seen);
                 let mut failing = false;
                 loop {
-                    tokio::time::sleep(CHANGE_POLL).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(CHANGE_POLL) => {}
+                        _ = wake.notified() => {}
+                    }
                     match ctl.follow_changes(seen).await {
                         Ok(now) => {
                             if failing {

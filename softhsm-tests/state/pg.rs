@@ -124,7 +124,7 @@ async fn verify_full_checks_the_server_name_and_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_trust_change_moves_the_change_sequence_also_one_made_in_sql() {
+async fn every_trust_change_moves_the_change_sequence_and_notifies_also_one_made_in_sql() {
     let b = Postgres::new().await;
     let state = b.open().await;
     let seq = || async {
@@ -146,10 +146,31 @@ async fn every_trust_change_moves_the_change_sequence_also_one_made_in_sql() {
     state.snapshot().await.expect("snapshot");
     state.next_crl_number("aa").await.expect("crl number");
     assert_eq!(seq().await, after_revoke);
+    // Each committed change also notifies a listening connection.
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let listening = {
+        let wake = wake.clone();
+        let settings = b.cluster.settings();
+        tokio::spawn(async move {
+            let listener = hsm_ca::state::PgState::open(&settings).await.expect("open");
+            listener.listen_for_changes(&wake).await
+        })
+    };
+    // The first wake says the LISTEN is in place.
+    tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified())
+        .await
+        .expect("listening");
+    state.revoke(revocation("aa", "02")).await.expect("revoke");
+    tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified())
+        .await
+        .expect("a notification for the revocation");
+    listening.abort();
+    let after_second = seq().await;
+    assert!(after_second > after_revoke);
     // A row written straight into the database is seen too.
     b.cluster
         .psql("DELETE FROM revocations WHERE serial = '01'");
-    assert!(seq().await > after_revoke);
+    assert!(seq().await > after_second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,9 +53,13 @@ fn db(e: impl std::fmt::Display) -> StateError {
     StateError::Database(e.to_string())
 }
 
+/// The channel the change-sequence trigger notifies (schema version 10).
+pub const CHANGES_CHANNEL: &str = "hsmca_changes";
+
 /// The CA state in a PostgreSQL database.
 pub struct PgState {
     pool: Pool,
+    settings: PgSettings,
     described: String,
     /// Set once the node can sign: roots are then signed when written and believed only when
     /// a member signed them.
@@ -154,9 +158,16 @@ impl PgState {
         drop(client);
         Ok(PgState {
             pool,
+            settings: settings.clone(),
             described,
             rows: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Wakes `wake` whenever a trust change commits (the change-sequence trigger's
+    /// notification), on a connection of its own; returns when that connection ends.
+    pub async fn listen_for_changes(&self, wake: &tokio::sync::Notify) -> Result<(), StateError> {
+        self.settings.listen(CHANGES_CHANNEL, wake).await
     }
 
     /// User, hosts and database (no password).

@@ -48,6 +48,9 @@ const MIGRATION_LOCK: i32 = 0;
 /// it stopped cleanly, and what it reported (version, active intermediate, roots it serves).
 ///
 /// Version 9 keeps the cross-certificates made here (ACME offers them as alternate chains).
+///
+/// Version 10 makes the change-sequence trigger also notify `hsmca_changes` (delivered at
+/// commit): a wake-up for the nodes, which still read the sequence, and still poll.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -203,6 +206,18 @@ CREATE TABLE cross_certificates (
     fingerprint text COLLATE "C" PRIMARY KEY,
     record      jsonb NOT NULL
 );
+"#,
+    ),
+    (
+        10,
+        r#"
+CREATE OR REPLACE FUNCTION hsmca_trust_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE changes SET sequence = sequence + 1;
+    PERFORM pg_notify('hsmca_changes', '');
+    RETURN NULL;
+END
+$$;
 "#,
     ),
 ];

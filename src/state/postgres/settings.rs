@@ -131,9 +131,8 @@ impl PgSettings {
         )
     }
 
-    /// A pool over the database; no connection is made yet. Loads the password and the CA
-    /// file now.
-    pub(super) fn pool(&self) -> Result<Pool, StateError> {
+    /// The connection settings with the password loaded now.
+    fn client_config(&self) -> Result<tokio_postgres::Config, StateError> {
         let mut config = parse(&self.url).map_err(StateError::Settings)?;
         let password = self
             .password
@@ -146,6 +145,33 @@ impl PgSettings {
         if config.get_application_name().is_none() {
             config.application_name("hsm-ca");
         }
+        Ok(config)
+    }
+
+    /// Opens a connection of its own, `LISTEN`s on `channel`, and wakes `wake` at every
+    /// notification until the connection ends (then returns; the caller connects again).
+    pub(super) async fn listen(
+        &self,
+        channel: &str,
+        wake: &tokio::sync::Notify,
+    ) -> Result<(), StateError> {
+        let mut config = self.client_config()?;
+        match &self.ca_file {
+            Some(path) => {
+                config.ssl_mode(SslMode::Require);
+                listen_on(config, MakeRustls::from_ca_file(path)?, channel, wake).await
+            }
+            None => {
+                config.ssl_mode(SslMode::Disable);
+                listen_on(config, NoTls, channel, wake).await
+            }
+        }
+    }
+
+    /// A pool over the database; no connection is made yet. Loads the password and the CA
+    /// file now.
+    pub(super) fn pool(&self) -> Result<Pool, StateError> {
+        let mut config = self.client_config()?;
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -181,6 +207,40 @@ fn parse(url: &str) -> Result<tokio_postgres::Config, String> {
                 .into()
         }
     })
+}
+
+async fn listen_on<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+    channel: &str,
+    wake: &tokio::sync::Notify,
+) -> Result<(), StateError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+{
+    let db = |e: tokio_postgres::Error| StateError::Database(e.to_string());
+    let (client, mut connection) = config.connect(tls).await.map_err(db)?;
+    // The connection is driven here; the LISTEN below completes while it is.
+    let statement = format!("LISTEN {channel}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => {
+                done.map_err(db)?;
+                listening = true;
+                // Whatever changed while no one listened is read on the next wake.
+                wake.notify_one();
+            }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(db(e)),
+                None => return Ok(()),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
