@@ -601,3 +601,85 @@ async fn figures_propagation_and_leader_handover() {
     );
     stays.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_written_into_the_database_directly_approves_nothing() {
+    const A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
+    const C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
+    const B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
+    let officers = format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+development_shared_ca = true
+
+[[admin.users]]
+identity = "{A}"
+roles = ["auditor", "officer"]
+
+[[admin.users]]
+identity = "{B}"
+roles = ["officer"]
+
+[[admin.users]]
+identity = "{C}"
+roles = ["officer"]
+
+[admin.approvals]
+threshold = 2
+"#
+    );
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let settings = cluster.settings();
+    let one = Appliance::start_on_postgres(&officers, &settings).await;
+    let two = one.second_node(&settings).await;
+    let officer = |server: &RunningServer, id: &str| {
+        let (chain, key) = support::appliance::client_identity(&server.view, id);
+        AdminClient::new(
+            server.admin_addr.expect("admin listens"),
+            &one.roots,
+            Some((&chain, &key)),
+        )
+    };
+
+    // Officer A proposes a root on node one; someone with database access adds B's approval.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "proposed root");
+    let root = params.self_signed(&key).expect("root");
+    let filed = officer(&one.server, A)
+        .post("/v1/roots", json!({"certificate_pem": root.pem()}))
+        .await;
+    assert_eq!(filed.status, 202, "{}", filed.text());
+    let pid = filed.json()["pending_approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let listed = officer(&two.server, A).get("/v1/proposals").await.json();
+    assert_eq!(listed["proposals"][0]["id"], json!(pid), "{listed}");
+    let forged = cluster.psql(&format!(
+        "UPDATE proposals SET record = jsonb_set(record, '{{approvals}}', \
+         (record->'approvals') || '[\"{B}\"]'::jsonb) WHERE id = '{pid}'"
+    ));
+    assert!(forged.contains("UPDATE 1"), "{forged}");
+
+    // The row no longer carries a member's signature: no node shows it, C's approval finds
+    // nothing to approve, and the root is not added.
+    let listed = officer(&two.server, A).get("/v1/proposals").await.json();
+    assert_eq!(listed["proposals"], json!([]), "{listed}");
+    let approved = officer(&two.server, C)
+        .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
+        .await;
+    assert_eq!(approved.status, 404, "{}", approved.text());
+    let fp = hsm_ca::ca::fingerprint_id(root.der());
+    for server in [&one.server, &two.server] {
+        let state = officer(server, A).get("/v1/state").await.text();
+        assert!(!state.contains(&fp), "{state}");
+    }
+    two.server.shutdown().await;
+    one.server.shutdown().await;
+}

@@ -343,26 +343,47 @@ impl PgState {
     ) -> Result<Vec<RootRecord>, StateError> {
         let mut out = Vec::new();
         for row in &rows {
-            let root: RootRecord = record(row)?;
-            if let Some(trust) = self.rows.get() {
-                let signature: Option<Vec<u8>> = row.try_get("signature").map_err(db)?;
-                let content = serde_json::to_vec(&root).map_err(db)?;
-                if !trust.believe("roots", &root.fingerprint, &content, signature.as_deref()) {
-                    continue;
-                }
-            }
-            out.push(root);
+            out.extend(self.believed(row, "roots", |r: &RootRecord| r.fingerprint.clone())?);
         }
         Ok(out)
     }
 
+    /// The record of `row` (record, signature) of `table` if a member signed it (always
+    /// without row trust); `key` names the row.
+    fn believed<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        row: &tokio_postgres::Row,
+        table: &str,
+        key: impl Fn(&T) -> String,
+    ) -> Result<Option<T>, StateError> {
+        let value: T = record(row)?;
+        let Some(trust) = self.rows.get() else {
+            return Ok(Some(value));
+        };
+        let signature: Option<Vec<u8>> = row.try_get("signature").map_err(db)?;
+        let content = serde_json::to_vec(&value).map_err(db)?;
+        Ok(trust
+            .believe(table, &key(&value), &content, signature.as_deref())
+            .then_some(value))
+    }
+
     /// The signature of a root row (none without row trust).
     fn root_signature(&self, root: &RootRecord) -> Result<Option<Vec<u8>>, StateError> {
+        self.row_signature("roots", &root.fingerprint, root)
+    }
+
+    /// The signature of a row of `table` named `key` holding `value` (none without row trust).
+    fn row_signature<T: serde::Serialize>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Option<Vec<u8>>, StateError> {
         let Some(trust) = self.rows.get() else {
             return Ok(None);
         };
-        let content = serde_json::to_vec(root).map_err(db)?;
-        let sign = || trust.sign("roots", &root.fingerprint, &content);
+        let content = serde_json::to_vec(value).map_err(db)?;
+        let sign = || trust.sign(table, key, &content);
         let signature = match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(sign)

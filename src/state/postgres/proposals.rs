@@ -4,31 +4,46 @@
 //! record together: so of concurrent claims on any number of nodes exactly one moves a
 //! proposal from pending to executing, and the others see it executing.
 //!
+//! With row trust (a shared database), every write signs the row and every read keeps only
+//! rows a member signed: an approval added to a row by other means than an appliance makes the
+//! proposal unreadable (not found), never approved.
+//!
 //! It must never change a proposal row outside such a transaction, nor interpret the
 //! operation.
 
 use time::OffsetDateTime;
 use tokio_postgres::types::Json;
 
-use super::{db, record, records, PgState};
+use super::{db, PgState};
 use crate::state::proposals::{approved, claimed, filing, finished, Step};
 use crate::state::{Claim, ProposalRecord, ProposalStep, StateError};
+
+/// The table, as signed rows name it.
+const TABLE: &str = "proposals";
+
+/// A proposal row's name in its signature.
+fn key(record: &ProposalRecord) -> String {
+    record.id.clone()
+}
 
 impl PgState {
     /// Files a new proposal (pending); false, changing nothing, when its id is taken.
     pub async fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
         let record = filing(record);
+        let signature = self.row_signature(TABLE, &record.id, &record)?;
         let inserted = self
             .client()
             .await?
             .execute(
-                "INSERT INTO proposals (id, status, created_at, record) VALUES ($1, $2, $3, $4)
+                "INSERT INTO proposals (id, status, created_at, record, signature)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     &record.id,
                     &record.status.as_str(),
                     &record.created_at,
                     &Json(&record),
+                    &signature,
                 ],
             )
             .await
@@ -41,10 +56,16 @@ impl PgState {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT record FROM proposals WHERE id = $1", &[&id])
+            .query_opt(
+                "SELECT record, signature FROM proposals WHERE id = $1",
+                &[&id],
+            )
             .await
             .map_err(db)?;
-        row.as_ref().map(record).transpose()
+        match &row {
+            Some(row) => self.believed(row, TABLE, key),
+            None => Ok(None),
+        }
     }
 
     /// The proposals, oldest first: all, or the open ones (pending or executing).
@@ -53,14 +74,18 @@ impl PgState {
             .client()
             .await?
             .query(
-                "SELECT record FROM proposals
+                "SELECT record, signature FROM proposals
                  WHERE $1 OR status IN ('pending', 'executing')
                  ORDER BY created_at, id",
                 &[&all],
             )
             .await
             .map_err(db)?;
-        records(rows)
+        let mut out = Vec::new();
+        for row in &rows {
+            out.extend(self.believed(row, TABLE, key)?);
+        }
+        Ok(out)
     }
 
     /// `officer` approves proposal `id` (once per officer; only while pending and unexpired).
@@ -103,7 +128,7 @@ impl PgState {
         let tx = client.transaction().await.map_err(db)?;
         let Some(row) = tx
             .query_opt(
-                "SELECT record FROM proposals WHERE id = $1 FOR UPDATE",
+                "SELECT record, signature FROM proposals WHERE id = $1 FOR UPDATE",
                 &[&id],
             )
             .await
@@ -111,13 +136,18 @@ impl PgState {
         else {
             return Ok(ProposalStep::NotFound);
         };
-        let (changed, answer) = match f(record(&row)?) {
+        // A row no member signed (written into the database by other means) is not there.
+        let Some(current) = self.believed(&row, TABLE, key)? else {
+            return Ok(ProposalStep::NotFound);
+        };
+        let (changed, answer) = match f(current) {
             Ok(changed) => changed,
             Err(refused) => return Ok(refused),
         };
+        let signature = self.row_signature(TABLE, id, &changed)?;
         tx.execute(
-            "UPDATE proposals SET status = $2, record = $3 WHERE id = $1",
-            &[&id, &changed.status.as_str(), &Json(&changed)],
+            "UPDATE proposals SET status = $2, record = $3, signature = $4 WHERE id = $1",
+            &[&id, &changed.status.as_str(), &Json(&changed), &signature],
         )
         .await
         .map_err(db)?;
