@@ -85,6 +85,17 @@ fn pg(state: &CaState) -> &PgState {
     }
 }
 
+/// A self-signed CA certificate made outside the appliances (rcgen), named `cn`.
+fn self_signed_root(cn: impl Into<String>) -> rcgen::Certificate {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn.into());
+    params.self_signed(&key).expect("root")
+}
+
 /// Waits until `node`'s shipped head is `seq` or later.
 async fn shipped_up_to(pg: &PgState, node: &str, seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -451,13 +462,7 @@ async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
     let two = one.second_node(&settings).await;
 
     // Someone with database access adds their own root, and moves the change sequence.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "not our root");
-    let evil = params.self_signed(&key).expect("root");
+    let evil = self_signed_root("not our root");
     let fp = hsm_ca::ca::fingerprint_id(evil.der());
     let record = json!({
         "version": hsm_ca::state::RECORD_VERSION,
@@ -535,13 +540,7 @@ async fn figures_propagation_and_leader_handover() {
     );
     let mut delays = Vec::new();
     for n in 0..100 {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("figure root {n}"));
-        let root = params.self_signed(&key).expect("root");
+        let root = self_signed_root(format!("figure root {n}"));
         let fp = hsm_ca::ca::fingerprint_id(root.der());
         let added = on_one
             .post("/v1/roots", json!({"certificate_pem": root.pem()}))
@@ -644,13 +643,7 @@ threshold = 2
     };
 
     // Officer A proposes a root on node one; someone with database access adds B's approval.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "proposed root");
-    let root = params.self_signed(&key).expect("root");
+    let root = self_signed_root("proposed root");
     let filed = officer(&one.server, A)
         .post("/v1/roots", json!({"certificate_pem": root.pem()}))
         .await;
