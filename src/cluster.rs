@@ -9,8 +9,9 @@
 //! chain does not continue the one shipped under its id (a lost or restored disk, two
 //! appliances with one `node_id`) refuses to start rather than fork the database copy.
 //!
-//! It also runs the leader-only jobs on one node at a time ([`spawn_leadership`]): a lease in
-//! the database with an epoch that fences the leader's writes.
+//! It also follows the other nodes' trust changes ([`spawn_follower`]) and runs the leader-only
+//! jobs on one node at a time ([`spawn_leadership`]): a lease in the database with an epoch
+//! that fences the leader's writes.
 //!
 //! It must never ship a record that is not durable on the node, never overwrite one that was
 //! shipped, and never run a leader-only job unfenced on a shared database.
@@ -151,6 +152,75 @@ async fn ship_pending(
             return Ok(last);
         }
     }
+}
+
+/// How often a node on a shared database reads the change sequence when no notification woke
+/// it (a trust change made on another node takes effect here within about this long at most).
+pub const CHANGE_POLL: Duration = Duration::from_millis(500);
+
+/// Aborts a task when dropped (a helper task that lives as long as its owner).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the other nodes' trust changes from sequence `seen` on: the change-sequence
+/// trigger's notifications (on a connection of its own) wake it at once, and every
+/// [`CHANGE_POLL`] it reads the sequence anyway, for a lost notification or a broken listening
+/// connection; when the sequence moved, the state is published again.
+pub fn spawn_follower(control: Arc<Control>, seen: u64) -> tokio::task::JoinHandle<()> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listener = {
+        let (ctl, wake) = (control.clone(), wake.clone());
+        tokio::spawn(async move {
+            let CaState::Postgres(pg) = ctl.state() else {
+                return;
+            };
+            let mut failing = false;
+            loop {
+                match pg.listen_for_changes(&wake).await {
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "not listening for changes; polling");
+                    }
+                    Err(_) => {}
+                    Ok(()) => failing = false,
+                }
+                tokio::time::sleep(CHANGE_POLL).await;
+            }
+        })
+    };
+    tokio::spawn(async move {
+        let _listener = AbortOnDrop(listener);
+        let mut seen = seen;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHANGE_POLL) => {}
+                _ = wake.notified() => {}
+            }
+            match control.follow_changes(seen).await {
+                Ok(now) => {
+                    if failing {
+                        tracing::info!("following the shared state's changes again");
+                    }
+                    if now != seen {
+                        tracing::info!(sequence = now, "published a change made on another node");
+                    }
+                    failing = false;
+                    seen = now;
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot follow the shared state's changes; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 /// How long a leadership lasts unless renewed; another node takes over after it lapses.

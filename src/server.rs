@@ -36,19 +36,6 @@ use crate::trust::{self, TrustError, TrustPlane};
 /// How long requests in flight may take to finish when the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Aborts a task when dropped (a helper task that lives as long as its owner).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// How often a node on a shared database reads the change sequence when no notification woke
-/// it (a trust change made on another node takes effect here within about this long at most).
-pub const CHANGE_POLL: Duration = Duration::from_millis(500);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -319,6 +306,12 @@ pub async fn start(
     crate::cluster::trust_rows(&state, &store, &config, &known, audit_slot.clone())
         .await
         .map_err(ServerError::Control)?;
+    // Read before the state the appliance starts with: a change committed after it is
+    // published by the follower, never missed.
+    let start_sequence = state
+        .change_sequence()
+        .await
+        .map_err(|e| ServerError::Control(e.to_string()))?;
     let roots = trust::load_roots(&config, &state, clock.now()).await?;
     let snapshot = state.snapshot().await.map_err(TrustError::from)?;
     let issuer = tokio::task::block_in_place(|| authority::issuer_of(&store, snapshot.active()))?;
@@ -546,65 +539,8 @@ pub async fn start(
     });
 
     // On a shared database, other nodes' trust changes (roots, revocations, intermediates)
-    // are published here within one poll of the change sequence.
-    let follower = match control.follow_changes(None).await {
-        Ok(Some(seen)) => {
-            let ctl = control.clone();
-            let wake = Arc::new(tokio::sync::Notify::new());
-            // The trigger's notifications wake the follower at once; the poll stays, for a
-            // lost notification or a broken listening connection.
-            let listener = {
-                let (ctl, wake) = (control.clone(), wake.clone());
-                tokio::spawn(async move {
-                    let CaState::Postgres(pg) = ctl.state() else {
-                        return;
-                    };
-                    let mut failing = false;
-                    loop {
-                        match pg.listen_for_changes(&wake).await {
-                            Err(e) if !failing => {
-                                failing = true;
-                                tracing::warn!(error = %e, "not listening for changes; polling");
-                            }
-                            Err(_) => {}
-                            Ok(()) => failing = false,
-                        }
-                        tokio::time::sleep(CHANGE_POLL).await;
-                    }
-                })
-            };
-            Some(tokio::spawn(async move {
-                let _listener = AbortOnDrop(listener);
-                let mut seen = Some(seen);
-                let mut failing = false;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(CHANGE_POLL) => {}
-                        _ = wake.notified() => {}
-                    }
-                    match ctl.follow_changes(seen).await {
-                        Ok(now) => {
-                            if failing {
-                                tracing::info!("following the shared state's changes again");
-                            }
-                            if now != seen {
-                                tracing::info!(sequence = ?now, "published a change made on another node");
-                            }
-                            failing = false;
-                            seen = now;
-                        }
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(error = %e, "cannot follow the shared state's changes; retrying");
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }))
-        }
-        Ok(None) => None,
-        Err(e) => return Err(ServerError::Control(e.to_string())),
-    };
+    // are published here as they commit.
+    let follower = start_sequence.map(|seen| crate::cluster::spawn_follower(control.clone(), seen));
 
     let renewal = {
         let (view, config, serving) = (view.clone(), config.clone(), serving.clone());

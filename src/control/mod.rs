@@ -194,16 +194,16 @@ impl Control {
     /// least as new as (`seen` on sled, which only this process changes). The sequence is
     /// read before the state, so a change committed in between is published now and seen
     /// again next time, never missed.
-    pub async fn follow_changes(&self, seen: Option<u64>) -> Result<Option<u64>, ControlError> {
+    pub async fn follow_changes(&self, seen: u64) -> Result<u64, ControlError> {
         let Some(now) = self.state.change_sequence().await? else {
             return Ok(seen);
         };
-        if seen == Some(now) {
+        if now == seen {
             return Ok(seen);
         }
         let _g = self.changes.lock().await;
         self.publish().await?;
-        Ok(Some(now))
+        Ok(now)
     }
 
     /// Reloads the revocations client certificates are checked against.
