@@ -221,13 +221,19 @@ impl SledState {
     pub fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
         let key = format!("{}/{}", record.issuer, record.serial);
-        let inserted = self
-            .revocations
-            .compare_and_swap(
-                key.as_bytes(),
-                None as Option<&[u8]>,
-                Some(encode(&record)?),
-            )
+        self.insert_new(&self.revocations, key, &record)
+    }
+
+    /// Stores `record` under `key` in `tree` unless the key is taken; false when it is.
+    /// Durable on return.
+    fn insert_new<T: serde::Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: impl AsRef<[u8]>,
+        record: &T,
+    ) -> Result<bool, StateError> {
+        let inserted = tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(encode(record)?))
             .map_err(storage)?
             .is_ok();
         self.flush()?;
@@ -268,17 +274,7 @@ impl SledState {
     pub fn add_cross_certificate(&self, mut record: CrossCertificate) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
         let key = format!("cross_cert/{}", record.fingerprint);
-        let added = self
-            .meta
-            .compare_and_swap(
-                key.as_bytes(),
-                None as Option<&[u8]>,
-                Some(encode(&record)?),
-            )
-            .map_err(storage)?
-            .is_ok();
-        self.flush()?;
-        Ok(added)
+        self.insert_new(&self.meta, key, &record)
     }
 
     /// Every cross-certificate kept, by fingerprint.

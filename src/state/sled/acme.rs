@@ -22,13 +22,7 @@ impl SledState {
         id: &str,
         object: &AcmeObject,
     ) -> Result<bool, StateError> {
-        let done = self
-            .acme
-            .compare_and_swap(key(kind, id), None as Option<&[u8]>, Some(encode(object)?))
-            .map_err(storage)?
-            .is_ok();
-        self.flush()?;
-        Ok(done)
+        self.insert_new(&self.acme, key(kind, id), object)
     }
 
     /// Stores (or replaces) an object.

@@ -17,17 +17,7 @@ impl SledState {
     /// Files a new proposal (pending); false, changing nothing, when its id is taken.
     pub fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
         let record = filing(record);
-        let filed = self
-            .proposals
-            .compare_and_swap(
-                record.id.as_bytes(),
-                None as Option<&[u8]>,
-                Some(encode(&record)?),
-            )
-            .map_err(storage)?
-            .is_ok();
-        self.flush()?;
-        Ok(filed)
+        self.insert_new(&self.proposals, record.id.as_bytes(), &record)
     }
 
     /// One proposal by id, whatever its status.
