@@ -83,13 +83,7 @@ pub fn load_admin_client(path: &Path) -> Result<AdminClientConfig, ConfigError> 
         .map(|v| v.try_into())
         .transpose()
         .map_err(|e: toml::de::Error| parse(format!("admin_client: {}", e.message())))?;
-    let ctx = Ctx {
-        path,
-        base: path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
-    };
+    let ctx = Ctx::for_file(path);
     let mut client = admin_client(&ctx, raw)?;
     if client.url.is_none() {
         let listen = table

@@ -240,7 +240,18 @@ struct Ctx<'a> {
     base: PathBuf,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The context of the config file at `path`.
+    fn for_file(path: &'a Path) -> Self {
+        Ctx {
+            path,
+            base: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        }
+    }
+
     fn invalid(&self, key: &'static str, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
@@ -342,13 +353,7 @@ impl Config {
                     .map(|s| format!(" (at byte {})", s.start))
                     .unwrap_or_default(),
         })?;
-        let ctx = Ctx {
-            path,
-            base: path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
-        };
+        let ctx = Ctx::for_file(path);
         crate::auth::spiffe::validate_trust_domain(&raw.trust_domain)
             .map_err(|p| ctx.invalid("trust_domain", p))?;
         let keystore = keystore::keystore(&ctx, raw.keystore)?;
