@@ -224,8 +224,6 @@ pub fn load_revocations(
     Ok(())
 }
 
-/// Seeds the bundle from the config's root files the first time (recording them as added at
-/// `now`), then writes the bundle file. Returns the bundle (DER, oldest first).
 /// Fingerprints of the roots this appliance trusts from its own files: the configured root
 /// certificates and the bundle it last wrote. Unreadable files count as empty.
 pub fn local_root_fingerprints(config: &Config) -> Vec<String> {
@@ -241,6 +239,8 @@ pub fn local_root_fingerprints(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// Seeds the bundle from the config's root files the first time (recording them as added at
+/// `now`), then writes the bundle file. Returns the bundle (DER, oldest first).
 pub async fn load_roots(
     config: &Config,
     state: &CaState,
