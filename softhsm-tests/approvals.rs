@@ -9,38 +9,9 @@ mod support;
 use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::server::RunningServer;
 use serde_json::json;
-use support::appliance::Appliance;
+use support::appliance::{officers_config as config, Appliance, OFFICER_A, OFFICER_B, OFFICER_C};
 use support::http::AdminClient;
 use support::postgres::PgCluster;
-
-const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
-const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
-const OFFICER_C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
-
-fn config() -> String {
-    format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-development_shared_ca = true
-
-[[admin.users]]
-identity = "{OFFICER_A}"
-roles = ["auditor", "officer"]
-
-[[admin.users]]
-identity = "{OFFICER_B}"
-roles = ["officer"]
-
-[[admin.users]]
-identity = "{OFFICER_C}"
-roles = ["officer"]
-
-[admin.approvals]
-threshold = 2
-expires_secs = 600
-"#
-    )
-}
 
 /// An admin client for `id`, with a client certificate from the active intermediate.
 fn admin(app: &Appliance, id: &str) -> AdminClient {

@@ -603,35 +603,12 @@ async fn figures_propagation_and_leader_handover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_written_into_the_database_directly_approves_nothing() {
-    const A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
-    const C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
-    const B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
-    let officers = format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-development_shared_ca = true
-
-[[admin.users]]
-identity = "{A}"
-roles = ["auditor", "officer"]
-
-[[admin.users]]
-identity = "{B}"
-roles = ["officer"]
-
-[[admin.users]]
-identity = "{C}"
-roles = ["officer"]
-
-[admin.approvals]
-threshold = 2
-"#
-    );
+    use support::appliance::{officers_config, OFFICER_A as A, OFFICER_B as B, OFFICER_C as C};
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&officers, &settings).await;
+    let one = Appliance::start_on_postgres(&officers_config(), &settings).await;
     let two = one.second_node(&settings).await;
     let officer = |server: &RunningServer, id: &str| {
         let (chain, key) = support::appliance::client_identity(&server.view, id);

@@ -261,6 +261,38 @@ async fn postgres(settings: &hsm_ca::state::PgSettings) -> CaState {
     .expect("postgres state")
 }
 
+/// Three officers of the admin API (the first also an auditor).
+pub const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
+pub const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
+pub const OFFICER_C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
+
+/// The `[admin]` section with [`OFFICER_A`], [`OFFICER_B`] and [`OFFICER_C`], two approvals
+/// needed for sensitive operations.
+pub fn officers_config() -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+development_shared_ca = true
+
+[[admin.users]]
+identity = "{OFFICER_A}"
+roles = ["auditor", "officer"]
+
+[[admin.users]]
+identity = "{OFFICER_B}"
+roles = ["officer"]
+
+[[admin.users]]
+identity = "{OFFICER_C}"
+roles = ["officer"]
+
+[admin.approvals]
+threshold = 2
+expires_secs = 600
+"#
+    )
+}
+
 /// Serves `config` with the CA keys in `store` and the CA state `state`.
 async fn serve(config: &Config, store: &KeyStore, state: CaState) -> RunningServer {
     hsm_ca::server::start(config.clone(), store.clone(), std::sync::Arc::new(state))
