@@ -637,14 +637,25 @@ async fn an_approval_written_into_the_database_directly_approves_nothing() {
     ));
     assert!(forged.contains("UPDATE 1"), "{forged}");
 
-    // The row no longer carries a member's signature: no node shows it, C's approval finds
-    // nothing to approve, and the root is not added.
-    let listed = officer(&two.server, A).get("/v1/proposals").await.json();
-    assert_eq!(listed["proposals"], json!([]), "{listed}");
+    // The row no longer carries a member's signature, and the proposals no longer match
+    // their seal: no node shows the forged approval (a node that read the table keeps the
+    // copy it verified), C's approval is refused, and the root is not added.
+    let listed = officer(&two.server, A).get("/v1/proposals").await;
+    if listed.status == 200 {
+        let listed = listed.json();
+        assert_eq!(listed["proposals"][0]["approvals"], json!([A]), "{listed}");
+    } else {
+        assert_eq!(listed.status, 503, "{}", listed.text());
+    }
     let approved = officer(&two.server, C)
         .post(&format!("/v1/proposals/{pid}/approve"), json!({}))
         .await;
-    assert_eq!(approved.status, 404, "{}", approved.text());
+    assert_eq!(approved.status, 503, "{}", approved.text());
+    assert!(
+        approved.text().contains("state_untrusted"),
+        "{}",
+        approved.text()
+    );
     let fp = hsm_ca::ca::fingerprint_id(root.der());
     for server in [&one.server, &two.server] {
         let state = officer(server, A).get("/v1/state").await.text();

@@ -2,6 +2,8 @@
 //! (Debian's, started by the test). Each test is written once as a generic function over a
 //! [`Backend`] fixture; the `conformance!` macro makes one `#[tokio::test]` per backend. The
 //! PostgreSQL-only tests (secrets, TLS, schema versions, several hosts) are in `state/pg.rs`.
+//! PostgreSQL runs twice: as a lone appliance uses it, and sealed as a cluster's nodes use it
+//! (rows signed, tables sealed; what a tampered table does is in `state/sealed.rs`).
 
 #[path = "state/acme.rs"]
 mod acme;
@@ -9,6 +11,8 @@ mod acme;
 mod pg;
 #[path = "state/proposals.rs"]
 mod proposals;
+#[path = "state/sealed.rs"]
+mod sealed;
 mod support;
 #[path = "state/tokens.rs"]
 mod tokens;
@@ -82,6 +86,54 @@ impl Backend for Postgres {
     }
 }
 
+/// PostgreSQL with row trust, as a cluster node opens it: every handle signs with the same
+/// member key, so one handle believes what another wrote. (A software P-256 key stands in for
+/// the node key a device holds; the state layer only sees a signing function.)
+struct Sealed {
+    cluster: PgCluster,
+    key: Vec<u8>,
+    seen: tempfile::TempDir,
+}
+
+impl Backend for Sealed {
+    async fn new() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .expect("key");
+        Sealed {
+            cluster: tokio::task::spawn_blocking(PgCluster::start)
+                .await
+                .expect("join"),
+            key: key.as_ref().to_vec(),
+            seen: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    async fn open(&self) -> CaState {
+        sealed::open_sealed(&self.cluster, &self.key, Some(&self.seen_file())).await
+    }
+}
+
+impl Sealed {
+    /// Where [`Backend::open`]'s handles keep the seals they saw.
+    fn seen_file(&self) -> std::path::PathBuf {
+        self.seen.path().join("seen.json")
+    }
+
+    /// A handle without row trust (as a command that cannot open the node's device).
+    async fn plain(&self) -> CaState {
+        CaState::connect(
+            &hsm_ca::state::StoreBackend::Postgres(self.cluster.settings()),
+            std::path::Path::new("/nonexistent"),
+            1 << 20,
+        )
+        .await
+        .expect("open postgres")
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sled_backend {
@@ -97,6 +149,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name::<super::Postgres>().await
+                }
+            )*
+        }
+        mod sealed_postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name::<super::Sealed>().await
                 }
             )*
         }

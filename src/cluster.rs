@@ -31,6 +31,10 @@ use crate::state::{CaState, Fence, PgState, StateError};
 /// How often the shipper looks for new records when no append woke it.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(200);
 
+/// The file in the data directory that keeps the highest seal sequence this node has seen
+/// per table (a database rolled back below it is refused, also after a restart).
+pub const SEALS_SEEN_FILE: &str = "seals-seen.json";
+
 /// Most records in one shipment.
 const BATCH: usize = 500;
 
@@ -357,11 +361,19 @@ pub async fn trust_rows(
             .map_err(|e| e.to_string())
     });
     let on_reject: OnReject = Arc::new(move |table: &str, key: &str| {
-        tracing::warn!(
-            table,
-            key,
-            "ignored a row that no member signed (written into the database by other means)"
-        );
+        if table == "seals" {
+            tracing::error!(
+                table = key,
+                "a table does not match its seal (changed, deleted or rolled back by other \
+                 means than an appliance): not read until it does"
+            );
+        } else {
+            tracing::warn!(
+                table,
+                key,
+                "ignored a row that no member signed (written into the database by other means)"
+            );
+        }
         let (Some(log), Ok(runtime)) = (audit.get(), tokio::runtime::Handle::try_current()) else {
             return;
         };
@@ -375,11 +387,18 @@ pub async fn trust_rows(
             }
         });
     });
-    let trust = RowTrust::new(sign, &key.public_key, &config.member_keys, on_reject)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let trust = RowTrust::new(sign, &key.public_key, &config.member_keys, on_reject)?
+        .with_seen_file(config.data_dir.join(SEALS_SEEN_FILE))?;
     pg.trust_rows(Arc::new(trust));
     let adopted = pg.adopt_roots(known).await.map_err(|e| e.to_string())?;
     if adopted > 0 {
         tracing::info!(adopted, "signed the roots this appliance already trusted");
+    }
+    let sealed = pg.seal_unsealed().await.map_err(|e| e.to_string())?;
+    if !sealed.is_empty() {
+        tracing::info!(tables = ?sealed, "sealed the trust tables found without a seal");
     }
     Ok(())
 }

@@ -118,7 +118,14 @@ impl From<AuthorityError> for ApiError {
 
 impl From<crate::state::StateError> for ApiError {
     fn from(e: crate::state::StateError) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+        match e {
+            crate::state::StateError::Untrusted { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_untrusted",
+                e.to_string(),
+            ),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        }
     }
 }
 

@@ -56,6 +56,13 @@ pub enum StateError {
     /// What is to be written contradicts what is there and must not be replaced.
     #[error("CA state conflict: {0}")]
     Conflict(String),
+    /// A table on the shared database does not match its seal (rows written, deleted or put
+    /// back by other means than an appliance, or the table rolled back): it is not read.
+    #[error(
+        "the {table} in the CA state database are not believed: {reason}; the node keeps \
+         serving what it published last (see ops/runbooks/cluster.md, \"Tampered state\")"
+    )]
+    Untrusted { table: String, reason: String },
     /// A leader-only write by a node that no longer holds the leadership it started with.
     #[error("node {node} is no longer the leader of epoch {epoch}: the write was refused")]
     Fenced { node: String, epoch: u64 },

@@ -7,9 +7,13 @@
 //! active" even against a writer that skips the lock. Officer proposals are in [`proposals`]:
 //! each step locks its row, so exactly one caller claims a proposal for execution.
 //!
+//! With row trust (several appliances on one database) the database is not trusted for
+//! integrity: root and proposal rows are signed one by one ([`super::rows`]) and every table
+//! that decides trust is sealed ([`seals`]); reads return only what a member signed, and a
+//! table that does not match its seal is refused ([`StateError::Untrusted`]).
+//!
 //! It must never put the database password into an error or a log line (see [`settings`]),
-//! and never trusts the database for more than storage yet: signing rows is issue 11's next
-//! step (the `signature` columns are there for it).
+//! and never return a row of a sealed table that its seal does not cover.
 
 mod acme;
 mod audit;
@@ -17,6 +21,7 @@ mod leader;
 mod nodes;
 mod proposals;
 mod schema;
+mod seals;
 mod settings;
 mod tls;
 mod tokens;
@@ -30,8 +35,8 @@ use tokio_postgres::IsolationLevel;
 use super::records::{activated, installing, retired, superseded};
 use super::rows::RowTrust;
 use super::{
-    CrossCertificate, ImportedCrl, IntermediateRecord, RevocationRecord, RootRecord, Snapshot,
-    StateError, Transition, RECORD_VERSION,
+    CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord,
+    RootRecord, Snapshot, StateError, Transition, RECORD_VERSION,
 };
 use crate::keystore::KeyId;
 
@@ -64,6 +69,8 @@ pub struct PgState {
     /// Set once the node can sign: roots are then signed when written and believed only when
     /// a member signed them.
     rows: std::sync::OnceLock<Arc<RowTrust>>,
+    /// Tables verified against their seals.
+    verified: seals::Verified,
 }
 
 impl std::fmt::Debug for PgState {
@@ -101,6 +108,47 @@ fn record<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T
     Ok(value)
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `trust`'s signature over row `key` of `table` holding `content`, made in the device (off
+/// the runtime's worker when it is a multi-threaded one).
+fn signed(trust: &RowTrust, table: &str, key: &str, content: &[u8]) -> Result<Vec<u8>, StateError> {
+    let sign = || trust.sign(table, key, content);
+    let signature = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(sign)
+        }
+        _ => sign(),
+    };
+    signature.map_err(|e| StateError::Storage(format!("the row cannot be signed: {e}")))
+}
+
+/// A sealed row's content decoded.
+fn decode<T: serde::de::DeserializeOwned>(key: &str, row: &seals::Row) -> Result<T, StateError> {
+    serde_json::from_str(&row.text).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Every row of a sealed table decoded, in key order.
+fn decode_all<T: serde::de::DeserializeOwned>(rows: &seals::Rows) -> Result<Vec<T>, StateError> {
+    rows.iter().map(|(k, r)| decode(k, r)).collect()
+}
+
+/// The statement's returned row (key, content, signature) put into the table's seal.
+fn put(
+    open: &mut Option<seals::Open>,
+    row: Option<&tokio_postgres::Row>,
+) -> Result<(), StateError> {
+    match (open, row) {
+        (Some(open), Some(row)) => open.put(row),
+        _ => Ok(()),
+    }
+}
+
 /// Serializes intermediate transitions (install, activate, retire) across every appliance on
 /// the database, until the transaction ends.
 async fn transition_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StateError> {
@@ -113,35 +161,44 @@ async fn transition_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Sta
     leader::check_fence(tx).await
 }
 
-/// The intermediate `key_id`'s row, locked for the transaction.
-async fn locked_intermediate(
+/// Every intermediate as the transaction may change it: the verified rows of the open seal,
+/// or (without row trust) the rows read and locked.
+async fn current_intermediates(
     tx: &tokio_postgres::Transaction<'_>,
-    key_id: &str,
-) -> Result<Option<tokio_postgres::Row>, StateError> {
-    tx.query_opt(
-        "SELECT record FROM intermediates WHERE key_id = $1 FOR UPDATE",
-        &[&key_id],
-    )
-    .await
-    .map_err(db)
+    open: &Option<seals::Open>,
+) -> Result<Vec<IntermediateRecord>, StateError> {
+    match open {
+        Some(open) => decode_all(open.rows()),
+        None => records(
+            tx.query(
+                "SELECT record FROM intermediates ORDER BY key_id FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db)?,
+        ),
+    }
 }
 
-/// Writes an intermediate's status and record.
+/// Writes an intermediate's status and record, and puts it into the open seal.
 async fn update_intermediate(
     tx: &tokio_postgres::Transaction<'_>,
+    open: &mut Option<seals::Open>,
     change: &IntermediateRecord,
 ) -> Result<(), StateError> {
-    tx.execute(
-        "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1",
-        &[
-            &change.key_id.to_string(),
-            &change.status.as_str(),
-            &Json(change),
-        ],
-    )
-    .await
-    .map_err(db)?;
-    Ok(())
+    let row = tx
+        .query_opt(
+            "UPDATE intermediates SET status = $2, record = $3 WHERE key_id = $1
+             RETURNING key_id, record::text, NULL::bytea",
+            &[
+                &change.key_id.to_string(),
+                &change.status.as_str(),
+                &Json(change),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    put(open, row.as_ref())
 }
 
 impl PgState {
@@ -161,6 +218,7 @@ impl PgState {
             settings: settings.clone(),
             described,
             rows: std::sync::OnceLock::new(),
+            verified: seals::Verified::default(),
         })
     }
 
@@ -179,31 +237,14 @@ impl PgState {
         self.pool.get().await.map_err(db)
     }
 
-    /// The `record` column of every row `sql` selects, decoded.
-    async fn select<T: serde::de::DeserializeOwned>(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<T>, StateError> {
-        let rows = self.client().await?.query(sql, params).await.map_err(db)?;
-        records(rows)
-    }
-
     /// One intermediate by key id.
     pub async fn intermediate(
         &self,
         key_id: &KeyId,
     ) -> Result<Option<IntermediateRecord>, StateError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT record FROM intermediates WHERE key_id = $1",
-                &[&key_id.to_string()],
-            )
-            .await
-            .map_err(db)?;
-        row.as_ref().map(record).transpose()
+        let key = key_id.to_string();
+        let rows = self.sealed_rows(&seals::INTERMEDIATES).await?;
+        rows.get(&key).map(|row| decode(&key, row)).transpose()
     }
 
     /// Makes a prepared intermediate the active one, retiring the previous one in the same
@@ -212,28 +253,24 @@ impl PgState {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         transition_lock(&tx).await?;
-        let id = key_id.to_string();
-        let Some(row) = locked_intermediate(&tx, &id).await? else {
+        let mut open = self.open_seal(&tx, &seals::INTERMEDIATES).await?;
+        let current = current_intermediates(&tx, &open).await?;
+        let Some(found) = current.iter().find(|r| r.key_id == *key_id) else {
             return Ok(Transition::NotFound);
         };
-        let next = match activated(record(&row)?, now) {
+        let next = match activated(found.clone(), now) {
             Ok(next) => next,
             Err(refused) => return Ok(refused),
         };
-        let previous = tx
-            .query_opt(
-                "SELECT record FROM intermediates WHERE node_id = $1 AND status = 'active' \
-                 FOR UPDATE",
-                &[&NODE],
-            )
-            .await
-            .map_err(db)?
-            .map(|row| record::<IntermediateRecord>(&row).map(|p| superseded(p, now)))
-            .transpose()?;
+        let previous = current
+            .into_iter()
+            .find(|r| r.status == IntermediateStatus::Active)
+            .map(|p| superseded(p, now));
         // Retire first: the unique index allows one active row per node at every moment.
         for change in previous.iter().chain(std::iter::once(&next)) {
-            update_intermediate(&tx, change).await?;
+            update_intermediate(&tx, &mut open, change).await?;
         }
+        self.seal(&tx, open).await?;
         tx.commit().await.map_err(db)?;
         Ok(Transition::Done(Box::new(next), previous.map(Box::new)))
     }
@@ -243,15 +280,17 @@ impl PgState {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         transition_lock(&tx).await?;
-        let id = key_id.to_string();
-        let Some(row) = locked_intermediate(&tx, &id).await? else {
+        let mut open = self.open_seal(&tx, &seals::INTERMEDIATES).await?;
+        let current = current_intermediates(&tx, &open).await?;
+        let Some(found) = current.into_iter().find(|r| r.key_id == *key_id) else {
             return Ok(Transition::NotFound);
         };
-        let record = match retired(record(&row)?, now) {
+        let record = match retired(found, now) {
             Ok(record) => record,
             Err(refused) => return Ok(refused),
         };
-        update_intermediate(&tx, &record).await?;
+        update_intermediate(&tx, &mut open, &record).await?;
+        self.seal(&tx, open).await?;
         tx.commit().await.map_err(db)?;
         Ok(Transition::Done(Box::new(record), None))
     }
@@ -264,51 +303,46 @@ impl PgState {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         transition_lock(&tx).await?;
-        let active = tx
-            .query_opt(
-                "SELECT 1 FROM intermediates WHERE node_id = $1 AND status = 'active'",
-                &[&NODE],
+        let mut open = self.open_seal(&tx, &seals::INTERMEDIATES).await?;
+        let active = current_intermediates(&tx, &open)
+            .await?
+            .iter()
+            .any(|r| r.status == IntermediateStatus::Active);
+        let record = installing(record, active);
+        let row = tx
+            .query_one(
+                "INSERT INTO intermediates (key_id, node_id, status, record) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key_id) DO UPDATE
+                     SET node_id = EXCLUDED.node_id, status = EXCLUDED.status,
+                         record = EXCLUDED.record, signature = NULL
+                 RETURNING key_id, record::text, NULL::bytea",
+                &[
+                    &record.key_id.to_string(),
+                    &NODE,
+                    &record.status.as_str(),
+                    &Json(&record),
+                ],
             )
             .await
-            .map_err(db)?
-            .is_some();
-        let record = installing(record, active);
-        tx.execute(
-            "INSERT INTO intermediates (key_id, node_id, status, record) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key_id) DO UPDATE
-                 SET node_id = EXCLUDED.node_id, status = EXCLUDED.status,
-                     record = EXCLUDED.record, signature = NULL",
-            &[
-                &record.key_id.to_string(),
-                &NODE,
-                &record.status.as_str(),
-                &Json(&record),
-            ],
-        )
-        .await
-        .map_err(db)?;
+            .map_err(db)?;
+        put(&mut open, Some(&row))?;
+        self.seal(&tx, open).await?;
         tx.commit().await.map_err(db)?;
         Ok(record)
     }
 
     /// All installed intermediates, by key id.
     pub async fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StateError> {
-        self.select("SELECT record FROM intermediates ORDER BY key_id", &[])
-            .await
+        decode_all(&*self.sealed_rows(&seals::INTERMEDIATES).await?)
     }
 
     /// The intermediate that issues now, if any.
     pub async fn active(&self) -> Result<Option<IntermediateRecord>, StateError> {
-        let row = self
-            .client()
+        Ok(self
+            .intermediates()
             .await?
-            .query_opt(
-                "SELECT record FROM intermediates WHERE node_id = $1 AND status = 'active'",
-                &[&NODE],
-            )
-            .await
-            .map_err(db)?;
-        row.as_ref().map(record).transpose()
+            .into_iter()
+            .find(|r| r.status == IntermediateStatus::Active))
     }
 
     /// From now on roots are signed with `trust`'s key when written, and only those a member
@@ -324,52 +358,9 @@ impl PgState {
 
     /// The roots of the trust bundle, oldest first (with row trust: the believed ones).
     pub async fn roots(&self) -> Result<Vec<RootRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record, signature FROM roots ORDER BY added_at, fingerprint",
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        self.believed_roots(rows)
-    }
-
-    /// The roots among `rows` (record, signature) that a member signed; all without row trust.
-    fn believed_roots(
-        &self,
-        rows: Vec<tokio_postgres::Row>,
-    ) -> Result<Vec<RootRecord>, StateError> {
-        let mut out = Vec::new();
-        for row in &rows {
-            out.extend(self.believed(row, "roots", |r: &RootRecord| r.fingerprint.clone())?);
-        }
-        Ok(out)
-    }
-
-    /// The record of `row` (record, signature) of `table` if a member signed it (always
-    /// without row trust); `key` names the row.
-    fn believed<T: serde::Serialize + serde::de::DeserializeOwned>(
-        &self,
-        row: &tokio_postgres::Row,
-        table: &str,
-        key: impl Fn(&T) -> String,
-    ) -> Result<Option<T>, StateError> {
-        let value: T = record(row)?;
-        let Some(trust) = self.rows.get() else {
-            return Ok(Some(value));
-        };
-        let signature: Option<Vec<u8>> = row.try_get("signature").map_err(db)?;
-        let content = serde_json::to_vec(&value).map_err(db)?;
-        Ok(trust
-            .believe(table, &key(&value), &content, signature.as_deref())
-            .then_some(value))
-    }
-
-    /// The signature of a root row (none without row trust).
-    fn root_signature(&self, root: &RootRecord) -> Result<Option<Vec<u8>>, StateError> {
-        self.row_signature("roots", &root.fingerprint, root)
+        let mut roots: Vec<RootRecord> = decode_all(&*self.sealed_rows(&seals::ROOTS).await?)?;
+        roots.sort_by(|a, b| (&a.added_at, &a.fingerprint).cmp(&(&b.added_at, &b.fingerprint)));
+        Ok(roots)
     }
 
     /// The signature of a row of `table` named `key` holding `value` (none without row trust).
@@ -383,29 +374,32 @@ impl PgState {
             return Ok(None);
         };
         let content = serde_json::to_vec(value).map_err(db)?;
-        let sign = || trust.sign(table, key, &content);
-        let signature = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(sign)
-            }
-            _ => sign(),
-        };
-        signature
-            .map(Some)
-            .map_err(|e| StateError::Storage(format!("the row cannot be signed: {e}")))
+        signed(trust, table, key, &content).map(Some)
     }
 
     /// Signs the unsigned root rows whose fingerprint is in `known` (roots this node served
-    /// before rows were signed, from its own files); returns how many.
+    /// before rows were signed, from its own files); returns how many. Runs before the roots
+    /// are first sealed; on a sealed table it adopts through the seal like any change.
     pub async fn adopt_roots(&self, known: &[String]) -> Result<u64, StateError> {
         if self.rows.get().is_none() {
             return Ok(0);
         }
-        let rows = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let sealed = tx
+            .query_opt("SELECT 1 FROM seals WHERE name = $1", &[&seals::ROOTS.name])
+            .await
+            .map_err(db)?
+            .is_some();
+        let mut open = if sealed {
+            self.open_seal(&tx, &seals::ROOTS).await?
+        } else {
+            None
+        };
+        let rows = tx
             .query(
-                "SELECT record FROM roots WHERE signature IS NULL AND fingerprint = ANY($1)",
+                "SELECT record FROM roots WHERE signature IS NULL AND fingerprint = ANY($1)
+                 FOR UPDATE",
                 &[&known],
             )
             .await
@@ -414,32 +408,39 @@ impl PgState {
         for row in &rows {
             let mut root: RootRecord = record(row)?;
             root.version = RECORD_VERSION;
-            let signature = self.root_signature(&root)?;
-            adopted += self
-                .client()
-                .await?
-                .execute(
+            let signature = self.row_signature(seals::ROOTS.name, &root.fingerprint, &root)?;
+            let row = tx
+                .query_opt(
                     "UPDATE roots SET record = $2, signature = $3
-                     WHERE fingerprint = $1 AND signature IS NULL",
+                     WHERE fingerprint = $1 AND signature IS NULL
+                     RETURNING fingerprint, record::text, signature",
                     &[&root.fingerprint, &Json(&root), &signature],
                 )
                 .await
                 .map_err(db)?;
+            adopted += u64::from(row.is_some());
+            put(&mut open, row.as_ref())?;
         }
+        if adopted > 0 {
+            self.seal(&tx, open).await?;
+        }
+        tx.commit().await.map_err(db)?;
         Ok(adopted)
     }
 
     /// Adds a root and bumps the bundle sequence in one transaction; false when present.
     pub async fn add_root(&self, mut record: RootRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
-        let signature = self.root_signature(&record)?;
+        let signature = self.row_signature(seals::ROOTS.name, &record.fingerprint, &record)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let inserted = tx
-            .execute(
+        let mut open = self.open_seal(&tx, &seals::ROOTS).await?;
+        let row = tx
+            .query_opt(
                 "INSERT INTO roots (fingerprint, added_at, record, signature)
                  VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (fingerprint) DO NOTHING",
+                 ON CONFLICT (fingerprint) DO NOTHING
+                 RETURNING fingerprint, record::text, signature",
                 &[
                     &record.fingerprint,
                     &record.added_at,
@@ -448,9 +449,11 @@ impl PgState {
                 ],
             )
             .await
-            .map_err(db)?
-            == 1;
+            .map_err(db)?;
+        let inserted = row.is_some();
         if inserted {
+            put(&mut open, row.as_ref())?;
+            self.seal(&tx, open).await?;
             bump_bundle_sequence(&tx).await?;
         }
         tx.commit().await.map_err(db)?;
@@ -461,12 +464,23 @@ impl PgState {
     pub async fn remove_root(&self, fingerprint: &str) -> Result<bool, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::ROOTS).await?;
+        if let Some(open) = &open {
+            // A row no member signed is not a root of this bundle: nothing to remove.
+            if !open.rows().contains_key(fingerprint) {
+                return Ok(false);
+            }
+        }
         let removed = tx
             .execute("DELETE FROM roots WHERE fingerprint = $1", &[&fingerprint])
             .await
             .map_err(db)?
             == 1;
         if removed {
+            if let Some(open) = &mut open {
+                open.remove(fingerprint);
+            }
+            self.seal(&tx, open).await?;
             bump_bundle_sequence(&tx).await?;
         }
         tx.commit().await.map_err(db)?;
@@ -499,66 +513,67 @@ impl PgState {
     /// Records a revocation; false when that serial was revoked already.
     pub async fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
-        let inserted = self
-            .client()
-            .await?
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::REVOCATIONS).await?;
+        let row = tx
+            .query_opt(
                 "INSERT INTO revocations (issuer, serial, record) VALUES ($1, $2, $3)
-                 ON CONFLICT (issuer, serial) DO NOTHING",
+                 ON CONFLICT (issuer, serial) DO NOTHING
+                 RETURNING issuer || '/' || serial, record::text, NULL::bytea",
                 &[&record.issuer, &record.serial, &Json(&record)],
             )
             .await
             .map_err(db)?;
-        Ok(inserted == 1)
+        let inserted = row.is_some();
+        if inserted {
+            put(&mut open, row.as_ref())?;
+            self.seal(&tx, open).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(inserted)
     }
 
     /// Every revocation by the CA whose certificate fingerprint is `issuer`.
     pub async fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, StateError> {
-        self.select(
-            "SELECT record FROM revocations WHERE issuer = $1 ORDER BY serial",
-            &[&issuer],
-        )
-        .await
+        Ok(self
+            .all_revocations()
+            .await?
+            .into_iter()
+            .filter(|r| r.issuer == issuer)
+            .collect())
     }
 
     /// Every revocation, of every CA.
     pub async fn all_revocations(&self) -> Result<Vec<RevocationRecord>, StateError> {
-        self.select(
-            "SELECT record FROM revocations ORDER BY issuer, serial",
-            &[],
-        )
-        .await
+        decode_all(&*self.sealed_rows(&seals::REVOCATIONS).await?)
     }
 
     /// The next CRL number for `issuer`: one statement, so concurrent callers on any node get
     /// distinct, increasing numbers.
     pub async fn next_crl_number(&self, issuer: &str) -> Result<u64, StateError> {
-        let row = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::CRL_NUMBERS).await?;
+        let row = tx
             .query_one(
                 "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, 1)
                  ON CONFLICT (issuer) DO UPDATE SET last_number = crl_numbers.last_number + 1
-                 RETURNING last_number",
+                 RETURNING issuer, last_number::text, NULL::bytea, last_number",
                 &[&issuer],
             )
             .await
             .map_err(db)?;
-        unsigned(row.get(0), "CRL number")
+        put(&mut open, Some(&row))?;
+        self.seal(&tx, open).await?;
+        tx.commit().await.map_err(db)?;
+        unsigned(row.get(3), "CRL number")
     }
 
     /// The last CRL imported for the root `issuer`.
     pub async fn imported_crl(&self, issuer: &str) -> Result<Option<ImportedCrl>, StateError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT record FROM imported_crls WHERE issuer = $1",
-                &[&issuer],
-            )
-            .await
-            .map_err(db)?;
-        row.as_ref().map(record).transpose()
+        let rows = self.sealed_rows(&seals::IMPORTED_CRLS).await?;
+        rows.get(issuer).map(|row| decode(issuer, row)).transpose()
     }
 
     /// Keeps a cross-certificate; false when it is kept already.
@@ -567,26 +582,30 @@ impl PgState {
         mut record: CrossCertificate,
     ) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
-        let n = self
-            .client()
-            .await?
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::CROSS_CERTIFICATES).await?;
+        let row = tx
+            .query_opt(
                 "INSERT INTO cross_certificates (fingerprint, record) VALUES ($1, $2)
-                 ON CONFLICT (fingerprint) DO NOTHING",
+                 ON CONFLICT (fingerprint) DO NOTHING
+                 RETURNING fingerprint, record::text, NULL::bytea",
                 &[&record.fingerprint, &Json(&record)],
             )
             .await
             .map_err(db)?;
-        Ok(n == 1)
+        let inserted = row.is_some();
+        if inserted {
+            put(&mut open, row.as_ref())?;
+            self.seal(&tx, open).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(inserted)
     }
 
     /// Every cross-certificate kept, by fingerprint.
     pub async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StateError> {
-        self.select(
-            "SELECT record FROM cross_certificates ORDER BY fingerprint",
-            &[],
-        )
-        .await
+        decode_all(&*self.sealed_rows(&seals::CROSS_CERTIFICATES).await?)
     }
 
     /// Stores an imported CRL if its number is greater than the stored one's (one statement);
@@ -596,13 +615,16 @@ impl PgState {
         mut record: ImportedCrl,
     ) -> Result<Result<(), ImportedCrl>, StateError> {
         record.version = RECORD_VERSION;
-        let client = self.client().await?;
-        let stored = client
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::IMPORTED_CRLS).await?;
+        let row = tx
+            .query_opt(
                 "INSERT INTO imported_crls (issuer, number, record) VALUES ($1, $2, $3)
                  ON CONFLICT (issuer) DO UPDATE
                      SET number = EXCLUDED.number, record = EXCLUDED.record
-                     WHERE imported_crls.number < EXCLUDED.number",
+                     WHERE imported_crls.number < EXCLUDED.number
+                 RETURNING issuer, record::text, NULL::bytea",
                 &[
                     &record.issuer,
                     &bigint(record.number, "CRL number")?,
@@ -611,22 +633,43 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        if stored == 1 {
+        if row.is_some() {
+            put(&mut open, row.as_ref())?;
+            self.seal(&tx, open).await?;
+            tx.commit().await.map_err(db)?;
             return Ok(Ok(()));
         }
-        let row = client
-            .query_one(
-                "SELECT record FROM imported_crls WHERE issuer = $1",
-                &[&record.issuer],
-            )
-            .await
-            .map_err(db)?;
-        Ok(Err(self::record(&row)?))
+        let stored = match &open {
+            Some(open) => open
+                .rows()
+                .get(&record.issuer)
+                .map(|r| decode(&record.issuer, r)),
+            None => tx
+                .query_opt(
+                    "SELECT record FROM imported_crls WHERE issuer = $1",
+                    &[&record.issuer],
+                )
+                .await
+                .map_err(db)?
+                .as_ref()
+                .map(self::record),
+        }
+        .transpose()?
+        .ok_or_else(|| StateError::Conflict("the stored CRL vanished".into()))?;
+        tx.commit().await.map_err(db)?;
+        Ok(Err(stored))
     }
 
-    /// The bundle, the intermediates and the revocations, read in one repeatable-read
-    /// transaction.
+    /// The bundle, the intermediates and the revocations (each table as its seal covers it;
+    /// without row trust, read in one repeatable-read transaction).
     pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
+        if self.rows.get().is_some() {
+            return Ok(Snapshot {
+                roots: self.roots().await?,
+                intermediates: self.intermediates().await?,
+                revocations: self.all_revocations().await?,
+            });
+        }
         let mut client = self.client().await?;
         let tx = client
             .build_transaction()
@@ -637,7 +680,7 @@ impl PgState {
             .map_err(db)?;
         let roots = tx
             .query(
-                "SELECT record, signature FROM roots ORDER BY added_at, fingerprint",
+                "SELECT record FROM roots ORDER BY added_at, fingerprint",
                 &[],
             )
             .await
@@ -655,7 +698,7 @@ impl PgState {
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Snapshot {
-            roots: self.believed_roots(roots)?,
+            roots: records(roots)?,
             intermediates: records(intermediates)?,
             revocations: records(revocations)?,
         })

@@ -6,7 +6,9 @@
 //!
 //! With row trust (a shared database), every write signs the row and every read keeps only
 //! rows a member signed: an approval added to a row by other means than an appliance makes the
-//! proposal unreadable (not found), never approved.
+//! proposal unreadable (not found), never approved. The table is sealed too
+//! ([`super::seals`]): an older copy of a row put back (an executed proposal made pending
+//! again) does not match the seal, and the table is refused rather than run twice.
 //!
 //! It must never change a proposal row outside such a transaction, nor interpret the
 //! operation.
@@ -14,30 +16,27 @@
 use time::OffsetDateTime;
 use tokio_postgres::types::Json;
 
-use super::{db, PgState};
+use super::{db, decode, decode_all, put, seals, PgState};
 use crate::state::proposals::{approved, claimed, filing, finished, Step};
-use crate::state::{Claim, ProposalRecord, ProposalStep, StateError};
+use crate::state::{Claim, ProposalRecord, ProposalStatus, ProposalStep, StateError};
 
 /// The table, as signed rows name it.
 const TABLE: &str = "proposals";
-
-/// A proposal row's name in its signature.
-fn key(record: &ProposalRecord) -> String {
-    record.id.clone()
-}
 
 impl PgState {
     /// Files a new proposal (pending); false, changing nothing, when its id is taken.
     pub async fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
         let record = filing(record);
         let signature = self.row_signature(TABLE, &record.id, &record)?;
-        let inserted = self
-            .client()
-            .await?
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut open = self.open_seal(&tx, &seals::PROPOSALS).await?;
+        let row = tx
+            .query_opt(
                 "INSERT INTO proposals (id, status, created_at, record, signature)
                  VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id, record::text, signature",
                 &[
                     &record.id,
                     &record.status.as_str(),
@@ -48,43 +47,32 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        Ok(inserted == 1)
+        let inserted = row.is_some();
+        if inserted {
+            put(&mut open, row.as_ref())?;
+            self.seal(&tx, open).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(inserted)
     }
 
     /// One proposal by id, whatever its status.
     pub async fn proposal(&self, id: &str) -> Result<Option<ProposalRecord>, StateError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT record, signature FROM proposals WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db)?;
-        match &row {
-            Some(row) => self.believed(row, TABLE, key),
-            None => Ok(None),
-        }
+        let rows = self.sealed_rows(&seals::PROPOSALS).await?;
+        rows.get(id).map(|row| decode(id, row)).transpose()
     }
 
     /// The proposals, oldest first: all, or the open ones (pending or executing).
     pub async fn proposals(&self, all: bool) -> Result<Vec<ProposalRecord>, StateError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record, signature FROM proposals
-                 WHERE $1 OR status IN ('pending', 'executing')
-                 ORDER BY created_at, id",
-                &[&all],
+        let mut out: Vec<ProposalRecord> =
+            decode_all(&*self.sealed_rows(&seals::PROPOSALS).await?)?;
+        out.retain(|r| {
+            all || matches!(
+                r.status,
+                ProposalStatus::Pending | ProposalStatus::Executing
             )
-            .await
-            .map_err(db)?;
-        let mut out = Vec::new();
-        for row in &rows {
-            out.extend(self.believed(row, TABLE, key)?);
-        }
+        });
+        out.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         Ok(out)
     }
 
@@ -126,18 +114,22 @@ impl PgState {
     ) -> Result<ProposalStep, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT record, signature FROM proposals WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db)?
-        else {
-            return Ok(ProposalStep::NotFound);
+        let mut open = self.open_seal(&tx, &seals::PROPOSALS).await?;
+        let current = match &open {
+            // The verified row; a row no member signed is not there.
+            Some(open) => open.rows().get(id).map(|row| decode(id, row)).transpose()?,
+            None => tx
+                .query_opt(
+                    "SELECT record FROM proposals WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await
+                .map_err(db)?
+                .as_ref()
+                .map(super::record)
+                .transpose()?,
         };
-        // A row no member signed (written into the database by other means) is not there.
-        let Some(current) = self.believed(&row, TABLE, key)? else {
+        let Some(current) = current else {
             return Ok(ProposalStep::NotFound);
         };
         let (changed, answer) = match f(current) {
@@ -145,12 +137,16 @@ impl PgState {
             Err(refused) => return Ok(refused),
         };
         let signature = self.row_signature(TABLE, id, &changed)?;
-        tx.execute(
-            "UPDATE proposals SET status = $2, record = $3, signature = $4 WHERE id = $1",
-            &[&id, &changed.status.as_str(), &Json(&changed), &signature],
-        )
-        .await
-        .map_err(db)?;
+        let row = tx
+            .query_opt(
+                "UPDATE proposals SET status = $2, record = $3, signature = $4 WHERE id = $1
+                 RETURNING id, record::text, signature",
+                &[&id, &changed.status.as_str(), &Json(&changed), &signature],
+            )
+            .await
+            .map_err(db)?;
+        put(&mut open, row.as_ref())?;
+        self.seal(&tx, open).await?;
         tx.commit().await.map_err(db)?;
         Ok(answer)
     }

@@ -51,6 +51,9 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 10 makes the change-sequence trigger also notify `hsmca_changes` (delivered at
 /// commit): a wake-up for the nodes, which still read the sequence, and still poll.
+///
+/// Version 11 adds the seals: per trust table a sequence number, the digest of its rows and a
+/// member's signature over both (written with every change once the appliances sign rows).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -218,6 +221,17 @@ BEGIN
     RETURN NULL;
 END
 $$;
+"#,
+    ),
+    (
+        11,
+        r#"
+CREATE TABLE seals (
+    name      text COLLATE "C" PRIMARY KEY,
+    sequence  bigint NOT NULL CHECK (sequence > 0),
+    digest    bytea NOT NULL,
+    signature bytea NOT NULL
+);
 "#,
     ),
 ];
