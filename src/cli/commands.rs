@@ -40,6 +40,33 @@ pub(super) fn with_state<T>(
     })
 }
 
+/// [`with_state`] for a change: on a shared database the node's device signs what it writes
+/// (rows and seals), as the running appliance does.
+pub(super) fn with_signing_state<T>(
+    config: &Config,
+    store: &KeyStore,
+    work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let state = CaState::connect(
+            &config.store_backend,
+            &config.data_dir,
+            config.store_cache_bytes,
+        )
+        .await?;
+        let unaudited = std::sync::Arc::new(std::sync::OnceLock::new());
+        crate::cluster::trust_rows(&state, store, config, &[], unaudited)
+            .await
+            .map_err(CliError::Message)?;
+        work(&state).await
+    })
+}
+
 fn summaries(certs: &[Vec<u8>]) -> Result<Vec<inspect::Summary>, CliError> {
     Ok(certs
         .iter()
@@ -111,7 +138,7 @@ pub fn intermediate_install(config_path: &Path, cert_path: &Path) -> Result<(), 
         .into_iter()
         .next()
         .ok_or_else(|| CliError::Message(format!("{}: no certificate", cert_path.display())))?;
-    let record = with_state(&config, async |state| {
+    let record = with_signing_state(&config, &store, async |state| {
         let roots = load_roots(&config, state).await?;
         let checked =
             authority::check_intermediate(&store, &roots, &cert_der, OffsetDateTime::now_utc())?;
