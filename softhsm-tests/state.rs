@@ -196,6 +196,7 @@ fn intermediate(id: u8) -> IntermediateRecord {
         subject: format!("CN=intermediate {id}"),
         activated_at: None,
         retired_at: None,
+        node: String::new(),
     }
 }
 

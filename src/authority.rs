@@ -263,6 +263,7 @@ pub fn check_intermediate(
         subject: cert.subject().to_string(),
         activated_at: None,
         retired_at: None,
+        node: String::new(),
     };
     Ok(record)
 }

@@ -271,6 +271,7 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
         };
         let node = control.config().node_id.clone();
         let rotation = control.config().rotation.clone();
+        let own = control.config().own_intermediate;
         let mut leading: Option<u64> = None;
         let mut failing = false;
         let mut last_step: Option<Instant> = None;
@@ -301,13 +302,21 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
                 }
             }
             let due = last_step.is_none_or(|t| t.elapsed() >= rotation.check_interval);
-            if let (Some(epoch), true, true) = (leading, rotation.auto, due) {
+            if rotation.auto && due && (own || leading.is_some()) {
                 last_step = Some(Instant::now());
-                let fence = Fence {
-                    node: node.clone(),
-                    epoch,
+                // A node's own intermediate is rotated by that node alone (its device holds
+                // the keys); shared ones by the leader, fenced.
+                let step = match leading.filter(|_| !own) {
+                    Some(epoch) => {
+                        let fence = Fence {
+                            node: node.clone(),
+                            epoch,
+                        };
+                        crate::state::fenced(fence, control.auto_rotate_step()).await
+                    }
+                    None => control.auto_rotate_step().await,
                 };
-                match crate::state::fenced(fence, control.auto_rotate_step()).await {
+                match step {
                     Ok(Some(what)) => tracing::info!("automatic rotation: {what}"),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "automatic rotation cannot proceed"),
@@ -322,7 +331,7 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
 pub const ROW_KEY_LABEL: &str = "hsm-ca-node";
 
 /// This appliance's row-signing key: found in the device by label, or made there.
-fn row_key(store: &KeyStore) -> Result<KeyInfo, String> {
+pub fn row_key(store: &KeyStore) -> Result<KeyInfo, String> {
     let found = store
         .list_blocking()
         .map_err(|e| e.to_string())?
@@ -392,6 +401,9 @@ pub async fn trust_rows(
     let trust = RowTrust::new(sign, &key.public_key, &config.member_keys, on_reject)?
         .with_seen_file(config.data_dir.join(SEALS_SEEN_FILE))?;
     pg.trust_rows(Arc::new(trust));
+    if config.own_intermediate {
+        pg.own_intermediates(&config.node_id);
+    }
     let adopted = pg.adopt_roots(known).await.map_err(|e| e.to_string())?;
     if adopted > 0 {
         tracing::info!(adopted, "signed the roots this appliance already trusted");

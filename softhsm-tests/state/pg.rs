@@ -306,3 +306,70 @@ async fn a_multi_host_url_reaches_the_writable_server() {
         .expect_err("a read-only server cannot migrate");
     assert!(err.to_string().contains("read-only"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_activates_only_its_own_intermediates_and_issues_with_its_own() {
+    use hsm_ca::state::{IntermediateStatus, Transition};
+    let b = Postgres::new().await;
+    let (a, c) = (b.open().await, b.open().await);
+    let (CaState::Postgres(pa), CaState::Postgres(pc)) = (&a, &c) else {
+        unreachable!("postgres");
+    };
+    pa.own_intermediates("a");
+    pc.own_intermediates("c");
+    let shared = b.open().await;
+    shared.install(intermediate(1)).await.expect("shared");
+    // Until a node has its own, it issues with the shared one.
+    assert_eq!(
+        a.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![1])
+    );
+    // The first own intermediate of each node is active at once, for that node alone.
+    let own_a = a.install(intermediate(2)).await.expect("install");
+    assert_eq!(
+        (own_a.status, own_a.node.as_str()),
+        (IntermediateStatus::Active, "a")
+    );
+    let own_c = c.install(intermediate(3)).await.expect("install");
+    assert_eq!(own_c.status, IntermediateStatus::Active);
+    assert_eq!(
+        a.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![2])
+    );
+    assert_eq!(
+        c.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![3])
+    );
+    assert_eq!(
+        shared.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![1])
+    );
+    let snapshot = c.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.intermediates.len(), 3);
+    assert_eq!(snapshot.active().map(|r| r.key_id.0.clone()), Some(vec![3]));
+    // A's next one is prepared; C cannot activate it, A can, and C keeps its own.
+    let next_a = a.install(intermediate(4)).await.expect("install");
+    assert_eq!(next_a.status, IntermediateStatus::Prepared);
+    match c
+        .activate(&next_a.key_id, "2030-02-01T00:00:00Z")
+        .await
+        .expect("activate")
+    {
+        Transition::Refused(why) => assert!(why.contains("belongs to node a"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        a.activate(&next_a.key_id, "2030-02-01T00:00:00Z")
+            .await
+            .expect("activate"),
+        Transition::Done(..)
+    ));
+    assert_eq!(
+        a.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![4])
+    );
+    assert_eq!(
+        c.active().await.expect("active").map(|r| r.key_id.0),
+        Some(vec![3])
+    );
+}

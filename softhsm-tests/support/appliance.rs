@@ -189,6 +189,16 @@ jwks_file = "east-jwks.json"
     }
 }
 
+/// An appliance on a device of its own, issuing with its own intermediate under the same root.
+#[allow(dead_code)]
+pub struct OwnNode {
+    pub token: TestToken,
+    pub store: KeyStore,
+    pub dir: tempfile::TempDir,
+    pub server: RunningServer,
+    pub config: Config,
+}
+
 /// A second appliance serving the same CA from the same device, on one PostgreSQL database:
 /// its own data directory (audit log, bundle file) and listeners.
 #[allow(dead_code)]
@@ -204,17 +214,91 @@ impl Appliance {
     /// names: the intermediate prepared on the token is installed there, and the first start
     /// seeds the bundle from the root file.
     pub async fn start_on_postgres(extra: &str, settings: &hsm_ca::state::PgSettings) -> Appliance {
-        let app = Self::start(extra).await;
+        Self::start_on_postgres_with(extra, settings, |_| {}).await
+    }
+
+    /// [`Appliance::start_on_postgres`] with its config adjusted by `adjust` first (with
+    /// `own_intermediate`, the intermediate is installed as the node's own).
+    pub async fn start_on_postgres_with(
+        extra: &str,
+        settings: &hsm_ca::state::PgSettings,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Appliance {
+        let mut app = Self::start(extra).await;
         app.server.shutdown().await;
+        adjust(&mut app.config);
         let local =
             tokio::task::block_in_place(|| SledState::open(&app.config.data_dir)).expect("state");
         let shared = postgres(settings).await;
+        if app.config.own_intermediate {
+            if let CaState::Postgres(pg) = &shared {
+                pg.own_intermediates(&app.config.node_id);
+            }
+        }
         for record in local.intermediates().expect("intermediates") {
             shared.install(record).await.expect("install");
         }
         drop(local);
         let server = serve(&app.config, &app.store, shared).await;
         Appliance { server, ..app }
+    }
+
+    /// An appliance on a device of its own (`token`) and the database `settings` names, with
+    /// an intermediate of its own (`own_intermediate`) made in that device and signed by this
+    /// appliance's root; node id `node`, believing rows signed by `members`.
+    pub async fn node_on_own_device(
+        &self,
+        settings: &hsm_ca::state::PgSettings,
+        token: TestToken,
+        node: &str,
+        members: Vec<Vec<u8>>,
+    ) -> OwnNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["jwks.json", "east-jwks.json", "root-cert.pem"] {
+            std::fs::copy(self.path(name), dir.path().join(name)).expect("copy");
+        }
+        let text = std::fs::read_to_string(self.path("hsm-ca.toml"))
+            .expect("config")
+            .replace(&self.token.label, &token.label)
+            .replace(
+                &self.token.dir.path().display().to_string(),
+                &token.dir.path().display().to_string(),
+            );
+        std::fs::write(dir.path().join("hsm-ca.toml"), text).expect("config");
+        let mut config = Config::load(&dir.path().join("hsm-ca.toml")).expect("config");
+        config.node_id = node.into();
+        config.own_intermediate = true;
+        config.member_keys = members;
+        let store = token.keystore(2);
+        // Installed as `hsm-ca intermediate install` does on a shared database: through a
+        // handle that signs with the node's device.
+        let installer = postgres(settings).await;
+        let unaudited = std::sync::Arc::new(std::sync::OnceLock::new());
+        hsm_ca::cluster::trust_rows(&installer, &store, &config, &[], unaudited)
+            .await
+            .expect("row trust");
+        let record = tokio::task::block_in_place(|| {
+            let now = OffsetDateTime::now_utc();
+            let root_ca =
+                hsm_ca::authority::issuing_ca_for(&self.store, &self.roots[0]).expect("root ca");
+            let (_, csr) =
+                hsm_ca::authority::new_intermediate_csr(&store, &config, now).expect("csr");
+            let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
+            let inter =
+                hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
+            hsm_ca::authority::check_intermediate(&store, &self.roots, &inter.der, now)
+                .expect("check")
+        });
+        installer.install(record).await.expect("install");
+        drop(installer);
+        let server = serve(&config, &store, postgres(settings).await).await;
+        OwnNode {
+            token,
+            store,
+            dir,
+            server,
+            config,
+        }
     }
 
     /// Another appliance on this one's device and on the database `settings` names, with its

@@ -77,6 +77,10 @@ pub struct Config {
     /// `member_keys`: the other appliances' row-signing public keys (DER SubjectPublicKeyInfo),
     /// read from their PEM files; rows they sign on the shared database are believed.
     pub member_keys: Vec<Vec<u8>>,
+    /// `own_intermediate` (shared database only): the intermediates this appliance installs
+    /// are its own (their keys are in its device alone), it issues with its own active one and
+    /// rotates it itself; otherwise the nodes share theirs (one network HSM).
+    pub own_intermediate: bool,
     /// Record every issuance durably before answering (default). Off only for measurements.
     pub audit_enabled: bool,
     /// `[audit] require_shipped`: answer only once the record is also committed in the
@@ -376,6 +380,14 @@ impl Config {
         let store_backend = store::backend(&ctx, &raw.store)?;
         let node_id = store::node_id(&ctx, raw.node_id)?;
         let member_keys = store::member_keys(&ctx, raw.member_keys)?;
+        if raw.own_intermediate && !matches!(store_backend, crate::state::StoreBackend::Postgres(_))
+        {
+            return Err(ctx.invalid(
+                "own_intermediate",
+                "only appliances sharing a PostgreSQL database ([store] backend = \"postgres\") \
+                 have intermediates of their own",
+            ));
+        }
         let audit_shipping = store::audit_shipping(&ctx, &raw.audit, &store_backend)?;
         let vault_api = vault::vault_api(&ctx, raw.vault_api, &clusters, &raw.trust_domain)?;
         vault::check_admin_reach(&ctx, &vault_api, &admin)?;
@@ -396,6 +408,7 @@ impl Config {
             log,
             node_id,
             member_keys,
+            own_intermediate: raw.own_intermediate,
             audit_enabled: raw.audit.enabled,
             audit_shipping,
             audit,

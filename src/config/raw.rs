@@ -20,6 +20,9 @@ pub(super) struct RawConfig {
     /// Public keys (PEM files) of the other appliances sharing the database.
     #[serde(default)]
     pub(super) member_keys: Vec<PathBuf>,
+    /// On a shared database: this appliance issues with an intermediate of its own.
+    #[serde(default)]
+    pub(super) own_intermediate: bool,
     pub(super) keystore: RawKeystore,
     #[serde(default)]
     pub(super) root: RawRoot,

@@ -418,3 +418,17 @@ fn member_keys_must_be_p256_public_keys() {
         assert!(err.to_string().contains("member_keys"), "{err}");
     }
 }
+
+#[test]
+fn an_own_intermediate_needs_a_shared_database() {
+    let err = parse(&format!("own_intermediate = true\n{MINIMAL}")).expect_err("on sled");
+    assert!(err.to_string().contains("own_intermediate"), "{err}");
+    let c = parse(&format!(
+        "own_intermediate = true\n{MINIMAL}\n[store]\nbackend = \"postgres\"\n\
+         [store.postgres]\nurl = \"postgresql://hsmca@localhost/hsmca\"\n\
+         password_env = \"HSMCA_DB_PASSWORD\"\n"
+    ))
+    .expect("on postgres");
+    assert!(c.own_intermediate);
+    assert!(!parse(MINIMAL).expect("default").own_intermediate);
+}

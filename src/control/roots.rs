@@ -265,6 +265,7 @@ mod tests {
             subject: "CN=intermediate".into(),
             activated_at: None,
             retired_at: retired_at.map(rfc3339),
+            node: String::new(),
         }
     }
 

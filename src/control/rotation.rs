@@ -322,8 +322,10 @@ impl Control {
             return Ok(None);
         };
         let mut successor = None;
+        let node = self.state.intermediate_node();
         for rec in self.state.intermediates().await? {
-            if rec.status != IntermediateStatus::Prepared {
+            // Only one this node installed can succeed (its own, or a shared one).
+            if rec.status != IntermediateStatus::Prepared || rec.node != node {
                 continue;
             }
             let d = record_der(&rec)?;

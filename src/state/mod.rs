@@ -28,8 +28,8 @@ pub use acme::{AcmeKind, AcmeObject};
 pub use postgres::{Leader, PgSettings, PgState};
 pub use proposals::{Claim, ProposalRecord, ProposalStatus, ProposalStep};
 pub use records::{
-    CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord,
-    RootRecord, Snapshot, Transition, RECORD_VERSION,
+    active_for, CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus,
+    RevocationRecord, RootRecord, Snapshot, Transition, RECORD_VERSION,
 };
 pub use sled::SledState;
 pub use tokens::TokenRecord;
@@ -332,6 +332,14 @@ impl CaState {
         match self {
             CaState::Sled(s) => s.active(),
             CaState::Postgres(p) => p.active().await,
+        }
+    }
+
+    /// The node whose intermediates this handle installs ("" when shared, and on sled).
+    pub fn intermediate_node(&self) -> &str {
+        match self {
+            CaState::Sled(_) => "",
+            CaState::Postgres(p) => p.node(),
         }
     }
 

@@ -53,6 +53,38 @@ pub struct IntermediateRecord {
     /// When it stopped issuing (RFC 3339): its last leaf was issued no later than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<String>,
+    /// The node whose device holds the key and which alone issues with it; empty: shared by
+    /// every node whose device holds it (one appliance, or nodes on one network HSM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+impl IntermediateRecord {
+    /// Whether `node` may issue with it: its own, or a shared one.
+    pub fn serves(&self, node: &str) -> bool {
+        self.node.is_empty() || self.node == node
+    }
+}
+
+/// The active intermediate `node` issues with among `all`: its own if it has one active, else
+/// the shared one.
+pub fn active_for<'a>(
+    all: impl IntoIterator<Item = &'a IntermediateRecord>,
+    node: &str,
+) -> Option<&'a IntermediateRecord> {
+    let mut shared = None;
+    for r in all {
+        if r.status != IntermediateStatus::Active {
+            continue;
+        }
+        if !node.is_empty() && r.node == node {
+            return Some(r);
+        }
+        if r.node.is_empty() {
+            shared = Some(r);
+        }
+    }
+    shared
 }
 
 /// A root certificate in the trust bundle.
@@ -127,16 +159,17 @@ pub enum Transition {
 pub struct Snapshot {
     /// Oldest first.
     pub roots: Vec<RootRecord>,
+    /// Every node's.
     pub intermediates: Vec<IntermediateRecord>,
     pub revocations: Vec<RevocationRecord>,
+    /// The node that read it (empty: one appliance, or nodes sharing their intermediates).
+    pub node: String,
 }
 
 impl Snapshot {
-    /// The intermediate that issues, if any.
+    /// The intermediate this node issues with, if any (see [`active_for`]).
     pub fn active(&self) -> Option<&IntermediateRecord> {
-        self.intermediates
-            .iter()
-            .find(|r| r.status == IntermediateStatus::Active)
+        active_for(&self.intermediates, &self.node)
     }
 }
 

@@ -361,6 +361,7 @@ impl SledState {
             roots: self.roots()?,
             intermediates: self.intermediates()?,
             revocations: self.all_revocations()?,
+            node: String::new(),
         })
     }
 }

@@ -32,7 +32,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::Json;
 use tokio_postgres::IsolationLevel;
 
-use super::records::{activated, installing, retired, superseded};
+use super::records::{activated, active_for, installing, retired, superseded};
 use super::rows::RowTrust;
 use super::{
     CrossCertificate, ImportedCrl, IntermediateRecord, IntermediateStatus, RevocationRecord,
@@ -50,9 +50,6 @@ pub use settings::{PgSettings, DEFAULT_POOL_SIZE};
 const LOCK_CLASS: i32 = 0x4853_4d43;
 /// The lock (within [`LOCK_CLASS`]) intermediate state changes hold.
 const TRANSITION_LOCK: i32 = 1;
-/// The node an appliance's intermediates belong to. One appliance per database for now; the
-/// cluster gives each node its own id (and so its own active intermediate).
-const NODE: &str = "";
 
 fn db(e: impl std::fmt::Display) -> StateError {
     StateError::Database(e.to_string())
@@ -71,6 +68,9 @@ pub struct PgState {
     rows: std::sync::OnceLock<Arc<RowTrust>>,
     /// Tables verified against their seals.
     verified: seals::Verified,
+    /// The node whose own intermediates this handle installs and activates (unset: shared
+    /// intermediates, as on one appliance).
+    node: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for PgState {
@@ -219,6 +219,7 @@ impl PgState {
             described,
             rows: std::sync::OnceLock::new(),
             verified: seals::Verified::default(),
+            node: std::sync::OnceLock::new(),
         })
     }
 
@@ -258,13 +259,19 @@ impl PgState {
         let Some(found) = current.iter().find(|r| r.key_id == *key_id) else {
             return Ok(Transition::NotFound);
         };
+        if found.node != self.node() {
+            return Ok(Transition::Refused(match found.node.as_str() {
+                "" => format!("{key_id} is shared by the nodes; this node issues with its own"),
+                owner => format!("{key_id} belongs to node {owner}: activate it through that node"),
+            }));
+        }
         let next = match activated(found.clone(), now) {
             Ok(next) => next,
             Err(refused) => return Ok(refused),
         };
         let previous = current
             .into_iter()
-            .find(|r| r.status == IntermediateStatus::Active)
+            .find(|r| r.status == IntermediateStatus::Active && r.node == next.node)
             .map(|p| superseded(p, now));
         // Retire first: the unique index allows one active row per node at every moment.
         for change in previous.iter().chain(std::iter::once(&next)) {
@@ -304,11 +311,12 @@ impl PgState {
         let tx = client.transaction().await.map_err(db)?;
         transition_lock(&tx).await?;
         let mut open = self.open_seal(&tx, &seals::INTERMEDIATES).await?;
+        let node = self.node().to_string();
         let active = current_intermediates(&tx, &open)
             .await?
             .iter()
-            .any(|r| r.status == IntermediateStatus::Active);
-        let record = installing(record, active);
+            .any(|r| r.status == IntermediateStatus::Active && r.node == node);
+        let record = installing(IntermediateRecord { node, ..record }, active);
         let row = tx
             .query_one(
                 "INSERT INTO intermediates (key_id, node_id, status, record) VALUES ($1, $2, $3, $4)
@@ -318,7 +326,7 @@ impl PgState {
                  RETURNING key_id, record::text, NULL::bytea",
                 &[
                     &record.key_id.to_string(),
-                    &NODE,
+                    &record.node,
                     &record.status.as_str(),
                     &Json(&record),
                 ],
@@ -336,13 +344,22 @@ impl PgState {
         decode_all(&*self.sealed_rows(&seals::INTERMEDIATES).await?)
     }
 
-    /// The intermediate that issues now, if any.
+    /// The intermediate this node issues with now, if any: its own active one, else the
+    /// shared one.
     pub async fn active(&self) -> Result<Option<IntermediateRecord>, StateError> {
-        Ok(self
-            .intermediates()
-            .await?
-            .into_iter()
-            .find(|r| r.status == IntermediateStatus::Active))
+        Ok(active_for(&self.intermediates().await?, self.node()).cloned())
+    }
+
+    /// From now on this handle installs and activates intermediates as `node`'s own (their
+    /// keys are in its device), and issues with its own active one. Only the first call
+    /// counts.
+    pub fn own_intermediates(&self, node: &str) {
+        let _ = self.node.set(node.to_string());
+    }
+
+    /// The node whose intermediates this handle installs ("" when they are shared).
+    pub fn node(&self) -> &str {
+        self.node.get().map_or("", String::as_str)
     }
 
     /// From now on roots are signed with `trust`'s key when written, and only those a member
@@ -668,6 +685,7 @@ impl PgState {
                 roots: self.roots().await?,
                 intermediates: self.intermediates().await?,
                 revocations: self.all_revocations().await?,
+                node: self.node().to_string(),
             });
         }
         let mut client = self.client().await?;
@@ -701,6 +719,7 @@ impl PgState {
             roots: records(roots)?,
             intermediates: records(intermediates)?,
             revocations: records(revocations)?,
+            node: self.node().to_string(),
         })
     }
 }

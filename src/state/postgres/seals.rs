@@ -160,7 +160,10 @@ impl Seal {
 /// Tables verified against their seals, with the change sequence they were read at; kept until
 /// either moves.
 #[derive(Default)]
-pub(super) struct Verified(Mutex<HashMap<&'static str, (Seal, i64, Arc<Rows>)>>);
+pub(super) struct Verified(Mutex<HashMap<&'static str, VerifiedTable>>);
+
+/// A verified table: the seal and change sequence it was read at, and its rows.
+type VerifiedTable = (Seal, i64, Arc<Rows>);
 
 fn untrusted(table: &Table, reason: impl Into<String>) -> StateError {
     StateError::Untrusted {

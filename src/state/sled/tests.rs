@@ -18,6 +18,7 @@ fn record(id: u8) -> IntermediateRecord {
         subject: "CN=x".into(),
         activated_at: None,
         retired_at: None,
+        node: String::new(),
     }
 }
 
