@@ -2,7 +2,8 @@
 //! token of its own with an intermediate of its own (`own_intermediate`) under the one root:
 //! each issues with its own key, every chain verifies to the root in openssl, the shared state
 //! and the node registry show whose intermediate is whose, and no node can make another node's
-//! intermediate its own. Each believes the other's rows because its key is in `member_keys`.
+//! intermediate its own. Each believes the other's rows because its key is in `member_keys`;
+//! a registry row changed in the database is shown as not believed.
 
 mod support;
 
@@ -151,6 +152,34 @@ async fn each_node_issues_with_an_intermediate_of_its_own_device_under_the_one_r
     );
     assert_eq!(issue(&one, &two.server).await[1], chain_two[1]);
 
+    // Node two stops cleanly and says so, signed. Someone with database access makes it look
+    // live and serving another root: node one shows that report as not believed.
     two.server.shutdown().await;
+    let two_row = |nodes: &serde_json::Value| {
+        nodes["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node_id"] == json!("two"))
+            .cloned()
+            .expect("node two")
+    };
+    let stopped = two_row(&admin_one.get("/v1/nodes").await.json());
+    assert_eq!(
+        (&stopped["stopped"], &stopped["believed"]),
+        (&json!(true), &json!(true)),
+        "{stopped}"
+    );
+    let forged = cluster.psql(
+        "UPDATE nodes SET stopped = false, heartbeat_at = now(), \
+         record = jsonb_set(record, '{roots}', '[\"ff\"]') WHERE node_id = 'two'",
+    );
+    assert!(forged.contains("UPDATE 1"), "{forged}");
+    let shown = two_row(&admin_one.get("/v1/nodes").await.json());
+    assert_eq!(
+        (&shown["live"], &shown["believed"]),
+        (&json!(true), &json!(false)),
+        "{shown}"
+    );
     one.server.shutdown().await;
 }

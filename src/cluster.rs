@@ -234,7 +234,7 @@ pub const LEADER_LEASE: Duration = Duration::from_secs(10);
 pub const LEADER_RENEW: Duration = Duration::from_secs(3);
 
 /// What this node reports to the registry now.
-fn report(control: &Control) -> NodeReport {
+pub fn report(control: &Control) -> NodeReport {
     NodeReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         active_intermediate: control.trust().view().load().ca.key().id().to_string(),

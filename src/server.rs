@@ -148,7 +148,8 @@ impl RunningServer {
                 if let Err(e) = pg.release_leadership(node).await {
                     tracing::warn!(error = %e, "the leadership was not released");
                 }
-                if let Err(e) = pg.node_stopped(node).await {
+                let report = crate::cluster::report(&self.control);
+                if let Err(e) = pg.node_stopped(node, &report).await {
                     tracing::warn!(error = %e, "the node registry was not told of the stop");
                 }
             }

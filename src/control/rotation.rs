@@ -259,7 +259,8 @@ impl Control {
                 .nodes()
                 .await?
                 .into_iter()
-                .filter(|n| n.live && !n.report.roots.contains(&root.fingerprint))
+                // A report no member signed cannot say a node is ready.
+                .filter(|n| n.live && !(n.believed && n.report.roots.contains(&root.fingerprint)))
                 .map(|n| n.node_id)
                 .collect();
             if !behind.is_empty() {

@@ -3,6 +3,11 @@
 //! serves; the heartbeat time is the database's, so nodes' clocks do not matter. A node that
 //! stops cleanly says so; one that stops reporting is not live after [`NODE_LIVE_SECS`].
 //! Root activation waits until every live node serves the new root.
+//!
+//! With row trust each node signs its report and whether it stopped (schema version 12); a
+//! row no member signed is shown as not `believed` and holds the activation gate (a forged
+//! report cannot make the gate open early). The heartbeat time is the database's and not
+//! signed: a database writer can make a node look silent, which only affects availability.
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::Json;
@@ -38,34 +43,63 @@ pub struct NodeStatus {
     pub heartbeat_age_secs: f64,
     pub live: bool,
     pub stopped: bool,
+    /// A member signed this report and stop flag (always, without row trust).
+    pub believed: bool,
     #[serde(flatten)]
     pub report: NodeReport,
 }
 
+/// The table, as signed rows name it.
+const TABLE: &str = "nodes";
+
+/// What a node's registry signature covers: whether it stopped, and its report.
+fn content(stopped: bool, report: &NodeReport) -> Result<Vec<u8>, StateError> {
+    let mut out = format!("stopped={stopped}\n").into_bytes();
+    out.extend(serde_json::to_vec(report).map_err(db)?);
+    Ok(out)
+}
+
 impl PgState {
+    /// The signature over a node's row (none without row trust).
+    fn node_signature(
+        &self,
+        node: &str,
+        stopped: bool,
+        report: &NodeReport,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        match self.row_trust() {
+            Some(trust) => super::signed(trust, TABLE, node, &content(stopped, report)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Records `node`'s heartbeat and report.
     pub async fn heartbeat(&self, node: &str, report: &NodeReport) -> Result<(), StateError> {
+        let signature = self.node_signature(node, false, report)?;
         self.client()
             .await?
             .execute(
-                "INSERT INTO nodes (node_id, heartbeat_at, stopped, record)
-                 VALUES ($1, now(), false, $2)
+                "INSERT INTO nodes (node_id, heartbeat_at, stopped, record, signature)
+                 VALUES ($1, now(), false, $2, $3)
                  ON CONFLICT (node_id) DO UPDATE
-                     SET heartbeat_at = now(), stopped = false, record = EXCLUDED.record",
-                &[&node, &Json(report)],
+                     SET heartbeat_at = now(), stopped = false, record = EXCLUDED.record,
+                         signature = EXCLUDED.signature",
+                &[&node, &Json(report), &signature],
             )
             .await
             .map_err(db)?;
         Ok(())
     }
 
-    /// Marks `node` as stopped cleanly (no longer live, kept in the registry).
-    pub async fn node_stopped(&self, node: &str) -> Result<(), StateError> {
+    /// Marks `node` as stopped cleanly (no longer live, kept in the registry), with its last
+    /// report.
+    pub async fn node_stopped(&self, node: &str, report: &NodeReport) -> Result<(), StateError> {
+        let signature = self.node_signature(node, true, report)?;
         self.client()
             .await?
             .execute(
-                "UPDATE nodes SET stopped = true WHERE node_id = $1",
-                &[&node],
+                "UPDATE nodes SET stopped = true, record = $2, signature = $3 WHERE node_id = $1",
+                &[&node, &Json(report), &signature],
             )
             .await
             .map_err(db)?;
@@ -79,7 +113,8 @@ impl PgState {
             .query(
                 "SELECT node_id, to_char(heartbeat_at AT TIME ZONE 'UTC',
                             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        extract(epoch FROM now() - heartbeat_at)::float8, stopped, record
+                        extract(epoch FROM now() - heartbeat_at)::float8, stopped, record,
+                        signature
                  FROM nodes ORDER BY node_id",
                 &[],
             )
@@ -92,14 +127,26 @@ impl PgState {
                         key: "nodes".into(),
                         reason: e.to_string(),
                     })?;
+                let node_id: String = row.get(0);
                 let age: f64 = row.get(2);
                 let stopped: bool = row.get(3);
+                let signature: Option<Vec<u8>> = row.get(5);
+                let believed = match self.row_trust() {
+                    Some(trust) => trust.believe(
+                        TABLE,
+                        &node_id,
+                        &content(stopped, &report)?,
+                        signature.as_deref(),
+                    ),
+                    None => true,
+                };
                 Ok(NodeStatus {
-                    node_id: row.get(0),
+                    node_id,
                     heartbeat_at: row.get(1),
                     heartbeat_age_secs: age,
                     live: !stopped && age < NODE_LIVE_SECS,
                     stopped,
+                    believed,
                     report,
                 })
             })

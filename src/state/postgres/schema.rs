@@ -54,6 +54,8 @@ const MIGRATION_LOCK: i32 = 0;
 ///
 /// Version 11 adds the seals: per trust table a sequence number, the digest of its rows and a
 /// member's signature over both (written with every change once the appliances sign rows).
+///
+/// Version 12 adds each node's signature over its registry report and stop flag.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -232,6 +234,12 @@ CREATE TABLE seals (
     digest    bytea NOT NULL,
     signature bytea NOT NULL
 );
+"#,
+    ),
+    (
+        12,
+        r#"
+ALTER TABLE nodes ADD COLUMN signature bytea;
 "#,
     ),
 ];
