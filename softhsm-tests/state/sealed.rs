@@ -205,3 +205,34 @@ async fn a_deleted_seal_is_not_made_again_by_a_node_that_saw_it() {
     let refused = try_open_sealed(&b.cluster, &b.key, Some(&b.seen_file())).await;
     assert_eq!(untrusted(refused), "revocations");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_sealed_an_unsigned_root_is_never_adopted_even_one_a_node_knows() {
+    let b = Sealed::new().await;
+    let state = b.open().await;
+    // A root this node knows from its own files, removed by the officers since…
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("root");
+    let fp = hsm_ca::ca::fingerprint_id(cert.der());
+    let mut record = root(&fp, "t1");
+    record.certificate_pem = cert.pem();
+    state.add_root(record.clone()).await.expect("add");
+    assert!(state.remove_root(&fp).await.expect("remove"));
+    // …put back by someone with database access, unsigned: a restart does not adopt it.
+    let json = serde_json::to_string(&record).expect("json");
+    b.cluster.psql(&format!(
+        "INSERT INTO roots (fingerprint, added_at, record) VALUES ('{fp}', 't1', '{json}'::jsonb)"
+    ));
+    let CaState::Postgres(pg) = &state else {
+        unreachable!()
+    };
+    assert_eq!(
+        pg.adopt_roots(std::slice::from_ref(&fp))
+            .await
+            .expect("adopt"),
+        0
+    );
+    assert_eq!(state.roots().await.expect("roots"), Vec::new());
+}

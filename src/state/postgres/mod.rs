@@ -395,8 +395,9 @@ impl PgState {
     }
 
     /// Signs the unsigned root rows whose fingerprint is in `known` (roots this node served
-    /// before rows were signed, from its own files); returns how many. Runs before the roots
-    /// are first sealed; on a sealed table it adopts through the seal like any change.
+    /// before rows were signed, from its own files) and whose certificate has that
+    /// fingerprint; returns how many. Only before the roots are first sealed: once sealed, an
+    /// unsigned row is never adopted (it could bring back a root removed since).
     pub async fn adopt_roots(&self, known: &[String]) -> Result<u64, StateError> {
         if self.rows.get().is_none() {
             return Ok(0);
@@ -408,11 +409,9 @@ impl PgState {
             .await
             .map_err(db)?
             .is_some();
-        let mut open = if sealed {
-            self.open_seal(&tx, &seals::ROOTS).await?
-        } else {
-            None
-        };
+        if sealed {
+            return Ok(0);
+        }
         let rows = tx
             .query(
                 "SELECT record FROM roots WHERE signature IS NULL AND fingerprint = ANY($1)
@@ -424,22 +423,23 @@ impl PgState {
         let mut adopted = 0;
         for row in &rows {
             let mut root: RootRecord = record(row)?;
+            let matches = crate::ca::certificates_from_pem(root.certificate_pem.as_bytes())
+                .ok()
+                .and_then(|ders| ders.into_iter().next())
+                .is_some_and(|der| crate::ca::fingerprint_id(&der) == root.fingerprint);
+            if !matches {
+                continue;
+            }
             root.version = RECORD_VERSION;
             let signature = self.row_signature(seals::ROOTS.name, &root.fingerprint, &root)?;
-            let row = tx
-                .query_opt(
+            adopted += tx
+                .execute(
                     "UPDATE roots SET record = $2, signature = $3
-                     WHERE fingerprint = $1 AND signature IS NULL
-                     RETURNING fingerprint, record::text, signature",
+                     WHERE fingerprint = $1 AND signature IS NULL",
                     &[&root.fingerprint, &Json(&root), &signature],
                 )
                 .await
                 .map_err(db)?;
-            adopted += u64::from(row.is_some());
-            put(&mut open, row.as_ref())?;
-        }
-        if adopted > 0 {
-            self.seal(&tx, open).await?;
         }
         tx.commit().await.map_err(db)?;
         Ok(adopted)
