@@ -275,6 +275,7 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
         let mut leading: Option<u64> = None;
         let mut failing = false;
         let mut last_step: Option<Instant> = None;
+        let mut rotation_warned = false;
         loop {
             if let Err(e) = pg.heartbeat(&node, &report(&control)).await {
                 if !failing {
@@ -316,11 +317,7 @@ pub fn spawn_leadership(control: Arc<Control>) -> Option<tokio::task::JoinHandle
                     }
                     None => control.auto_rotate_step().await,
                 };
-                match step {
-                    Ok(Some(what)) => tracing::info!("automatic rotation: {what}"),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "automatic rotation cannot proceed"),
-                }
+                crate::control::log_rotation_step(step, &mut rotation_warned);
             }
             tokio::time::sleep(LEADER_RENEW).await;
         }

@@ -523,18 +523,7 @@ pub async fn start(
             let mut warned = false;
             loop {
                 tokio::time::sleep(every).await;
-                match ctl.auto_rotate_step().await {
-                    Ok(Some(what)) => {
-                        warned = false;
-                        tracing::info!("automatic rotation: {what}");
-                    }
-                    Ok(None) => {}
-                    Err(e) if !warned => {
-                        warned = true;
-                        tracing::warn!(error = %e, "automatic rotation cannot proceed");
-                    }
-                    Err(_) => {}
-                }
+                crate::control::log_rotation_step(ctl.auto_rotate_step().await, &mut warned);
             }
         })
     });

@@ -31,7 +31,9 @@ pub use approvals::{Operation, OperationResult, Outcome, Proposal};
 pub use error::ControlError;
 pub use revocation::{CrlImported, RevocationDone, RevokeRequest, CRL_VALIDITY};
 pub use roots::{CrossSigned, RootAdded, RootRemoved};
-pub use rotation::{Activation, IntermediateCsr, RotationStep, SignedIntermediate};
+pub use rotation::{
+    log_rotation_step, Activation, IntermediateCsr, RotationStep, SignedIntermediate,
+};
 pub use state_view::{IntermediateView, RootView, StateView};
 
 /// An authenticated caller: who acts, and with which roles.

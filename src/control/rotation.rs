@@ -45,6 +45,23 @@ pub enum RotationStep {
     Activated(KeyId),
 }
 
+/// Logs what an automatic rotation step did; a failure once until a step succeeds again
+/// (`warned` remembers it between steps).
+pub fn log_rotation_step(step: Result<Option<RotationStep>, ControlError>, warned: &mut bool) {
+    match step {
+        Ok(Some(what)) => {
+            *warned = false;
+            tracing::info!("automatic rotation: {what}");
+        }
+        Ok(None) => *warned = false,
+        Err(e) if !*warned => {
+            *warned = true;
+            tracing::warn!(error = %e, "automatic rotation cannot proceed");
+        }
+        Err(_) => {}
+    }
+}
+
 impl std::fmt::Display for RotationStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
