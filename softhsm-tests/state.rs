@@ -76,14 +76,19 @@ impl Backend for Postgres {
         }
     }
     async fn open(&self) -> CaState {
-        CaState::connect(
-            &hsm_ca::state::StoreBackend::Postgres(self.cluster.settings()),
-            std::path::Path::new("/nonexistent"),
-            1 << 20,
-        )
-        .await
-        .expect("open postgres")
+        connect(&self.cluster).await
     }
+}
+
+/// A handle on the database of `cluster`, without row trust.
+async fn connect(cluster: &PgCluster) -> CaState {
+    CaState::connect(
+        &hsm_ca::state::StoreBackend::Postgres(cluster.settings()),
+        std::path::Path::new("/nonexistent"),
+        1 << 20,
+    )
+    .await
+    .expect("open postgres")
 }
 
 /// PostgreSQL with row trust, as a cluster node opens it: every handle signs with the same
@@ -124,13 +129,7 @@ impl Sealed {
 
     /// A handle without row trust (as a command that cannot open the node's device).
     async fn plain(&self) -> CaState {
-        CaState::connect(
-            &hsm_ca::state::StoreBackend::Postgres(self.cluster.settings()),
-            std::path::Path::new("/nonexistent"),
-            1 << 20,
-        )
-        .await
-        .expect("open postgres")
+        connect(&self.cluster).await
     }
 }
 

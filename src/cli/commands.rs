@@ -25,19 +25,7 @@ pub(super) fn with_state<T>(
     config: &Config,
     work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Message(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
-        let state = CaState::connect(
-            &config.store_backend,
-            &config.data_dir,
-            config.store_cache_bytes,
-        )
-        .await?;
-        work(&state).await
-    })
+    state_then(config, None, work)
 }
 
 /// [`with_state`] for a change: on a shared database the node's device signs what it writes
@@ -47,6 +35,15 @@ pub(super) fn with_signing_state<T>(
     store: &KeyStore,
     work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
+    state_then(config, Some(store), work)
+}
+
+fn state_then<T>(
+    config: &Config,
+    signer: Option<&KeyStore>,
+    work: impl AsyncFnOnce(&CaState) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    // Multi-threaded: signing in the device blocks a worker of its own.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -59,10 +56,12 @@ pub(super) fn with_signing_state<T>(
             config.store_cache_bytes,
         )
         .await?;
-        let unaudited = std::sync::Arc::new(std::sync::OnceLock::new());
-        crate::cluster::trust_rows(&state, store, config, &[], unaudited)
-            .await
-            .map_err(CliError::Message)?;
+        if let Some(store) = signer {
+            let unaudited = std::sync::Arc::new(std::sync::OnceLock::new());
+            crate::cluster::trust_rows(&state, store, config, &[], unaudited)
+                .await
+                .map_err(CliError::Message)?;
+        }
         work(&state).await
     })
 }

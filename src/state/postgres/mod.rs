@@ -149,6 +149,17 @@ fn put(
     }
 }
 
+/// A read-only transaction on `client` that sees one snapshot throughout.
+async fn read_only(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StateError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db)
+}
+
 /// Serializes intermediate transitions (install, activate, retire) across every appliance on
 /// the database, until the transaction ends.
 async fn transition_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StateError> {
@@ -530,18 +541,29 @@ impl PgState {
     /// Records a revocation; false when that serial was revoked already.
     pub async fn revoke(&self, mut record: RevocationRecord) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
+        self.insert_sealed(
+            &seals::REVOCATIONS,
+            "INSERT INTO revocations (issuer, serial, record) VALUES ($1, $2, $3)
+             ON CONFLICT (issuer, serial) DO NOTHING
+             RETURNING issuer || '/' || serial, record::text, NULL::bytea",
+            &[&record.issuer, &record.serial, &Json(&record)],
+        )
+        .await
+    }
+
+    /// Runs `insert` (an `INSERT .. ON CONFLICT DO NOTHING` returning the row as `table`'s
+    /// seal reads it) in one transaction with the table's seal; false when nothing was
+    /// inserted.
+    async fn insert_sealed(
+        &self,
+        table: &'static seals::Table,
+        insert: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool, StateError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let mut open = self.open_seal(&tx, &seals::REVOCATIONS).await?;
-        let row = tx
-            .query_opt(
-                "INSERT INTO revocations (issuer, serial, record) VALUES ($1, $2, $3)
-                 ON CONFLICT (issuer, serial) DO NOTHING
-                 RETURNING issuer || '/' || serial, record::text, NULL::bytea",
-                &[&record.issuer, &record.serial, &Json(&record)],
-            )
-            .await
-            .map_err(db)?;
+        let mut open = self.open_seal(&tx, table).await?;
+        let row = tx.query_opt(insert, params).await.map_err(db)?;
         let inserted = row.is_some();
         if inserted {
             put(&mut open, row.as_ref())?;
@@ -599,25 +621,14 @@ impl PgState {
         mut record: CrossCertificate,
     ) -> Result<bool, StateError> {
         record.version = RECORD_VERSION;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let mut open = self.open_seal(&tx, &seals::CROSS_CERTIFICATES).await?;
-        let row = tx
-            .query_opt(
-                "INSERT INTO cross_certificates (fingerprint, record) VALUES ($1, $2)
-                 ON CONFLICT (fingerprint) DO NOTHING
-                 RETURNING fingerprint, record::text, NULL::bytea",
-                &[&record.fingerprint, &Json(&record)],
-            )
-            .await
-            .map_err(db)?;
-        let inserted = row.is_some();
-        if inserted {
-            put(&mut open, row.as_ref())?;
-            self.seal(&tx, open).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(inserted)
+        self.insert_sealed(
+            &seals::CROSS_CERTIFICATES,
+            "INSERT INTO cross_certificates (fingerprint, record) VALUES ($1, $2)
+             ON CONFLICT (fingerprint) DO NOTHING
+             RETURNING fingerprint, record::text, NULL::bytea",
+            &[&record.fingerprint, &Json(&record)],
+        )
+        .await
     }
 
     /// Every cross-certificate kept, by fingerprint.
@@ -689,13 +700,7 @@ impl PgState {
             });
         }
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db)?;
+        let tx = read_only(&mut client).await?;
         let roots = tx
             .query(
                 "SELECT record FROM roots ORDER BY added_at, fingerprint",

@@ -28,32 +28,21 @@ impl PgState {
     pub async fn file_proposal(&self, record: ProposalRecord) -> Result<bool, StateError> {
         let record = filing(record);
         let signature = self.row_signature(TABLE, &record.id, &record)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let mut open = self.open_seal(&tx, &seals::PROPOSALS).await?;
-        let row = tx
-            .query_opt(
-                "INSERT INTO proposals (id, status, created_at, record, signature)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING id, record::text, signature",
-                &[
-                    &record.id,
-                    &record.status.as_str(),
-                    &record.created_at,
-                    &Json(&record),
-                    &signature,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        let inserted = row.is_some();
-        if inserted {
-            put(&mut open, row.as_ref())?;
-            self.seal(&tx, open).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(inserted)
+        self.insert_sealed(
+            &seals::PROPOSALS,
+            "INSERT INTO proposals (id, status, created_at, record, signature)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, record::text, signature",
+            &[
+                &record.id,
+                &record.status.as_str(),
+                &record.created_at,
+                &Json(&record),
+                &signature,
+            ],
+        )
+        .await
     }
 
     /// One proposal by id, whatever its status.

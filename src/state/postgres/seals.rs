@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use tokio_postgres::{IsolationLevel, Transaction};
+use tokio_postgres::Transaction;
 
 use super::{db, lock, PgState};
 use crate::state::rows::RowTrust;
@@ -290,13 +290,7 @@ impl PgState {
                 }
             }
         }
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db)?;
+        let tx = super::read_only(&mut client).await?;
         let seal = tx
             .query_opt(
                 "SELECT sequence, digest, signature FROM seals WHERE name = $1",
