@@ -16,13 +16,15 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hsm_ca::cluster::{LEADER_LEASE, LEADER_RENEW};
 use serde_json::json;
 use support::postgres::PgCluster;
-use support::processes::{connect, metric, pg, shipped_serials, wait_for, Ca, Node};
+use support::processes::{
+    connect, issued_more, metric, pg, shipped_serials, wait_for, Ca, Load, Node,
+};
 
 /// Leader-only work that acts at every check: an intermediate lives a day, its successor is
 /// prepared after 1 s of its life and activated after 2 s.
@@ -243,73 +245,6 @@ async fn pause_after_renewal(db: &PgCluster, node: &Node) {
     node.signal("STOP");
 }
 
-/// Requests certificates from `addrs` on `clients` tasks until `stop`: the serials received
-/// with the address that answered, and the errors.
-struct Load {
-    serials: Arc<Mutex<Vec<(String, SocketAddr)>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(ca: &Arc<Ca>, addrs: &[SocketAddr], clients: usize) -> Load {
-        let load = Load {
-            serials: Arc::default(),
-            errors: Arc::default(),
-            stop: Arc::default(),
-            tasks: Vec::new(),
-        };
-        let tasks = (0..clients)
-            .map(|_| {
-                let (ca, addrs) = (ca.clone(), addrs.to_vec());
-                let (serials, errors, stop) =
-                    (load.serials.clone(), load.errors.clone(), load.stop.clone());
-                tokio::spawn(async move {
-                    let token = ca.workload_token();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        match ca.request(&addrs, &token).await {
-                            Ok((serial, _, addr)) => {
-                                serials.lock().expect("lock").push((serial, addr))
-                            }
-                            Err(e) => {
-                                errors.lock().expect("lock").push(e.to_string());
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { tasks, ..load }
-    }
-
-    fn issued(&self) -> usize {
-        self.serials.lock().expect("lock").len()
-    }
-
-    /// Stops the clients; the serials (with the address that answered) and errors they saw.
-    async fn finish(self) -> (Vec<(String, SocketAddr)>, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.expect("client");
-        }
-        let serials = self.serials.lock().expect("lock").clone();
-        let errors = self.errors.lock().expect("lock").clone();
-        (serials, errors)
-    }
-}
-
-/// Waits until `n` more certificates were issued by `load`.
-async fn issued_more(load: &Load, n: usize, limit: Duration) {
-    let target = load.issued() + n;
-    wait_for(limit, "certificates under load", || {
-        let done = load.issued() >= target;
-        async move { done.then_some(()) }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_no_certificate() {
     let db = database().await;
@@ -424,6 +359,12 @@ async fn a_promoted_standby_is_found_and_no_answered_issuance_is_lost() {
     // there, without waiting for anything to be shipped.
     let shipped = shipped_serials(&standby);
     let missing: Vec<&String> = serials.iter().filter(|s| !shipped.contains(*s)).collect();
+    // Admin changes reach the promoted database too.
+    let reply = ca
+        .admin(nodes[1].admin)
+        .post("/v1/revocations", json!({"serial": serials[0]}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(
         missing.is_empty(),
         "{} of {} missing",

@@ -3,7 +3,8 @@
 //! the database, as `Appliance::start_on_postgres` does in process), then each node gets a
 //! folder of its own (config, data directory with its audit chain, log files) and a process
 //! listening on 127.0.0.1 at ports it announces. Every process is killed when its [`Node`] is
-//! dropped, also when a test panics.
+//! dropped, also when a test panics. [`Load`] is clients requesting certificates without pause
+//! through the repository's client, each knowing every address it is given.
 //!
 //! Until each node has its own intermediate, the nodes share the one SoftHSM token (its file
 //! store is safe for several processes): each process opens it through `SOFTHSM2_CONF`.
@@ -12,6 +13,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hsm_ca::client::{self, Ask, WorkloadKey};
@@ -405,4 +408,71 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Requests certificates from `addrs` on `clients` tasks until `stop`: the serials received
+/// with the address that answered, and the errors.
+pub struct Load {
+    serials: Arc<Mutex<Vec<(String, SocketAddr)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(ca: &Arc<Ca>, addrs: &[SocketAddr], clients: usize) -> Load {
+        let load = Load {
+            serials: Arc::default(),
+            errors: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..clients)
+            .map(|_| {
+                let (ca, addrs) = (ca.clone(), addrs.to_vec());
+                let (serials, errors, stop) =
+                    (load.serials.clone(), load.errors.clone(), load.stop.clone());
+                tokio::spawn(async move {
+                    let token = ca.workload_token();
+                    while !stop.load(Ordering::Relaxed) {
+                        match ca.request(&addrs, &token).await {
+                            Ok((serial, _, addr)) => {
+                                serials.lock().expect("lock").push((serial, addr))
+                            }
+                            Err(e) => {
+                                errors.lock().expect("lock").push(e.to_string());
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    pub fn issued(&self) -> usize {
+        self.serials.lock().expect("lock").len()
+    }
+
+    /// Stops the clients; the serials (with the address that answered) and errors they saw.
+    pub async fn finish(self) -> (Vec<(String, SocketAddr)>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("client");
+        }
+        let serials = self.serials.lock().expect("lock").clone();
+        let errors = self.errors.lock().expect("lock").clone();
+        (serials, errors)
+    }
+}
+
+/// Waits until `n` more certificates were issued by `load`.
+pub async fn issued_more(load: &Load, n: usize, limit: Duration) {
+    let target = load.issued() + n;
+    wait_for(limit, "certificates under load", || {
+        let done = load.issued() >= target;
+        async move { done.then_some(()) }
+    })
+    .await;
 }
