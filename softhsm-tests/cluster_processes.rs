@@ -150,6 +150,26 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_a_paused_one_writes_no
         "before {before:?}, after {after:?}"
     );
 
+    // The registry shows the killed node not live within 15 s of its last heartbeat.
+    wait_for(
+        Duration::from_secs(20),
+        "the killed node shown not live",
+        || {
+            let admin = ca.admin(alive[0].admin);
+            let first = first.clone();
+            async move {
+                let nodes = admin.get("/v1/nodes").await.json();
+                let gone = nodes["nodes"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["node_id"] == json!(first) && n["live"] == false);
+                gone.then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(killed_at.elapsed() <= Duration::from_secs(15) + LEADER_RENEW * 2);
+
     // The new leader paused right after renewing its lease (inside its leader-only step), a
     // third node takes over; resumed, the old one writes nothing and says it lost the lease.
     let paused = alive
@@ -471,6 +491,26 @@ async fn the_database_stopped_for_ten_seconds_and_back() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(recovered < Duration::from_secs(30));
+    // Both nodes report to the registry again, and one of them leads.
+    wait_for(
+        LEADER_LEASE + LEADER_RENEW * 2,
+        "both live, one leading",
+        || {
+            let admin = ca.admin(relaxed.admin);
+            let settings = db.settings();
+            async move {
+                let nodes = admin.get("/v1/nodes").await.json();
+                let live = nodes["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["live"] == true)
+                    .count();
+                let leader = pg(&connect(&settings).await).leader().await.ok()??;
+                (live == 2 && leader.live).then_some(())
+            }
+        },
+    )
+    .await;
     // The relaxed node said once that it could not follow the others' changes.
     let log = relaxed.log();
     assert_eq!(
