@@ -14,6 +14,7 @@ pub mod acme;
 pub mod appliance;
 pub mod http;
 pub mod postgres;
+pub mod processes;
 pub mod vault;
 
 use hsm_ca::keystore::pkcs11::{provision, Pkcs11Device, Pkcs11Settings, TokenSelector};

@@ -307,3 +307,106 @@ impl Drop for PgCluster {
             .output();
     }
 }
+
+/// `pg_ctl ARGS` on `data` as the `postgres` user.
+fn pg_ctl(bin: &Path, data: &Path, args: &[&str]) -> Output {
+    let data = data.to_str().expect("utf-8 path");
+    as_postgres(&bin.join("pg_ctl"), &[&["-D", data], args].concat())
+}
+
+impl PgCluster {
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops the server the way `mode` says (`immediate`: as if killed; `fast`: cleanly).
+    pub fn stop(&self, mode: &str) {
+        pg_ctl(
+            &self.bin,
+            &self.data(),
+            &["-m", mode, "-w", "-t", "60", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again on its port.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("server.log");
+        pg_ctl(
+            &self.bin,
+            &self.data(),
+            &["-l", log.to_str().expect("path"), "-w", "-t", "60", "start"],
+        );
+    }
+
+    /// Makes every commit wait until a standby has it (`synchronous_standby_names = '*'`,
+    /// `synchronous_commit = on`).
+    pub fn require_synchronous_standby(&self) {
+        self.psql_in(
+            "postgres",
+            &[
+                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+                "ALTER SYSTEM SET synchronous_commit = 'on'",
+                "SELECT pg_reload_conf()",
+            ],
+        );
+    }
+
+    /// A streaming standby of this server (`pg_basebackup -R`), on a port of its own, started
+    /// and caught up. It never waits for a standby itself (no `synchronous_standby_names`).
+    pub fn standby(&self) -> PgCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        give_to_postgres(dir.path());
+        let data = dir.path().join("data");
+        let port = self.port.to_string();
+        as_postgres(
+            &self.bin.join("pg_basebackup"),
+            &[
+                "-h",
+                self.dir.path().to_str().expect("path"),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().expect("path"),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        let standby_port = free_port();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        conf.push_str(&format!(
+            "\nport = {standby_port}\nunix_socket_directories = '{}'\n\
+             synchronous_standby_names = ''\nhot_standby = on\n",
+            dir.path().display()
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf).expect("conf");
+        let auto = data.join("postgresql.auto.conf");
+        let kept: String = std::fs::read_to_string(&auto)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("synchronous_standby_names"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&auto, kept).expect("auto.conf");
+        let standby = PgCluster {
+            dir,
+            bin: self.bin.clone(),
+            port: standby_port,
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+        };
+        write_private(&standby.password_file(), standby.password.as_bytes());
+        give_to_postgres(standby.dir.path());
+        standby.start_again();
+        standby
+    }
+
+    /// Promotes this standby to a writable primary and waits until it is one.
+    pub fn promote(&self) {
+        pg_ctl(&self.bin, &self.data(), &["-w", "-t", "60", "promote"]);
+    }
+}
