@@ -329,20 +329,52 @@ pub const ROW_KEY_LABEL: &str = "hsm-ca-node";
 
 /// This appliance's row-signing key: found in the device by label, or made there.
 pub fn row_key(store: &KeyStore) -> Result<KeyInfo, String> {
-    let found = store
-        .list_blocking()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|k| k.label == ROW_KEY_LABEL && k.algorithm == Some(KeyAlgorithm::EcdsaP256));
-    match found {
-        Some(key) => Ok(key),
-        None => store
+    row_keys(store).map(|(key, _)| key)
+}
+
+/// This appliance's row-signing key and the public halves of every row key in its device.
+/// Appliances that share a device and start at once may each make one; all of them are this
+/// device's, and every one of those appliances signs with the same (the lowest id).
+fn row_keys(store: &KeyStore) -> Result<(KeyInfo, Vec<Vec<u8>>), String> {
+    let list = || -> Result<Vec<KeyInfo>, String> {
+        // A key another process is making at this moment can be unreadable for a moment.
+        let mut attempt = 0;
+        loop {
+            match store.list_blocking() {
+                Ok(keys) => {
+                    let mut keys: Vec<KeyInfo> = keys
+                        .into_iter()
+                        .filter(|k| {
+                            k.label == ROW_KEY_LABEL && k.algorithm == Some(KeyAlgorithm::EcdsaP256)
+                        })
+                        .collect();
+                    keys.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+                    return Ok(keys);
+                }
+                Err(e) if attempt >= 5 => return Err(e.to_string()),
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    };
+    let mut keys = list()?;
+    if keys.is_empty() {
+        store
             .generate_blocking(KeyRequest {
                 algorithm: KeyAlgorithm::EcdsaP256,
                 label: ROW_KEY_LABEL.into(),
             })
-            .map_err(|e| format!("cannot create the row-signing key: {e}")),
+            .map_err(|e| format!("cannot create the row-signing key: {e}"))?;
+        keys = list()?;
     }
+    let all = keys.iter().map(|k| k.public_key.clone()).collect();
+    let first = keys
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the row-signing key made in the device is not listed".to_string())?;
+    Ok((first, all))
 }
 
 /// On a shared database: roots are signed with this appliance's device key from now on, and
@@ -359,7 +391,7 @@ pub async fn trust_rows(
     let CaState::Postgres(pg) = state else {
         return Ok(());
     };
-    let key = tokio::task::block_in_place(|| row_key(store))?;
+    let (key, own) = tokio::task::block_in_place(|| row_keys(store))?;
     let (signer, id) = (store.clone(), key.id.clone());
     let sign: RowSign = Arc::new(move |message: &[u8]| {
         signer
@@ -395,7 +427,12 @@ pub async fn trust_rows(
     });
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    let trust = RowTrust::new(sign, &key.public_key, &config.member_keys, on_reject)?
+    let members: Vec<Vec<u8>> = own
+        .into_iter()
+        .filter(|k| *k != key.public_key)
+        .chain(config.member_keys.iter().cloned())
+        .collect();
+    let trust = RowTrust::new(sign, &key.public_key, &members, on_reject)?
         .with_seen_file(config.data_dir.join(SEALS_SEEN_FILE))?;
     pg.trust_rows(Arc::new(trust));
     if config.own_intermediate {

@@ -124,6 +124,10 @@ impl From<crate::state::StateError> for ApiError {
                 "state_untrusted",
                 e.to_string(),
             ),
+            // The shared database cannot be reached (or failed the statement): retry later.
+            crate::state::StateError::Database(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", e.to_string())
+            }
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
         }
     }

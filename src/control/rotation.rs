@@ -361,6 +361,9 @@ impl Control {
             }
             Some(_) => Ok(None),
             None => {
+                // A leader paused since its step began must not make a key or have the root
+                // sign before its install is refused: check the fence first.
+                self.state.check_fence().await?;
                 let csr = self.new_intermediate(&actor).await?;
                 let signed = self
                     .sign_intermediate(&actor, &csr.csr_pem, Some(&root.fingerprint))

@@ -335,6 +335,15 @@ impl CaState {
         }
     }
 
+    /// Refused ([`StateError::Fenced`]) when the running leader-only job's fence no longer
+    /// holds; always fine on sled and outside such a job.
+    pub async fn check_fence(&self) -> Result<(), StateError> {
+        match self {
+            CaState::Sled(_) => Ok(()),
+            CaState::Postgres(p) => p.check_fence().await,
+        }
+    }
+
     /// The node whose intermediates this handle installs ("" when shared, and on sled).
     pub fn intermediate_node(&self) -> &str {
         match self {

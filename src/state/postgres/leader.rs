@@ -46,6 +46,18 @@ pub(super) async fn check_fence(tx: &tokio_postgres::Transaction<'_>) -> Result<
 }
 
 impl PgState {
+    /// Whether the running job's fence (if it has one) still holds: checked before work a
+    /// fenced write cannot undo (a key made in the device, a certificate signed).
+    pub async fn check_fence(&self) -> Result<(), StateError> {
+        if current_fence().is_none() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        check_fence(&tx).await?;
+        tx.commit().await.map_err(db)
+    }
+
     /// Takes or renews the lease for `node` for `lease`; its epoch when this node holds it
     /// now, `None` when another node holds a live lease.
     pub async fn acquire_leadership(
