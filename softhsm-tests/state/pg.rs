@@ -319,19 +319,31 @@ async fn each_node_activates_only_its_own_intermediates_and_issues_with_its_own(
     pc.own_intermediates("c");
     let shared = b.open().await;
     shared.install(intermediate(1)).await.expect("shared");
-    // Until a node has its own, it issues with the shared one.
+    // Until a node has its own, it issues with the shared one; its first own one is then
+    // prepared and activated through the usual gates, and serves that node alone.
     assert_eq!(
         a.active().await.expect("active").map(|r| r.key_id.0),
         Some(vec![1])
     );
-    // The first own intermediate of each node is active at once, for that node alone.
     let own_a = a.install(intermediate(2)).await.expect("install");
     assert_eq!(
         (own_a.status, own_a.node.as_str()),
-        (IntermediateStatus::Active, "a")
+        (IntermediateStatus::Prepared, "a")
     );
+    assert!(matches!(
+        a.activate(&own_a.key_id, "2030-01-15T00:00:00Z")
+            .await
+            .expect("activate"),
+        Transition::Done(..)
+    ));
     let own_c = c.install(intermediate(3)).await.expect("install");
-    assert_eq!(own_c.status, IntermediateStatus::Active);
+    assert_eq!(own_c.status, IntermediateStatus::Prepared);
+    assert!(matches!(
+        c.activate(&own_c.key_id, "2030-01-15T00:00:00Z")
+            .await
+            .expect("activate"),
+        Transition::Done(..)
+    ));
     assert_eq!(
         a.active().await.expect("active").map(|r| r.key_id.0),
         Some(vec![2])

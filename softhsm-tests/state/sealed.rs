@@ -236,3 +236,51 @@ async fn once_sealed_an_unsigned_root_is_never_adopted_even_one_a_node_knows() {
     );
     assert_eq!(state.roots().await.expect("roots"), Vec::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_number_lowered_while_the_node_waits_for_its_row_is_not_sealed() {
+    use std::str::FromStr;
+    let b = Sealed::new().await;
+    let state = b.open().await;
+    for n in 1..=5 {
+        assert_eq!(state.next_crl_number("aa").await.expect("number"), n);
+    }
+    // Someone with database access holds the row, lowers it, and lets go while the node's
+    // statement waits for it: the number the database then hands out is not the sealed one's
+    // successor, and is refused rather than sealed.
+    let mut config = tokio_postgres::Config::from_str(&b.cluster.url()).expect("url");
+    config.password(b.cluster.password.clone());
+    let (sql, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    sql.batch_execute("BEGIN; UPDATE crl_numbers SET last_number = 2 WHERE issuer = 'aa'")
+        .await
+        .expect("hold the row");
+    let waiting = tokio::spawn(async move { state.next_crl_number("aa").await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sql.batch_execute("COMMIT").await.expect("commit");
+    let answer = waiting.await.expect("join");
+    assert_eq!(untrusted(answer), "crl_numbers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_go_back_before_its_own_last_write() {
+    let b = Sealed::new().await;
+    let state = b.open().await;
+    assert_eq!(state.next_crl_number("aa").await.expect("number"), 1);
+    b.cluster
+        .psql("CREATE TABLE old_numbers AS SELECT * FROM crl_numbers");
+    b.cluster
+        .psql("CREATE TABLE old_seal AS SELECT * FROM seals WHERE name = 'crl_numbers'");
+    assert_eq!(state.next_crl_number("aa").await.expect("number"), 2);
+    // Put back as before the last number, which this node wrote and never read back: the
+    // same number would be handed out twice.
+    b.cluster.psql("UPDATE crl_numbers SET last_number = 1");
+    b.cluster.psql(
+        "UPDATE seals SET sequence = o.sequence, digest = o.digest, signature = o.signature \
+         FROM old_seal o WHERE seals.name = 'crl_numbers'",
+    );
+    assert_eq!(untrusted(state.next_crl_number("aa").await), "crl_numbers");
+}

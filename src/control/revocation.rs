@@ -284,8 +284,9 @@ impl Control {
         let now = self.clock.now();
         let crl = RootCrl::parse(&der, &self.roots().await?)?;
         let root = &crl.root;
-        if let Some(active) = self.state.active().await? {
-            if crl.lists(&record_der(&active)?)? {
+        // Any node's active intermediate (with intermediates of their own, not only this one's).
+        for active in self.state.intermediates().await? {
+            if active.status == IntermediateStatus::Active && crl.lists(&record_der(&active)?)? {
                 return Err(ControlError::CrlRevokesActive(active.key_id));
             }
         }

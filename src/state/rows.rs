@@ -34,8 +34,8 @@ pub struct RowTrust {
     rejected: AtomicU64,
     reported: Mutex<HashSet<String>>,
     on_reject: OnReject,
-    /// The highest seal sequence seen per table, and the file that keeps it.
-    seen: Mutex<BTreeMap<String, u64>>,
+    /// The newest seal seen per table, and the file that keeps it.
+    seen: Mutex<BTreeMap<String, Seen>>,
     seen_file: Option<PathBuf>,
 }
 
@@ -84,15 +84,10 @@ impl RowTrust {
         })
     }
 
-    /// Remembers the highest seal sequence seen per table in `path` (on the node's own disk),
-    /// starting from what it holds: a restarted node still refuses a rolled-back database.
+    /// Remembers the highest seal seen per table in `path` (on the node's own disk), starting
+    /// from what it holds: a restarted node still refuses a rolled-back database.
     pub fn with_seen_file(mut self, path: PathBuf) -> Result<Self, String> {
-        let seen = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: unreadable seal sequences: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
+        let seen = read_seen(&path)?;
         self.seen = Mutex::new(seen);
         self.seen_file = Some(path);
         Ok(self)
@@ -100,28 +95,31 @@ impl RowTrust {
 
     /// The highest seal sequence of `table` seen so far (0: none).
     pub fn seen(&self, table: &str) -> u64 {
-        lock(&self.seen).get(table).copied().unwrap_or(0)
+        lock(&self.seen).get(table).map_or(0, |s| s.sequence)
     }
 
-    /// Takes note of `table`'s seal `sequence`; refused (with the highest seen) when it is
-    /// older than one seen before. A grown sequence is written to the seen file.
-    pub fn saw(&self, table: &str, sequence: u64) -> Result<(), u64> {
+    /// Takes note of `table`'s seal `sequence` over `digest` (hex); refused, with the seal
+    /// seen before, when it is older than that one, or as new with other rows (a fork: two
+    /// writers each shown a different state). A newer seal is written to the seen file, merged
+    /// with what other processes of this node (the CLI) wrote there.
+    pub fn saw(&self, table: &str, sequence: u64, digest: &str) -> Result<(), u64> {
         let mut seen = lock(&self.seen);
-        let last = seen.get(table).copied().unwrap_or(0);
-        if sequence < last {
-            return Err(last);
+        let last = seen.get(table).cloned().unwrap_or_default();
+        if sequence < last.sequence
+            || (sequence == last.sequence && digest != last.digest && last.sequence > 0)
+        {
+            return Err(last.sequence);
         }
-        if sequence > last {
-            seen.insert(table.to_string(), sequence);
+        if sequence > last.sequence {
+            seen.insert(
+                table.to_string(),
+                Seen {
+                    sequence,
+                    digest: digest.to_string(),
+                },
+            );
             if let Some(path) = &self.seen_file {
-                let written = serde_json::to_vec(&*seen)
-                    .map_err(std::io::Error::other)
-                    .and_then(|bytes| {
-                        let tmp = path.with_extension("tmp");
-                        std::fs::write(&tmp, bytes)?;
-                        std::fs::rename(&tmp, path)
-                    });
-                if let Err(e) = written {
+                if let Err(e) = write_seen(path, &mut seen) {
                     tracing::warn!(path = %path.display(), error = %e, "seal sequences not kept");
                 }
             }
@@ -193,4 +191,42 @@ impl RowTrust {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The newest seal of a table a node has seen: its sequence and digest (hex).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub sequence: u64,
+    pub digest: String,
+}
+
+fn read_seen(path: &std::path::Path) -> Result<BTreeMap<String, Seen>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: unreadable seal sequences: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `seen` to `path` after taking in what is there already (newer seals another process
+/// of this node saw), through a temporary file of this process, synced.
+fn write_seen(path: &std::path::Path, seen: &mut BTreeMap<String, Seen>) -> std::io::Result<()> {
+    if let Ok(on_disk) = read_seen(path) {
+        for (table, other) in on_disk {
+            let newer = seen.get(&table).is_none_or(|s| other.sequence > s.sequence);
+            if newer {
+                seen.insert(table, other);
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(&*seen).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }

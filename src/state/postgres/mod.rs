@@ -138,14 +138,17 @@ fn decode_all<T: serde::de::DeserializeOwned>(rows: &seals::Rows) -> Result<Vec<
     rows.iter().map(|(k, r)| decode(k, r)).collect()
 }
 
-/// The statement's returned row (key, content, signature) put into the table's seal.
-fn put(
+/// The statement's returned row (key, content, signature) put into the table's seal,
+/// checked to be row `key` holding `expected` (nothing without row trust).
+fn put<T: serde::de::DeserializeOwned + PartialEq>(
     open: &mut Option<seals::Open>,
     row: Option<&tokio_postgres::Row>,
+    key: &str,
+    expected: &T,
 ) -> Result<(), StateError> {
-    match (open, row) {
-        (Some(open), Some(row)) => open.put(row),
-        _ => Ok(()),
+    match open {
+        Some(open) => open.put(row, key, expected),
+        None => Ok(()),
     }
 }
 
@@ -209,7 +212,7 @@ async fn update_intermediate(
         )
         .await
         .map_err(db)?;
-    put(open, row.as_ref())
+    put(open, row.as_ref(), &change.key_id.to_string(), change)
 }
 
 impl PgState {
@@ -288,8 +291,8 @@ impl PgState {
         for change in previous.iter().chain(std::iter::once(&next)) {
             update_intermediate(&tx, &mut open, change).await?;
         }
-        self.seal(&tx, open).await?;
-        tx.commit().await.map_err(db)?;
+        let written = self.seal(&tx, open).await?;
+        self.commit(tx, written).await?;
         Ok(Transition::Done(Box::new(next), previous.map(Box::new)))
     }
 
@@ -308,8 +311,8 @@ impl PgState {
             Err(refused) => return Ok(refused),
         };
         update_intermediate(&tx, &mut open, &record).await?;
-        self.seal(&tx, open).await?;
-        tx.commit().await.map_err(db)?;
+        let written = self.seal(&tx, open).await?;
+        self.commit(tx, written).await?;
         Ok(Transition::Done(Box::new(record), None))
     }
 
@@ -323,10 +326,9 @@ impl PgState {
         transition_lock(&tx).await?;
         let mut open = self.open_seal(&tx, &seals::INTERMEDIATES).await?;
         let node = self.node().to_string();
-        let active = current_intermediates(&tx, &open)
-            .await?
-            .iter()
-            .any(|r| r.status == IntermediateStatus::Active && r.node == node);
+        // Active at once only when this node issues with none yet (its own or a shared one):
+        // otherwise it is prepared and activated like any other, through its gates.
+        let active = active_for(&current_intermediates(&tx, &open).await?, &node).is_some();
         let record = installing(IntermediateRecord { node, ..record }, active);
         let row = tx
             .query_one(
@@ -344,9 +346,9 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        put(&mut open, Some(&row))?;
-        self.seal(&tx, open).await?;
-        tx.commit().await.map_err(db)?;
+        put(&mut open, Some(&row), &record.key_id.to_string(), &record)?;
+        let written = self.seal(&tx, open).await?;
+        self.commit(tx, written).await?;
         Ok(record)
     }
 
@@ -415,12 +417,17 @@ impl PgState {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        seals::first_seal_lock(&tx).await?;
         let sealed = tx
-            .query_opt("SELECT 1 FROM seals WHERE name = $1", &[&seals::ROOTS.name])
+            .query_opt("SELECT 1 FROM seals LIMIT 1", &[])
             .await
             .map_err(db)?
             .is_some();
-        if sealed {
+        let seen = self
+            .rows
+            .get()
+            .is_some_and(|t| t.seen(seals::ROOTS.name) > 0);
+        if sealed || seen {
             return Ok(0);
         }
         let rows = tx
@@ -479,12 +486,15 @@ impl PgState {
             .await
             .map_err(db)?;
         let inserted = row.is_some();
+        let mut written = None;
         if inserted {
-            put(&mut open, row.as_ref())?;
-            self.seal(&tx, open).await?;
+            put(&mut open, row.as_ref(), &record.fingerprint, &record)?;
+            written = self.seal(&tx, open).await?;
             bump_bundle_sequence(&tx).await?;
+        } else if let Some(open) = &open {
+            open.present(&record.fingerprint)?;
         }
-        tx.commit().await.map_err(db)?;
+        self.commit(tx, written).await?;
         Ok(inserted)
     }
 
@@ -504,14 +514,15 @@ impl PgState {
             .await
             .map_err(db)?
             == 1;
+        let mut written = None;
         if removed {
             if let Some(open) = &mut open {
                 open.remove(fingerprint);
             }
-            self.seal(&tx, open).await?;
+            written = self.seal(&tx, open).await?;
             bump_bundle_sequence(&tx).await?;
         }
-        tx.commit().await.map_err(db)?;
+        self.commit(tx, written).await?;
         Ok(removed)
     }
 
@@ -543,6 +554,8 @@ impl PgState {
         record.version = RECORD_VERSION;
         self.insert_sealed(
             &seals::REVOCATIONS,
+            &format!("{}/{}", record.issuer, record.serial),
+            &record,
             "INSERT INTO revocations (issuer, serial, record) VALUES ($1, $2, $3)
              ON CONFLICT (issuer, serial) DO NOTHING
              RETURNING issuer || '/' || serial, record::text, NULL::bytea",
@@ -554,9 +567,11 @@ impl PgState {
     /// Runs `insert` (an `INSERT .. ON CONFLICT DO NOTHING` returning the row as `table`'s
     /// seal reads it) in one transaction with the table's seal; false when nothing was
     /// inserted.
-    async fn insert_sealed(
+    async fn insert_sealed<T: serde::de::DeserializeOwned + PartialEq>(
         &self,
         table: &'static seals::Table,
+        key: &str,
+        expected: &T,
         insert: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<bool, StateError> {
@@ -565,11 +580,15 @@ impl PgState {
         let mut open = self.open_seal(&tx, table).await?;
         let row = tx.query_opt(insert, params).await.map_err(db)?;
         let inserted = row.is_some();
+        let mut written = None;
         if inserted {
-            put(&mut open, row.as_ref())?;
-            self.seal(&tx, open).await?;
+            put(&mut open, row.as_ref(), key, expected)?;
+            written = self.seal(&tx, open).await?;
+        } else if let Some(open) = &open {
+            // Already there: only if the sealed table holds it (not a row slipped in).
+            open.present(key)?;
         }
-        tx.commit().await.map_err(db)?;
+        self.commit(tx, written).await?;
         Ok(inserted)
     }
 
@@ -594,6 +613,14 @@ impl PgState {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut open = self.open_seal(&tx, &seals::CRL_NUMBERS).await?;
+        // With a seal, the next number follows the sealed one, whatever the row says now.
+        let expected = match &open {
+            Some(open) => match open.rows().get(issuer) {
+                Some(row) => decode::<u64>(issuer, row)? + 1,
+                None => 1,
+            },
+            None => 0,
+        };
         let row = tx
             .query_one(
                 "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, 1)
@@ -603,9 +630,9 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        put(&mut open, Some(&row))?;
-        self.seal(&tx, open).await?;
-        tx.commit().await.map_err(db)?;
+        put(&mut open, Some(&row), issuer, &expected)?;
+        let written = self.seal(&tx, open).await?;
+        self.commit(tx, written).await?;
         unsigned(row.get(3), "CRL number")
     }
 
@@ -623,6 +650,8 @@ impl PgState {
         record.version = RECORD_VERSION;
         self.insert_sealed(
             &seals::CROSS_CERTIFICATES,
+            &record.fingerprint,
+            &record,
             "INSERT INTO cross_certificates (fingerprint, record) VALUES ($1, $2)
              ON CONFLICT (fingerprint) DO NOTHING
              RETURNING fingerprint, record::text, NULL::bytea",
@@ -646,13 +675,29 @@ impl PgState {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut open = self.open_seal(&tx, &seals::IMPORTED_CRLS).await?;
+        // With a seal, the sealed record decides (the `number` column is not sealed).
+        if let Some(open) = &open {
+            if let Some(row) = open.rows().get(&record.issuer) {
+                let stored: ImportedCrl = decode(&record.issuer, row)?;
+                if stored.number >= record.number {
+                    return Ok(Err(stored));
+                }
+            }
+        }
+        let condition = if open.is_some() {
+            ""
+        } else {
+            "WHERE imported_crls.number < EXCLUDED.number"
+        };
         let row = tx
             .query_opt(
-                "INSERT INTO imported_crls (issuer, number, record) VALUES ($1, $2, $3)
-                 ON CONFLICT (issuer) DO UPDATE
-                     SET number = EXCLUDED.number, record = EXCLUDED.record
-                     WHERE imported_crls.number < EXCLUDED.number
-                 RETURNING issuer, record::text, NULL::bytea",
+                &format!(
+                    "INSERT INTO imported_crls (issuer, number, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (issuer) DO UPDATE
+                         SET number = EXCLUDED.number, record = EXCLUDED.record
+                         {condition}
+                     RETURNING issuer, record::text, NULL::bytea"
+                ),
                 &[
                     &record.issuer,
                     &bigint(record.number, "CRL number")?,
@@ -661,29 +706,23 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        if row.is_some() {
-            put(&mut open, row.as_ref())?;
-            self.seal(&tx, open).await?;
-            tx.commit().await.map_err(db)?;
+        if row.is_some() || open.is_some() {
+            put(&mut open, row.as_ref(), &record.issuer, &record)?;
+            let written = self.seal(&tx, open).await?;
+            self.commit(tx, written).await?;
             return Ok(Ok(()));
         }
-        let stored = match &open {
-            Some(open) => open
-                .rows()
-                .get(&record.issuer)
-                .map(|r| decode(&record.issuer, r)),
-            None => tx
-                .query_opt(
-                    "SELECT record FROM imported_crls WHERE issuer = $1",
-                    &[&record.issuer],
-                )
-                .await
-                .map_err(db)?
-                .as_ref()
-                .map(self::record),
-        }
-        .transpose()?
-        .ok_or_else(|| StateError::Conflict("the stored CRL vanished".into()))?;
+        let stored = tx
+            .query_opt(
+                "SELECT record FROM imported_crls WHERE issuer = $1",
+                &[&record.issuer],
+            )
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(self::record)
+            .transpose()?
+            .ok_or_else(|| StateError::Conflict("the stored CRL vanished".into()))?;
         tx.commit().await.map_err(db)?;
         Ok(Err(stored))
     }

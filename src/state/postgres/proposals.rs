@@ -30,6 +30,8 @@ impl PgState {
         let signature = self.row_signature(TABLE, &record.id, &record)?;
         self.insert_sealed(
             &seals::PROPOSALS,
+            &record.id,
+            &record,
             "INSERT INTO proposals (id, status, created_at, record, signature)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING
@@ -134,9 +136,9 @@ impl PgState {
             )
             .await
             .map_err(db)?;
-        put(&mut open, row.as_ref())?;
-        self.seal(&tx, open).await?;
-        tx.commit().await.map_err(db)?;
+        put(&mut open, row.as_ref(), id, &changed)?;
+        let written = self.seal(&tx, open).await?;
+        self.commit(tx, written).await?;
         Ok(answer)
     }
 }

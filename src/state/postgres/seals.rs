@@ -218,9 +218,10 @@ fn verify(
             seal.sequence
         ));
     }
-    if let Err(last) = trust.saw(table.name, seal.sequence) {
+    if let Err(last) = trust.saw(table.name, seal.sequence, &hex::encode(&seal.digest)) {
         return fail(format!(
-            "seal {} is older than seal {last} seen before: the table was rolled back",
+            "seal {} is not newer than seal {last} seen before with other rows: the table was \
+             rolled back or forked",
             seal.sequence
         ));
     }
@@ -235,13 +236,41 @@ pub(super) struct Open {
 }
 
 impl Open {
-    /// A row the transaction wrote, as its statement returned it (key, content, signature).
-    pub fn put(&mut self, row: &tokio_postgres::Row) -> Result<(), StateError> {
-        let key: String = row.try_get(0).map_err(db)?;
+    /// A row the transaction wrote, as its statement returned it (key, content, signature):
+    /// it must be the row `key` holding `expected`, or the database changed it on the way
+    /// (a trigger, a concurrent writer) and nothing is sealed.
+    pub fn put<T>(
+        &mut self,
+        row: Option<&tokio_postgres::Row>,
+        key: &str,
+        expected: &T,
+    ) -> Result<(), StateError>
+    where
+        T: serde::de::DeserializeOwned + PartialEq,
+    {
+        let changed = || untrusted(self.table, format!("row {key} was not written as sent"));
+        let row = row.ok_or_else(changed)?;
+        let got: String = row.try_get(0).map_err(db)?;
         let text: String = row.try_get(1).map_err(db)?;
         let signature: Option<Vec<u8>> = row.try_get(2).map_err(db)?;
-        self.rows.insert(key, Row { text, signature });
+        let same = got == key && serde_json::from_str::<T>(&text).is_ok_and(|v| v == *expected);
+        if !same {
+            return Err(changed());
+        }
+        self.rows.insert(got, Row { text, signature });
         Ok(())
+    }
+
+    /// An insert found row `key` there already: it must be one of the verified rows.
+    pub fn present(&self, key: &str) -> Result<(), StateError> {
+        if self.rows.contains_key(key) {
+            Ok(())
+        } else {
+            Err(untrusted(
+                self.table,
+                format!("row {key} is in the database but not in the sealed table"),
+            ))
+        }
     }
 
     /// A row the transaction deleted.
@@ -253,6 +282,13 @@ impl Open {
     pub fn rows(&self) -> &Rows {
         &self.rows
     }
+}
+
+/// A seal written by a transaction, taken note of once it commits.
+pub(super) struct Written {
+    table: &'static str,
+    sequence: u64,
+    digest: String,
 }
 
 impl PgState {
@@ -354,14 +390,35 @@ impl PgState {
         }))
     }
 
-    /// Seals what `open` holds now with the next sequence number (nothing without row trust).
+    /// Commits `tx`, then takes note of the seal it wrote (so this node refuses to go back
+    /// before its own writes).
+    pub(super) async fn commit(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        written: Option<Written>,
+    ) -> Result<(), StateError> {
+        tx.commit().await.map_err(db)?;
+        if let (Some(w), Some(trust)) = (written, self.row_trust()) {
+            if trust.saw(w.table, w.sequence, &w.digest).is_err() {
+                tracing::warn!(
+                    table = w.table,
+                    sequence = w.sequence,
+                    "a newer seal was seen"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals what `open` holds now with the next sequence number (nothing without row trust);
+    /// pass what it returns to [`PgState::commit`].
     pub(super) async fn seal(
         &self,
         tx: &Transaction<'_>,
         open: Option<Open>,
-    ) -> Result<(), StateError> {
+    ) -> Result<Option<Written>, StateError> {
         let (Some(open), Some(trust)) = (open, self.row_trust()) else {
-            return Ok(());
+            return Ok(None);
         };
         let sequence = open.sequence + 1;
         let digest = digest(&open.rows);
@@ -377,56 +434,76 @@ impl PgState {
         )
         .await
         .map_err(db)?;
-        // Taken note of after the commit by the next read; a failed commit changes nothing.
-        Ok(())
+        Ok(Some(Written {
+            table: open.table.name,
+            sequence,
+            digest: hex::encode(&digest),
+        }))
     }
 
-    /// Seals every table that has no seal yet (a database from before seals, or a new one),
-    /// with what it holds now; refused for a table this node has seen sealed before (a seal
-    /// deleted from the database). Returns the tables sealed.
+    /// Seals every table when none has a seal yet (a new database, or one from before seals)
+    /// with what it holds now, in one transaction. Refused when only some tables have lost
+    /// their seals, or when this node has seen a seal before (seals deleted from the
+    /// database). Returns the tables sealed.
     pub async fn seal_unsealed(&self) -> Result<Vec<&'static str>, StateError> {
         let Some(trust) = self.row_trust() else {
             return Ok(Vec::new());
         };
-        let mut sealed = Vec::new();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        first_seal_lock(&tx).await?;
+        let mut missing = Vec::new();
         for table in ALL {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db)?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, $2)",
-                &[&super::LOCK_CLASS, &FIRST_SEAL_LOCK],
-            )
-            .await
-            .map_err(db)?;
             let exists = tx
                 .query_opt("SELECT 1 FROM seals WHERE name = $1", &[&table.name])
                 .await
                 .map_err(db)?
                 .is_some();
-            if exists {
-                continue;
+            if !exists {
+                missing.push(table);
             }
+        }
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        for table in &missing {
             let seen = trust.seen(table.name);
-            if seen > 0 {
+            if seen > 0 || missing.len() < ALL.len() {
                 trust.reject("seals", table.name);
                 return Err(untrusted(
                     table,
-                    format!("its seal is gone from the database (this node saw seal {seen})"),
+                    format!(
+                        "its seal is gone from the database while other tables keep theirs \
+                         (this node saw seal {seen})"
+                    ),
                 ));
             }
-            let rows = read_rows(&tx, table, Some(trust)).await?;
-            self.seal(
-                &tx,
-                Some(Open {
-                    table,
-                    sequence: 0,
-                    rows,
-                }),
-            )
-            .await?;
-            tx.commit().await.map_err(db)?;
-            sealed.push(table.name);
         }
-        Ok(sealed)
+        let mut written = Vec::new();
+        for table in ALL {
+            let rows = read_rows(&tx, table, Some(trust)).await?;
+            let open = Open {
+                table,
+                sequence: 0,
+                rows,
+            };
+            written.extend(self.seal(&tx, Some(open)).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        for w in written {
+            let _ = trust.saw(w.table, w.sequence, &w.digest);
+        }
+        Ok(ALL.iter().map(|t| t.name).collect())
     }
+}
+
+/// Serializes first sealing (and the adoption of roots before it) across appliances.
+pub(super) async fn first_seal_lock(tx: &Transaction<'_>) -> Result<(), StateError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&super::LOCK_CLASS, &FIRST_SEAL_LOCK],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
