@@ -302,9 +302,11 @@ impl PgState {
             tx.commit().await.map_err(db)?;
             return Ok(Arc::new(rows));
         };
-        // The cached copy stands while neither the seal nor the change sequence moved (the
-        // sequence's triggers fire on any statement, so a row changed in place is read and
-        // reported, not only when the next appliance write finds it).
+        // The cached copy stands while neither the seal nor the change sequence moved. The
+        // sequence's triggers fire on any statement on roots, intermediates, revocations and
+        // imported CRLs (unless disabled), so a row of those changed in place is read and
+        // reported at once; in the other tables it is found by the next write, which refuses.
+        // Either way only verified rows are ever returned.
         let head = client
             .query_one(
                 "SELECT s.sequence, s.digest, s.signature, c.sequence
