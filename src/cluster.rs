@@ -31,8 +31,9 @@ use crate::state::{CaState, Fence, PgState, StateError};
 /// How often the shipper looks for new records when no append woke it.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The file in the data directory that keeps the highest seal sequence this node has seen
-/// per table (a database rolled back below it is refused, also after a restart).
+/// The file in the data directory that keeps the newest seal this node has seen per table
+/// (sequence and digest: a database rolled back below it, or forked, is refused, also after
+/// a restart).
 pub const SEALS_SEEN_FILE: &str = "seals-seen.json";
 
 /// Most records in one shipment.

@@ -52,30 +52,11 @@ pub struct NodeStatus {
 /// The table, as signed rows name it.
 const TABLE: &str = "nodes";
 
-/// What a node's registry signature covers: whether it stopped, and its report.
-fn content(stopped: bool, report: &NodeReport) -> Result<Vec<u8>, StateError> {
-    let mut out = format!("stopped={stopped}\n").into_bytes();
-    out.extend(serde_json::to_vec(report).map_err(db)?);
-    Ok(out)
-}
-
 impl PgState {
-    /// The signature over a node's row (none without row trust).
-    fn node_signature(
-        &self,
-        node: &str,
-        stopped: bool,
-        report: &NodeReport,
-    ) -> Result<Option<Vec<u8>>, StateError> {
-        match self.row_trust() {
-            Some(trust) => super::signed(trust, TABLE, node, &content(stopped, report)?).map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// Records `node`'s heartbeat and report.
     pub async fn heartbeat(&self, node: &str, report: &NodeReport) -> Result<(), StateError> {
-        let signature = self.node_signature(node, false, report)?;
+        // A node's registry signature covers whether it stopped, and its report.
+        let signature = self.row_signature(TABLE, node, &(false, report))?;
         self.client()
             .await?
             .execute(
@@ -94,7 +75,7 @@ impl PgState {
     /// Marks `node` as stopped cleanly (no longer live, kept in the registry), with its last
     /// report.
     pub async fn node_stopped(&self, node: &str, report: &NodeReport) -> Result<(), StateError> {
-        let signature = self.node_signature(node, true, report)?;
+        let signature = self.row_signature(TABLE, node, &(true, report))?;
         self.client()
             .await?
             .execute(
@@ -135,7 +116,7 @@ impl PgState {
                     Some(trust) => trust.believe(
                         TABLE,
                         &node_id,
-                        &content(stopped, &report)?,
+                        &serde_json::to_vec(&(stopped, &report)).map_err(db)?,
                         signature.as_deref(),
                     ),
                     None => true,

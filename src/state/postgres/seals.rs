@@ -284,6 +284,27 @@ impl Open {
     }
 }
 
+/// `table`'s seal (if any) and the change sequence, as `client` reads them.
+async fn head(
+    client: &impl tokio_postgres::GenericClient,
+    table: &Table,
+) -> Result<(Option<Seal>, i64), StateError> {
+    let row = client
+        .query_one(
+            "SELECT s.sequence, s.digest, s.signature, c.sequence
+             FROM changes c LEFT JOIN seals s ON s.name = $1",
+            &[&table.name],
+        )
+        .await
+        .map_err(db)?;
+    let changes: i64 = row.try_get(3).map_err(db)?;
+    let seal = match row.try_get::<_, Option<i64>>(0).map_err(db)? {
+        Some(_) => Some(Seal::from_row(&row)?),
+        None => None,
+    };
+    Ok((seal, changes))
+}
+
 /// A seal written by a transaction, taken note of once it commits.
 pub(super) struct Written {
     table: &'static str,
@@ -307,19 +328,7 @@ impl PgState {
         // imported CRLs (unless disabled), so a row of those changed in place is read and
         // reported at once; in the other tables it is found by the next write, which refuses.
         // Either way only verified rows are ever returned.
-        let head = client
-            .query_one(
-                "SELECT s.sequence, s.digest, s.signature, c.sequence
-                 FROM changes c LEFT JOIN seals s ON s.name = $1",
-                &[&table.name],
-            )
-            .await
-            .map_err(db)?;
-        let changes: i64 = head.try_get(3).map_err(db)?;
-        let current = match head.try_get::<_, Option<i64>>(0).map_err(db)? {
-            Some(_) => Some(Seal::from_row(&head)?),
-            None => None,
-        };
+        let (current, changes) = head(&**client, table).await?;
         if let Some(current) = &current {
             let cache = lock(&self.verified.0);
             if let Some((seal, seen_changes, rows)) = cache.get(table.name) {
@@ -329,22 +338,7 @@ impl PgState {
             }
         }
         let tx = super::read_only(&mut client).await?;
-        let seal = tx
-            .query_opt(
-                "SELECT sequence, digest, signature FROM seals WHERE name = $1",
-                &[&table.name],
-            )
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(Seal::from_row)
-            .transpose()?;
-        let changes: i64 = tx
-            .query_one("SELECT sequence FROM changes", &[])
-            .await
-            .map_err(db)?
-            .try_get(0)
-            .map_err(db)?;
+        let (seal, changes) = head(&*tx, table).await?;
         let rows = read_rows(&tx, table, Some(trust)).await?;
         tx.commit().await.map_err(db)?;
         verify(trust, table, seal.as_ref(), &rows)?;
