@@ -11,55 +11,15 @@ use std::time::{Duration, Instant};
 
 use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::server::RunningServer;
-use hsm_ca::state::{CaState, PgState, StoreBackend};
+use hsm_ca::state::{CaState, PgState};
 use serde_json::json;
-use support::appliance::Appliance;
+use support::appliance::{operator_admin, operator_config, Appliance};
 use support::http::AdminClient;
-use support::postgres::{PgCluster, ROLE};
-
-const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
-
-fn config() -> String {
-    format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-development_shared_ca = true
-
-[[admin.users]]
-identity = "{OPERATOR}"
-roles = ["auditor", "officer"]
-
-[admin.approvals]
-threshold = 1
-"#
-    )
-}
-
-fn admin_on(server: &RunningServer, roots: &[Vec<u8>]) -> AdminClient {
-    let (chain, key) = support::appliance::client_identity(&server.view, OPERATOR);
-    AdminClient::new(
-        server.admin_addr.expect("admin listens"),
-        roots,
-        Some((&chain, &key)),
-    )
-}
+use support::postgres::{pg, PgCluster, ROLE};
 
 /// A workload certificate from the node `server`; its serial (hex), or the refusal's code.
 async fn issue(app: &Appliance, server: &RunningServer) -> Result<String, tonic::Code> {
-    let id = "spiffe://cluster.local/ns/default/sa/web";
-    let csr = client::workload_csr(WorkloadKey::P256, id).expect("csr");
-    let tls = hsm_ca::tls::client_config(&app.roots, None, false).expect("tls");
-    let mut grpc = client::connect(server.local_addr, "localhost", tls)
-        .await
-        .expect("connect");
-    let token = app.token_for("default", "web");
-    let chain = client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
-        .await
-        .map_err(|e| match e {
-            client::ClientError::Refused { code, .. } => code,
-            other => panic!("{other}"),
-        })?
-        .cert_chain;
+    let chain = support::appliance::issue_chain(app, server).await?;
     let der = hsm_ca::ca::certificates_from_pem(chain[0].as_bytes()).expect("pem");
     Ok(hsm_ca::ca::inspect::serial_hex(
         hsm_ca::ca::inspect::parse_certificate(&der[0])
@@ -69,20 +29,7 @@ async fn issue(app: &Appliance, server: &RunningServer) -> Result<String, tonic:
 }
 
 async fn database(cluster: &PgCluster) -> CaState {
-    CaState::connect(
-        &StoreBackend::Postgres(cluster.settings()),
-        std::path::Path::new("/nonexistent"),
-        1 << 20,
-    )
-    .await
-    .expect("database")
-}
-
-fn pg(state: &CaState) -> &PgState {
-    match state {
-        CaState::Postgres(pg) => pg,
-        CaState::Sled(_) => unreachable!("a database"),
-    }
+    support::postgres::connect(&cluster.settings()).await
 }
 
 /// A self-signed CA certificate made outside the appliances (rcgen), named `cn`.
@@ -133,7 +80,7 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let one = Appliance::start_on_postgres(&operator_config(), &settings).await;
     let two = one.second_node(&settings).await;
     let db = database(&cluster).await;
     let first_node = one.config.node_id.clone();
@@ -146,7 +93,7 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
     // Each leaf revoked through the node that did not issue it: the issuance is found in the
     // records the other node shipped.
     for (serial, through) in [(&on_one, &two.server), (&on_two, &one.server)] {
-        let reply = admin_on(through, &one.roots)
+        let reply = operator_admin(through, &one.roots)
             .post(
                 "/v1/revocations",
                 json!({"serial": serial, "reason": "key-compromise"}),
@@ -155,7 +102,7 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
         assert_eq!(reply.status, 200, "{serial}: {}", reply.text());
     }
     // A serial nobody issued is still refused.
-    let reply = admin_on(&two.server, &one.roots)
+    let reply = operator_admin(&two.server, &one.roots)
         .post("/v1/revocations", json!({"serial": "0badc0ffee"}))
         .await;
     assert_eq!(reply.status, 404, "{}", reply.text());
@@ -239,7 +186,7 @@ async fn every_nodes_chain_reaches_the_database_and_any_node_revokes_any_leaf() 
     let deadline = Instant::now() + Duration::from_secs(10);
     let root_fp = hsm_ca::ca::fingerprint_id(&one.roots[0]);
     let nodes = loop {
-        let nodes = admin_on(&two.server, &one.roots)
+        let nodes = operator_admin(&two.server, &one.roots)
             .get("/v1/nodes")
             .await
             .json();
@@ -301,7 +248,7 @@ async fn require_shipped_answers_after_the_database_commit_and_withholds_without
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let one = Appliance::start_on_postgres(&operator_config(), &settings).await;
     let strict = one
         .second_node_with(&settings, |c| {
             c.audit_shipping.require_shipped = true;
@@ -405,7 +352,7 @@ async fn a_revocation_made_on_one_node_is_enforced_by_the_other_within_two_secon
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let one = Appliance::start_on_postgres(&operator_config(), &settings).await;
     let two = one.second_node(&settings).await;
 
     // A workload certificate from node one renews on node two over mTLS.
@@ -434,7 +381,7 @@ async fn a_revocation_made_on_one_node_is_enforced_by_the_other_within_two_secon
             .raw_serial(),
     );
     let revoked_at = Instant::now();
-    let reply = admin_on(&one.server, &one.roots)
+    let reply = operator_admin(&one.server, &one.roots)
         .post("/v1/revocations", json!({"serial": serial}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -458,7 +405,7 @@ async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let one = Appliance::start_on_postgres(&operator_config(), &settings).await;
     let two = one.second_node(&settings).await;
 
     // Someone with database access adds their own root, and moves the change sequence.
@@ -488,7 +435,7 @@ async fn a_root_written_into_the_database_directly_is_ignored_and_reported() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ours = hsm_ca::ca::fingerprint_id(&one.roots[0]);
     for server in [&one.server, &two.server] {
-        let admin = admin_on(server, &one.roots);
+        let admin = operator_admin(server, &one.roots);
         let bundle = hsm_ca::ca::certificates_from_pem(&admin.get("/bundle.pem").await.body)
             .expect("bundle");
         let served: Vec<String> = bundle
@@ -532,11 +479,11 @@ async fn figures_propagation_and_leader_handover() {
         .await
         .expect("join");
     let settings = cluster.settings();
-    let one = Appliance::start_on_postgres(&config(), &settings).await;
+    let one = Appliance::start_on_postgres(&operator_config(), &settings).await;
     let two = one.second_node(&settings).await;
     let (on_one, on_two) = (
-        admin_on(&one.server, &one.roots),
-        admin_on(&two.server, &one.roots),
+        operator_admin(&one.server, &one.roots),
+        operator_admin(&two.server, &one.roots),
     );
     let mut delays = Vec::new();
     for n in 0..100 {

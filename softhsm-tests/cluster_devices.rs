@@ -7,54 +7,17 @@
 
 mod support;
 
-use hsm_ca::client::{self, WorkloadKey};
 use hsm_ca::server::RunningServer;
 use serde_json::json;
-use support::appliance::Appliance;
-use support::http::AdminClient;
+use support::appliance::{operator_admin, operator_config, Appliance};
 use support::postgres::PgCluster;
 use support::TestToken;
 
-const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
-
-fn config() -> String {
-    format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-development_shared_ca = true
-
-[[admin.users]]
-identity = "{OPERATOR}"
-roles = ["auditor", "officer", "operator"]
-
-[admin.approvals]
-threshold = 1
-"#
-    )
-}
-
-fn admin_on(server: &RunningServer, roots: &[Vec<u8>]) -> AdminClient {
-    let (chain, key) = support::appliance::client_identity(&server.view, OPERATOR);
-    AdminClient::new(
-        server.admin_addr.expect("admin listens"),
-        roots,
-        Some((&chain, &key)),
-    )
-}
-
-/// A workload certificate chain (leaf, intermediate; PEM) from the node `server`.
+/// A workload certificate chain (leaf, intermediate, bundle; PEM) from the node `server`.
 async fn issue(app: &Appliance, server: &RunningServer) -> Vec<String> {
-    let id = "spiffe://cluster.local/ns/default/sa/web";
-    let csr = client::workload_csr(WorkloadKey::P256, id).expect("csr");
-    let tls = hsm_ca::tls::client_config(&app.roots, None, false).expect("tls");
-    let mut grpc = client::connect(server.local_addr, "localhost", tls)
-        .await
-        .expect("connect");
-    let token = app.token_for("default", "web");
-    client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+    support::appliance::issue_chain(app, server)
         .await
         .expect("issued")
-        .cert_chain
 }
 
 fn row_key(store: &hsm_ca::keystore::KeyStore) -> Vec<u8> {
@@ -72,7 +35,7 @@ async fn each_node_issues_with_an_intermediate_of_its_own_device_under_the_one_r
     // Node two's device and row key exist first, so node one can be told to believe it.
     let token_two = TestToken::new();
     let key_two = row_key(&token_two.keystore(1));
-    let one = Appliance::start_on_postgres_with(&config(), &settings, |c| {
+    let one = Appliance::start_on_postgres_with(&operator_config(), &settings, |c| {
         c.node_id = "one".into();
         c.own_intermediate = true;
         c.member_keys = vec![key_two];
@@ -107,8 +70,8 @@ async fn each_node_issues_with_an_intermediate_of_its_own_device_under_the_one_r
 
     // The shared state lists both, each with its node; the registry shows what each issues
     // with; each believes the other's rows (the state reads on either node).
-    let admin_one = admin_on(&one.server, &one.roots);
-    let admin_two = admin_on(&two.server, &one.roots);
+    let admin_one = operator_admin(&one.server, &one.roots);
+    let admin_two = operator_admin(&two.server, &one.roots);
     for admin in [&admin_one, &admin_two] {
         let state = admin.get("/v1/state").await;
         assert_eq!(state.status, 200, "{}", state.text());

@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 
 use hsm_ca::cluster::{LEADER_LEASE, LEADER_RENEW};
 use serde_json::json;
-use support::postgres::PgCluster;
-use support::processes::{
-    connect, issued_more, metric, pg, shipped_serials, wait_for, Ca, Load, Node,
-};
+use support::postgres::{connect, pg, PgCluster};
+use support::processes::{issued_more, metric, shipped_serials, wait_for, Ca, Load, Node};
 
 /// Leader-only work that acts at every check: an intermediate lives a day, its successor is
 /// prepared after 1 s of its life and activated after 2 s.

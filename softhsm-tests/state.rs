@@ -82,13 +82,7 @@ impl Backend for Postgres {
 
 /// A handle on the database of `cluster`, without row trust.
 async fn connect(cluster: &PgCluster) -> CaState {
-    CaState::connect(
-        &hsm_ca::state::StoreBackend::Postgres(cluster.settings()),
-        std::path::Path::new("/nonexistent"),
-        1 << 20,
-    )
-    .await
-    .expect("open postgres")
+    support::postgres::connect(&cluster.settings()).await
 }
 
 /// PostgreSQL with row trust, as a cluster node opens it: every handle signs with the same

@@ -13,6 +13,7 @@ use hsm_ca::state::{CaState, SledState};
 use time::OffsetDateTime;
 use tonic::transport::Channel;
 
+use super::postgres::connect as postgres;
 use super::TestToken;
 
 pub const TOKEN_ISSUER: &str = "https://kubernetes.test/issuer";
@@ -99,11 +100,7 @@ jwks_file = "east-jwks.json"
             let (_, root) = hsm_ca::authority::create_root(&store, &config, now).expect("root");
             std::fs::write(&config.root.certificates[0], &root.pem).expect("root file");
             let root_ca = hsm_ca::authority::issuing_ca_for(&store, &root.der).expect("root ca");
-            let (_, csr) =
-                hsm_ca::authority::new_intermediate_csr(&store, &config, now).expect("csr");
-            let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
-            let inter =
-                hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
+            let inter = new_intermediate(&root_ca, &store, &config, now);
             let state = SledState::open(&config.data_dir).expect("state");
             hsm_ca::authority::install_intermediate(
                 &store,
@@ -281,11 +278,7 @@ impl Appliance {
             let now = OffsetDateTime::now_utc();
             let root_ca =
                 hsm_ca::authority::issuing_ca_for(&self.store, &self.roots[0]).expect("root ca");
-            let (_, csr) =
-                hsm_ca::authority::new_intermediate_csr(&store, &config, now).expect("csr");
-            let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
-            let inter =
-                hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
+            let inter = new_intermediate(&root_ca, &store, &config, now);
             hsm_ca::authority::check_intermediate(&store, &self.roots, &inter.der, now)
                 .expect("check")
         });
@@ -335,20 +328,77 @@ impl Appliance {
     }
 }
 
-async fn postgres(settings: &hsm_ca::state::PgSettings) -> CaState {
-    CaState::connect(
-        &hsm_ca::state::StoreBackend::Postgres(settings.clone()),
-        std::path::Path::new("/nonexistent"),
-        1 << 20,
+/// The chain (PEM: leaf, intermediate, bundle) the node `server` of `app`'s CA issues to the
+/// workload `default/web`, asking as istio-agent does; or the refusal's code.
+pub async fn issue_chain(
+    app: &Appliance,
+    server: &RunningServer,
+) -> Result<Vec<String>, tonic::Code> {
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let csr = client::workload_csr(client::WorkloadKey::P256, id).expect("csr");
+    let tls = hsm_ca::tls::client_config(&app.roots, None, false).expect("tls");
+    let mut grpc = client::connect(server.local_addr, "localhost", tls)
+        .await
+        .expect("connect");
+    let token = app.token_for("default", "web");
+    Ok(
+        client::create_certificate(&mut grpc, &csr.csr_pem, 600, Some(&token), None, None)
+            .await
+            .map_err(|e| match e {
+                client::ClientError::Refused { code, .. } => code,
+                other => panic!("{other}"),
+            })?
+            .cert_chain,
     )
-    .await
-    .expect("postgres state")
+}
+
+/// An intermediate with `config`'s profile: its key made in `store`, signed by `root_ca`.
+pub fn new_intermediate(
+    root_ca: &hsm_ca::ca::IssuingCa,
+    store: &KeyStore,
+    config: &Config,
+    now: OffsetDateTime,
+) -> hsm_ca::ca::IssuedCert {
+    let (_, csr) = hsm_ca::authority::new_intermediate_csr(store, config, now).expect("csr");
+    let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
+    hsm_ca::authority::sign_intermediate(root_ca, &csr, config, now).expect("sign")
 }
 
 /// Three officers of the admin API (the first also an auditor).
 pub const OFFICER_A: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-a";
 pub const OFFICER_B: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-b";
 pub const OFFICER_C: &str = "spiffe://cluster.local/ns/hsm-ca/sa/officer-c";
+
+/// The one admin user of [`operator_config`]: auditor, officer and operator.
+pub const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
+
+/// The `[admin]` section with [`OPERATOR`] alone, one approval enough (admin identities from
+/// the workload CA, for tests).
+pub fn operator_config() -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+development_shared_ca = true
+
+[[admin.users]]
+identity = "{OPERATOR}"
+roles = ["auditor", "officer", "operator"]
+
+[admin.approvals]
+threshold = 1
+"#
+    )
+}
+
+/// The admin API of `server` as [`OPERATOR`], trusting `roots`.
+pub fn operator_admin(server: &RunningServer, roots: &[Vec<u8>]) -> super::http::AdminClient {
+    let (chain, key) = client_identity(&server.view, OPERATOR);
+    super::http::AdminClient::new(
+        server.admin_addr.expect("admin listens"),
+        roots,
+        Some((&chain, &key)),
+    )
+}
 
 /// The `[admin]` section with [`OFFICER_A`], [`OFFICER_B`] and [`OFFICER_C`], two approvals
 /// needed for sensitive operations.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use hsm_ca::secret::SecretSource;
-use hsm_ca::state::PgSettings;
+use hsm_ca::state::{CaState, PgSettings, PgState, StoreBackend};
 
 /// The role and database the appliance uses.
 pub const ROLE: &str = "hsmca";
@@ -408,5 +408,24 @@ impl PgCluster {
     /// Promotes this standby to a writable primary and waits until it is one.
     pub fn promote(&self) {
         pg_ctl(&self.bin, &self.data(), &["-w", "-t", "60", "promote"]);
+    }
+}
+
+/// A handle of the test's own on the database `settings` names (no row trust).
+pub async fn connect(settings: &PgSettings) -> CaState {
+    CaState::connect(
+        &StoreBackend::Postgres(settings.clone()),
+        Path::new("/nonexistent"),
+        1 << 20,
+    )
+    .await
+    .expect("database")
+}
+
+/// The PostgreSQL state behind `state`.
+pub fn pg(state: &CaState) -> &PgState {
+    match state {
+        CaState::Postgres(pg) => pg,
+        CaState::Sled(_) => unreachable!("a database"),
     }
 }

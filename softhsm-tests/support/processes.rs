@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use hsm_ca::client::{self, Ask, WorkloadKey};
 use hsm_ca::dev::token::{self as devtoken, TokenClaims, TokenSigner};
 use hsm_ca::keystore::KeyStore;
-use hsm_ca::state::{CaState, PgSettings, PgState, StoreBackend};
+use hsm_ca::state::PgSettings;
 use time::OffsetDateTime;
 
 use super::http::AdminClient;
+use super::postgres::connect;
 use super::TestToken;
 
-pub const TOKEN_ISSUER: &str = "https://kubernetes.test/issuer";
-pub const OPERATOR: &str = "spiffe://cluster.local/ns/hsm-ca/sa/operator";
+use super::appliance::{OPERATOR, TOKEN_ISSUER};
 const WORKLOAD: &str = "spiffe://cluster.local/ns/default/sa/web";
 
 /// The CA the nodes serve: the shared token, root and intermediate, the files every node
@@ -71,11 +71,7 @@ impl Ca {
             let (_, root) = hsm_ca::authority::create_root(&store, &config, now).expect("root");
             std::fs::write(dir.path().join("root-cert.pem"), &root.pem).expect("root file");
             let root_ca = hsm_ca::authority::issuing_ca_for(&store, &root.der).expect("root ca");
-            let (_, csr) =
-                hsm_ca::authority::new_intermediate_csr(&store, &config, now).expect("csr");
-            let csr = hsm_ca::ca::parse_csr(csr.as_bytes()).expect("csr");
-            let inter =
-                hsm_ca::authority::sign_intermediate(&root_ca, &csr, &config, now).expect("sign");
+            let inter = super::appliance::new_intermediate(&root_ca, &store, &config, now);
             let ca = hsm_ca::authority::issuing_ca_for(&store, &inter.der).expect("issuer");
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
             let cert = ca
@@ -212,24 +208,6 @@ password_file = "{password}"
                 .raw_serial(),
         );
         Ok((serial, issuer[0].clone(), addr))
-    }
-}
-
-/// A connection of the test's own to the database.
-pub async fn connect(settings: &PgSettings) -> CaState {
-    CaState::connect(
-        &StoreBackend::Postgres(settings.clone()),
-        Path::new("/nonexistent"),
-        1 << 20,
-    )
-    .await
-    .expect("database")
-}
-
-pub fn pg(state: &CaState) -> &PgState {
-    match state {
-        CaState::Postgres(pg) => pg,
-        CaState::Sled(_) => unreachable!("a database"),
     }
 }
 
