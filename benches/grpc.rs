@@ -111,6 +111,19 @@ impl Appliance {
 
     /// `hsmca_issuances_total{result="ok"}` from the admin API's /metrics.
     fn issued(&self) -> u64 {
+        self.metric("hsmca_issuances_total", "result=\"ok\"")
+    }
+
+    /// Audit records and disk syncs so far.
+    fn audit_syncs(&self) -> (u64, u64) {
+        (
+            self.metric("hsmca_audit_records ", ""),
+            self.metric("hsmca_audit_syncs_total", ""),
+        )
+    }
+
+    /// The first sample of `/metrics` whose line starts with `name` and contains `label`.
+    fn metric(&self, name: &str, label: &str) -> u64 {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10", "--cacert"])
             .arg(self.dir.join("root-cert.pem"))
@@ -127,7 +140,7 @@ impl Appliance {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find(|l| l.starts_with("hsmca_issuances_total") && l.contains("result=\"ok\""))
+            .find(|l| l.starts_with(name) && l.contains(label))
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
@@ -163,6 +176,33 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// User + system CPU seconds of each kind of thread of a process (by name, numbers dropped).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head
+            .split_once('(')
+            .map_or("", |(_, n)| n)
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *by_name.entry(name.to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    by_name
+}
+
 /// Resident memory of a process in MB.
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -183,6 +223,10 @@ struct Load {
     /// Server CPU per successful answer.
     cpu_us: f64,
     failed: u64,
+    /// Server CPU per successful answer by kind of thread.
+    threads: Vec<(String, f64)>,
+    /// Audit records per disk sync (0: no audit log).
+    per_sync: f64,
 }
 
 /// Runs h2load for `secs` against `url` and reads its per-request log.
@@ -244,6 +288,8 @@ fn load_appliance(
         app.grpc.port()
     );
     let before = (app.issued(), cpu_seconds(app.pid()));
+    let threads_before = thread_cpu(app.pid());
+    let syncs_before = app.audit_syncs();
     let auth = format!("authorization: Bearer {token}");
     let extra = [
         "-d",
@@ -259,13 +305,26 @@ fn load_appliance(
         h2load(&url, connections, streams, secs, &extra, work);
     let cpu = cpu_seconds(app.pid()) - before.1;
     let issued = app.issued() - before.0;
+    let per_request = |seconds: f64| seconds * 1e6 / issued.max(1) as f64;
+    let threads = thread_cpu(app.pid())
+        .into_iter()
+        .map(|(name, s)| {
+            let spent = s - threads_before.get(&name).copied().unwrap_or(0.0);
+            (name, per_request(spent))
+        })
+        .filter(|(_, us)| *us >= 1.0)
+        .collect();
+    let syncs = app.audit_syncs();
+    let per_sync = (syncs.0 - syncs_before.0) as f64 / (syncs.1 - syncs_before.1).max(1) as f64;
     Load {
         name: name.into(),
         rate: issued as f64 / elapsed,
         p50_ms,
         p99_ms,
-        cpu_us: cpu * 1e6 / issued.max(1) as f64,
+        cpu_us: per_request(cpu),
         failed: answered.saturating_sub(issued),
+        threads,
+        per_sync,
     }
 }
 
@@ -491,6 +550,8 @@ fn main() {
                 p99_ms,
                 cpu_us: cpu * 1e6 / ok.max(1) as f64,
                 failed: 0,
+                threads: Vec::new(),
+                per_sync: 0.0,
             });
         }
         drop(guard);
@@ -534,6 +595,21 @@ fn main() {
             "{:<48} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>7}",
             l.name, l.rate, l.p50_ms, l.p99_ms, l.cpu_us, l.failed
         );
+    }
+    println!();
+    println!("where the appliance's CPU went, us per request by thread (and audit records per disk sync):");
+    for l in loads.iter().filter(|l| !l.threads.is_empty()) {
+        let threads: Vec<String> = l
+            .threads
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.0}"))
+            .collect();
+        let per_sync = if l.per_sync > 0.0 {
+            format!("; {:.1} records/sync", l.per_sync)
+        } else {
+            String::new()
+        };
+        println!("  {}: {}{per_sync}", l.name, threads.join(", "));
     }
     let find = |name: &str| loads.iter().find(|l| l.name == name);
     let rate = |name: &str| find(name).map_or(0.0, |l| l.rate);

@@ -537,6 +537,20 @@ async fn only_mapped_client_certificates_with_the_right_role_get_in() {
     assert!(text.contains("kind=\"intermediate\""), "{text}");
     assert!(text.contains("hsmca_keystore_queue_depth"), "{text}");
     assert!(text.contains("hsmca_audit_records "), "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    // Records reach the disk in groups: at least one sync, never more syncs than records.
+    let (records, syncs) = (
+        value("hsmca_audit_records"),
+        value("hsmca_audit_syncs_total"),
+    );
+    assert!(
+        syncs >= 1.0 && syncs <= records,
+        "{syncs} syncs for {records} records"
+    );
     // Starting the appliance signed its serving certificate and the admin certificates.
     let device_calls: u64 = text
         .lines()

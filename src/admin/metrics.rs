@@ -134,6 +134,11 @@ pub async fn render(ctl: &Control, issuance: &IssuanceMetrics, auth: &Authentica
             "Records in the audit chain.",
             stats.records.load(Ordering::Relaxed) as f64,
         );
+        s.counter(
+            "hsmca_audit_syncs",
+            "Groups of audit records made durable with one write and one disk sync.",
+            stats.syncs.load(Ordering::Relaxed),
+        );
         let last = stats.last_checkpoint_unix.load(Ordering::Relaxed);
         if last > 0 {
             s.gauge(

@@ -60,6 +60,8 @@ impl Default for CheckpointPolicy {
 pub struct AuditStats {
     /// Records in the chain.
     pub records: AtomicU64,
+    /// Groups of records committed with one write and one disk sync.
+    pub syncs: AtomicU64,
     /// Unix time of the last checkpoint (0: none yet).
     pub last_checkpoint_unix: AtomicI64,
     /// Refusals folded into counts instead of records of their own.
@@ -390,6 +392,7 @@ impl Writer {
                     );
                 }
                 self.stats.records.store(seq - 1, Ordering::Relaxed);
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 if self.failure.take().is_some() {
                     tracing::info!("the audit log is written again");
                 }
