@@ -115,10 +115,11 @@ fn a_full_disk_stops_the_log_and_the_writer_recovers_once_space_is_freed() {
     }
     assert!(log.health().is_ok());
 
-    // The disk fills up: appends fail, and the log says why.
+    // The disk fills up: appends fail, and the log says why (once the zeros the segment was
+    // written ahead with are used up: about 1 MiB, a few thousand of these records).
     let filler = fill(&disk);
     let mut failed = Vec::new();
-    for i in 0..2000 {
+    for i in 0..20_000 {
         let name = format!("full{i}");
         match log.append_blocking(event(&name)) {
             Ok(seq) => written.push((seq, name)),

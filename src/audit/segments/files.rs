@@ -74,11 +74,31 @@ pub(super) struct Scan {
     pub(super) torn: Option<u64>,
 }
 
+/// Where a segment's content ends: after its last byte that is not zero (records never hold a
+/// zero byte; the zeros after them are space written ahead).
+fn content_end(file: &File, path: &Path) -> Result<u64, AuditError> {
+    let mut end = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let mut buf = vec![0u8; 1 << 16];
+    while end > 0 {
+        let n = usize::try_from(end.min(buf.len() as u64)).unwrap_or(buf.len());
+        let chunk = &mut buf[..n];
+        file.read_exact_at(chunk, end - n as u64)
+            .map_err(|e| io_err(path, e))?;
+        if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+            return Ok(end - n as u64 + last as u64 + 1);
+        }
+        end -= n as u64;
+    }
+    Ok(0)
+}
+
 /// Reads a segment whose first record is `first`: every complete line that parses as a
-/// record counts; trailing bytes that are not such lines are reported as torn.
+/// record counts; trailing bytes that are not such lines are reported as torn, and zeros after
+/// the content are neither.
 pub(super) fn scan(path: &Path, first: u64) -> Result<Scan, AuditError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let end = content_end(&file, path)?;
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(end));
     let mut line = Vec::new();
     let (mut offset, mut good_end, mut count) = (0u64, 0u64, 0u64);
     let mut index = HashMap::new();

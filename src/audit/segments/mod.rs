@@ -2,7 +2,12 @@
 //! named by the sequence number of its first record (`00000000000000000001.jsonl`), one record
 //! per line exactly as it was sealed — a segment is an export. Only the last segment is written
 //! to: a group of records is appended with one write and one `fdatasync`; after a failed write
-//! the file is cut back to what was committed before. A segment is sealed after
+//! the file is cut back to what was committed before. The segment being written is kept
+//! [`WRITTEN_AHEAD`] bytes of zeros longer than its records, written once, so that a group's
+//! sync flushes data only: the file's size and blocks do not change, and the filesystem
+//! commits no metadata for it (on ext4 under load that halves the time a sync takes). The
+//! zeros are cut off when the segment is sealed and when the store closes; a crash leaves them,
+//! and opening takes a run of zeros at the end of the file as unused space. A segment is sealed after
 //! [`SEGMENT_RECORDS`] records: it gets two sorted side files, `.issued` (the issued-serial
 //! index: 16 bytes of SHA-256 of "issuing key id / serial", then the record's sequence number)
 //! and `.offsets` (every [`SPARSE_EVERY`]th record's sequence number and byte offset), and is
@@ -41,6 +46,9 @@ use super::AuditError;
 pub const SEGMENT_RECORDS: u64 = 65_536;
 /// One `.offsets` entry per this many records.
 pub(super) const SPARSE_EVERY: u64 = 256;
+/// Bytes of zeros the segment being written is kept longer than its records (written whenever
+/// a group reaches the end of them, in the same sync).
+pub const WRITTEN_AHEAD: u64 = 1 << 20;
 
 const META: &str = "meta.json";
 const META_VERSION: u32 = 1;
@@ -109,11 +117,27 @@ struct Active {
     file: File,
     /// Committed bytes.
     len: u64,
+    /// The file's size: committed bytes, then zeros written ahead.
+    size: u64,
     /// Committed records.
     count: u64,
     index: HashMap<[u8; 16], u64>,
     /// (sequence number, offset) of records `first + k * SPARSE_EVERY`.
     sparse: Vec<(u64, u64)>,
+}
+
+impl Active {
+    /// Cuts the zeros written ahead off the file, so that it ends with its last record.
+    fn cut_zeros(&mut self) -> Result<(), AuditError> {
+        if self.size > self.len {
+            self.file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| io_err(&self.path, e))?;
+            self.size = self.len;
+        }
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -122,6 +146,15 @@ struct Inner {
     sealed: Vec<u64>,
     active: Active,
     meta: Meta,
+}
+
+impl Drop for Inner {
+    /// A closed store's last segment ends with its last record (the lock is still held here).
+    fn drop(&mut self) {
+        if let Err(e) = self.active.cut_zeros() {
+            tracing::warn!(error = %e, "the audit segment's unused space was not cut off; the next open skips it");
+        }
+    }
 }
 
 /// An open log store; clones share it.
@@ -197,6 +230,7 @@ impl Store {
             sync_dir(dir)?;
         }
         let s = scan(&path, first)?;
+        let mut size = file.metadata().map_err(|e| io_err(&path, e))?.len();
         if let Some(torn) = s.torn {
             let mut tail = vec![0u8; usize::try_from(torn).unwrap_or(0)];
             file.read_exact_at(&mut tail, s.len)
@@ -206,6 +240,7 @@ impl Store {
             std::fs::write(&keep, &tail).map_err(|e| io_err(&keep, e))?;
             file.set_len(s.len).map_err(|e| io_err(&path, e))?;
             file.sync_all().map_err(|e| io_err(&path, e))?;
+            size = s.len;
             tracing::warn!(
                 bytes = torn,
                 kept = %keep.display(),
@@ -218,6 +253,7 @@ impl Store {
             path,
             file,
             len: s.len,
+            size,
             count: s.count,
             index: s.index,
             sparse: s.sparse,
@@ -270,6 +306,15 @@ impl Store {
             buf.extend_from_slice(bytes);
             buf.push(b'\n');
         }
+        let end = a.len + buf.len() as u64;
+        // Past the zeros written ahead, the next ones go in the same write and sync.
+        let ahead = if end > a.size {
+            let more = end + WRITTEN_AHEAD;
+            buf.resize(buf.len() + usize::try_from(WRITTEN_AHEAD).unwrap_or(0), 0);
+            more
+        } else {
+            a.size
+        };
         let written = a
             .file
             .write_all_at(&buf, a.len)
@@ -277,8 +322,11 @@ impl Store {
         if let Err(e) = written {
             // Cutting back needs no space; what stays beyond `len` is set aside at the next open.
             let _ = a.file.set_len(a.len);
+            a.size = a.len;
             return Err(io_err(&a.path, e));
         }
+        a.size = ahead;
+        buf.truncate(usize::try_from(end - a.len).unwrap_or(0));
         for ((seq, _, key), off) in records.iter().zip(offsets) {
             if (seq - a.first).is_multiple_of(SPARSE_EVERY) {
                 a.sparse.push((*seq, off));
@@ -299,7 +347,8 @@ impl Store {
 
     /// Seals the segment being written and starts the next one.
     fn seal(dir: &Path, inner: &mut Inner) -> Result<(), AuditError> {
-        let a = &inner.active;
+        let a = &mut inner.active;
+        a.cut_zeros()?;
         write_sides(dir, a.first, &a.index, &a.sparse)?;
         let next = Self::open_active(dir, a.first + a.count)?;
         let old = std::mem::replace(&mut inner.active, next);

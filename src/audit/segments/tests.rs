@@ -151,3 +151,96 @@ fn a_broken_line_with_records_after_it_is_left_for_verification() {
     assert_eq!(store.last_seq(), 10);
     assert!(verify_whole(&store, None).is_err());
 }
+
+/// The segment file's bytes.
+fn segment_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("audit").join(segment_name(1))).expect("segment")
+}
+
+/// Files set aside as torn.
+fn torn_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("audit"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect()
+}
+
+#[test]
+fn the_segment_is_written_ahead_with_zeros_while_open_and_ends_with_its_last_record_once_closed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut head, mut next) = (GENESIS, 1);
+    let store = Store::open(dir.path()).expect("open");
+    append(&store, &mut head, &mut next, 10, 3);
+    let open = segment_bytes(dir.path());
+    let records = open.iter().rposition(|b| *b != 0).expect("records") + 1;
+    // The first group wrote its records and WRITTEN_AHEAD zeros after them.
+    assert!(
+        open.len() as u64 > WRITTEN_AHEAD && records < open.len(),
+        "{} bytes, records end at {records}",
+        open.len()
+    );
+    assert_eq!(open[records - 1], b'\n');
+    drop(store);
+    let closed = segment_bytes(dir.path());
+    assert_eq!(closed, open[..records]);
+    assert_eq!(closed.split(|b| *b == b'\n').count(), 11);
+    // A segment file verifies as an export, open or closed.
+    std::fs::write(dir.path().join("open.jsonl"), &open).expect("write");
+    let summary = crate::audit::verify_file(&dir.path().join("open.jsonl"), None).expect("verify");
+    assert_eq!(summary.records, 10);
+}
+
+#[test]
+fn zeros_left_by_a_crash_are_unused_space_not_a_torn_record() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut head, mut next) = (GENESIS, 1);
+    {
+        let store = Store::open(dir.path()).expect("open");
+        append(&store, &mut head, &mut next, 10, 4);
+    }
+    // What a crash leaves: the records, then zeros written ahead.
+    let segment = dir.path().join("audit").join(segment_name(1));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("segment");
+    std::io::Write::write_all(&mut f, &[0u8; 5000]).expect("write");
+    drop(f);
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.last_seq(), 10);
+    assert!(torn_files(dir.path()).is_empty());
+    append(&store, &mut head, &mut next, 5, 5);
+    assert_eq!(verify_whole(&store, None).expect("chain"), 15);
+    drop(store);
+    let closed = segment_bytes(dir.path());
+    assert!(!closed.contains(&0), "zeros left among the records");
+    assert_eq!(closed.last(), Some(&b'\n'));
+}
+
+#[test]
+fn a_record_cut_short_before_the_zeros_is_set_aside_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut head, mut next) = (GENESIS, 1);
+    {
+        let store = Store::open(dir.path()).expect("open");
+        append(&store, &mut head, &mut next, 10, 10);
+    }
+    let segment = dir.path().join("audit").join(segment_name(1));
+    let torn = br#"{"v":2,"seq":11,"ti"#;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("segment");
+    std::io::Write::write_all(&mut f, torn).expect("write");
+    std::io::Write::write_all(&mut f, &[0u8; 3000]).expect("write");
+    drop(f);
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.last_seq(), 10);
+    let kept = torn_files(dir.path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).expect("kept"), torn);
+    append(&store, &mut head, &mut next, 2, 2);
+    assert_eq!(verify_whole(&store, None).expect("chain"), 12);
+}
