@@ -1,7 +1,9 @@
 //! The running appliance under load, beside the raw HSM sign rate and a software CA, in one run.
 //!
 //! `ops/bench.sh` (installs golang-cfssl and nghttp2-client) or `cargo bench --bench grpc`.
-//! Settings: `BENCH_SECS` (per figure, default 10). `ops/bench.sh --profile` builds with the
+//! Settings: `BENCH_SECS` (per round, default 10) and `BENCH_ROUNDS` (default 2): the four
+//! appliance loads run in turn, round after round, and each figure sums its rounds (cfssl runs
+//! once for as long). `ops/bench.sh --profile` builds with the
 //! `profile` feature and writes where the audit-on appliance spent its CPU.
 //!
 //! 1. Sets up two `hsm-ca dev` appliances (release build) on fresh SoftHSM tokens: one as
@@ -229,6 +231,22 @@ struct Load {
     per_sync: f64,
 }
 
+/// What one h2load run saw.
+struct Run {
+    /// Answers h2load counted as successful.
+    succeeded: u64,
+    /// Each request's time, in microseconds.
+    micros: Vec<u64>,
+    elapsed: f64,
+}
+
+/// The `p` quantile of sorted microseconds, in milliseconds.
+fn quantile_ms(sorted: &[u64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |&u| u as f64 / 1e3)
+}
+
 /// Runs h2load for `secs` against `url` and reads its per-request log.
 fn h2load(
     url: &str,
@@ -237,7 +255,7 @@ fn h2load(
     secs: f64,
     extra: &[&str],
     work: &Path,
-) -> (u64, f64, f64, f64) {
+) -> Run {
     let log = work.join(format!("h2load-{connections}x{streams}.log"));
     let _ = std::fs::remove_file(&log);
     let began = Instant::now();
@@ -260,71 +278,93 @@ fn h2load(
             words.get(at - 1)?.parse::<u64>().ok()
         })
         .unwrap_or(0);
-    let mut micros: Vec<u64> = std::fs::read_to_string(&log)
+    let micros = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
         .collect();
-    micros.sort_unstable();
-    let at = |p: f64| {
-        micros
-            .get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1)))
-            .map_or(0.0, |&u| u as f64 / 1e3)
-    };
-    (succeeded, at(0.50), at(0.99), elapsed)
+    Run {
+        succeeded,
+        micros,
+        elapsed,
+    }
 }
 
-/// h2load against the appliance: issued/s as the appliance counts them.
-fn load_appliance(
-    name: &str,
-    app: &Appliance,
-    (connections, streams): (usize, usize),
-    secs: f64,
-    (body, token): (&Path, &str),
-    work: &Path,
-) -> Load {
-    let url = format!(
-        "https://127.0.0.1:{}/istio.v1.auth.IstioCertificateService/CreateCertificate",
-        app.grpc.port()
-    );
-    let before = (app.issued(), cpu_seconds(app.pid()));
-    let threads_before = thread_cpu(app.pid());
-    let syncs_before = app.audit_syncs();
-    let auth = format!("authorization: Bearer {token}");
-    let extra = [
-        "-d",
-        body.to_str().expect("path"),
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        &auth,
-    ];
-    let (answered, p50_ms, p99_ms, elapsed) =
-        h2load(&url, connections, streams, secs, &extra, work);
-    let cpu = cpu_seconds(app.pid()) - before.1;
-    let issued = app.issued() - before.0;
-    let per_request = |seconds: f64| seconds * 1e6 / issued.max(1) as f64;
-    let threads = thread_cpu(app.pid())
-        .into_iter()
-        .map(|(name, s)| {
-            let spent = s - threads_before.get(&name).copied().unwrap_or(0.0);
-            (name, per_request(spent))
-        })
-        .filter(|(_, us)| *us >= 1.0)
-        .collect();
-    let syncs = app.audit_syncs();
-    let per_sync = (syncs.0 - syncs_before.0) as f64 / (syncs.1 - syncs_before.1).max(1) as f64;
-    Load {
-        name: name.into(),
-        rate: issued as f64 / elapsed,
-        p50_ms,
-        p99_ms,
-        cpu_us: per_request(cpu),
-        failed: answered.saturating_sub(issued),
-        threads,
-        per_sync,
+/// One load on the appliance, summed over its rounds.
+#[derive(Default)]
+struct Tally {
+    issued: u64,
+    answered: u64,
+    micros: Vec<u64>,
+    elapsed: f64,
+    cpu: f64,
+    threads: std::collections::BTreeMap<String, f64>,
+    records: u64,
+    syncs: u64,
+}
+
+impl Tally {
+    /// One round of h2load against the appliance; issued counts as the appliance counts them.
+    fn round(
+        &mut self,
+        app: &Appliance,
+        (connections, streams): (usize, usize),
+        secs: f64,
+        (body, token): (&Path, &str),
+        work: &Path,
+    ) {
+        let url = format!(
+            "https://127.0.0.1:{}/istio.v1.auth.IstioCertificateService/CreateCertificate",
+            app.grpc.port()
+        );
+        let before = (app.issued(), cpu_seconds(app.pid()));
+        let threads_before = thread_cpu(app.pid());
+        let syncs_before = app.audit_syncs();
+        let auth = format!("authorization: Bearer {token}");
+        let extra = [
+            "-d",
+            body.to_str().expect("path"),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            &auth,
+        ];
+        let mut run = h2load(&url, connections, streams, secs, &extra, work);
+        self.cpu += cpu_seconds(app.pid()) - before.1;
+        self.issued += app.issued() - before.0;
+        self.answered += run.succeeded;
+        self.elapsed += run.elapsed;
+        self.micros.append(&mut run.micros);
+        for (name, spent) in thread_cpu(app.pid()) {
+            *self.threads.entry(name.clone()).or_insert(0.0) +=
+                spent - threads_before.get(&name).copied().unwrap_or(0.0);
+        }
+        let syncs = app.audit_syncs();
+        self.records += syncs.0 - syncs_before.0;
+        self.syncs += syncs.1 - syncs_before.1;
+    }
+
+    fn load(mut self, name: &str) -> Load {
+        self.micros.sort_unstable();
+        let issued = self.issued;
+        let per_request = |seconds: f64| seconds * 1e6 / issued.max(1) as f64;
+        Load {
+            name: name.into(),
+            rate: issued as f64 / self.elapsed.max(1e-9),
+            p50_ms: quantile_ms(&self.micros, 0.50),
+            p99_ms: quantile_ms(&self.micros, 0.99),
+            cpu_us: per_request(self.cpu),
+            failed: self.answered.saturating_sub(issued),
+            threads: self
+                .threads
+                .iter()
+                .map(|(name, s)| (name.clone(), per_request(*s)))
+                .filter(|(_, us)| *us >= 1.0)
+                .collect(),
+            per_sync: self.records as f64 / self.syncs.max(1) as f64,
+        }
     }
 }
 
@@ -442,6 +482,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10.0);
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .max(1);
     let profile = std::env::var_os("BENCH_PROFILE").map(PathBuf::from);
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
@@ -541,13 +586,15 @@ fn main() {
                 "-H",
                 "content-type: application/json",
             ];
-            let (ok, p50_ms, p99_ms, elapsed) = h2load(&url, connections, 1, secs, &extra, work);
+            let mut run = h2load(&url, connections, 1, secs * rounds as f64, &extra, work);
             let cpu = cpu_seconds(guard.0.id()) - cpu;
+            let ok = run.succeeded;
+            run.micros.sort_unstable();
             loads.push(Load {
                 name: format!("cfssl sign API, {connections} connections"),
-                rate: ok as f64 / elapsed,
-                p50_ms,
-                p99_ms,
+                rate: ok as f64 / run.elapsed,
+                p50_ms: quantile_ms(&run.micros, 0.50),
+                p99_ms: quantile_ms(&run.micros, 0.99),
                 cpu_us: cpu * 1e6 / ok.max(1) as f64,
                 failed: 0,
                 threads: Vec::new(),
@@ -573,8 +620,15 @@ fn main() {
             (8, 8),
         ),
     ];
-    for (name, app, token, shape) in sets {
-        loads.push(load_appliance(name, app, shape, secs, (&body, token), work));
+    // Rounds in turn, so that a change in the machine's speed meanwhile touches every load alike.
+    let mut tallies: Vec<Tally> = sets.iter().map(|_| Tally::default()).collect();
+    for _ in 0..rounds {
+        for ((_, app, token, shape), tally) in sets.iter().zip(tallies.iter_mut()) {
+            tally.round(app, *shape, secs, (&body, token), work);
+        }
+    }
+    for ((name, ..), tally) in sets.iter().zip(tallies) {
+        loads.push(tally.load(name));
     }
     let loaded_rss = rss_mb(on.pid());
     let start = on.start;
@@ -582,7 +636,7 @@ fn main() {
     off.stop();
 
     println!(
-        "hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, h2load over TLS, {secs}s per figure, {} cores",
+        "hsm-ca gRPC bench: SoftHSM, ECDSA P-256 CA, ztunnel-style P-256 CSR, h2load over TLS, {rounds} x {secs}s per figure, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
