@@ -1,10 +1,11 @@
 //! The running appliance under load, beside the raw HSM sign rate and a software CA, in one run.
 //!
 //! `ops/bench.sh` (installs golang-cfssl and nghttp2-client) or `cargo bench --bench grpc`.
-//! Settings: `BENCH_SECS` (per round, default 10) and `BENCH_ROUNDS` (default 2): the four
-//! appliance loads run in turn, round after round, and each figure sums its rounds (cfssl runs
-//! once for as long). `ops/bench.sh --profile` builds with the
-//! `profile` feature and writes where the audit-on appliance spent its CPU.
+//! Settings: `BENCH_SECS` (per round, default 10) and `BENCH_ROUNDS` (default 2): cfssl's two
+//! loads and the appliance's four run in turn, round after round, and each figure sums its
+//! rounds. `ops/bench.sh --profile` builds with the
+//! `profile` feature and writes where each appliance spent its CPU (`BENCH_PROFILE`, and the
+//! audit-off one beside it with `-audit-off` in the name).
 //!
 //! 1. Sets up two `hsm-ca dev` appliances (release build) on fresh SoftHSM tokens: one as
 //!    shipped, one with the audit log off (to show what durability costs). Measures the
@@ -346,6 +347,32 @@ impl Tally {
         self.syncs += syncs.1 - syncs_before.1;
     }
 
+    /// One round of h2load against cfssl's sign API (every success is a certificate).
+    fn round_cfssl(
+        &mut self,
+        pid: u32,
+        url: &str,
+        connections: usize,
+        secs: f64,
+        json: &Path,
+        work: &Path,
+    ) {
+        let cpu = cpu_seconds(pid);
+        let extra = [
+            "--h1",
+            "-d",
+            json.to_str().expect("path"),
+            "-H",
+            "content-type: application/json",
+        ];
+        let mut run = h2load(url, connections, 1, secs, &extra, work);
+        self.cpu += cpu_seconds(pid) - cpu;
+        self.issued += run.succeeded;
+        self.answered += run.succeeded;
+        self.elapsed += run.elapsed;
+        self.micros.append(&mut run.micros);
+    }
+
     fn load(mut self, name: &str) -> Load {
         self.micros.sort_unstable();
         let issued = self.issued;
@@ -488,10 +515,16 @@ fn main() {
         .unwrap_or(2)
         .max(1);
     let profile = std::env::var_os("BENCH_PROFILE").map(PathBuf::from);
+    let profile_off = profile.as_ref().map(|p| {
+        let stem = p
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        p.with_file_name(format!("{stem}-audit-off.txt"))
+    });
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
     let on = Appliance::start(&work.join("audit-on"), true, profile.as_deref());
-    let off = Appliance::start(&work.join("audit-off"), false, None);
+    let off = Appliance::start(&work.join("audit-off"), false, profile_off.as_deref());
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss = rss_mb(on.pid());
     let config = Config::load(&on.dir.join("hsm-ca.toml")).expect("dev config");
@@ -565,45 +598,17 @@ fn main() {
     };
     let (token_on, token_off) = (token(&on), token(&off));
 
-    let mut loads = Vec::new();
     let cfssl_dir = work.join("cfssl");
     std::fs::create_dir_all(&cfssl_dir).expect("dir");
-    if let Some((guard, port)) = start_cfssl(&cfssl_dir) {
-        let json = cfssl_dir.join("request.json");
-        std::fs::write(
-            &json,
-            serde_json::to_vec(&serde_json::json!({ "certificate_request": csr.csr_pem }))
-                .expect("json"),
-        )
-        .expect("body");
-        let url = format!("https://127.0.0.1:{port}/api/v1/cfssl/sign");
-        for connections in [8usize, 32] {
-            let cpu = cpu_seconds(guard.0.id());
-            let extra = [
-                "--h1",
-                "-d",
-                json.to_str().expect("path"),
-                "-H",
-                "content-type: application/json",
-            ];
-            let mut run = h2load(&url, connections, 1, secs * rounds as f64, &extra, work);
-            let cpu = cpu_seconds(guard.0.id()) - cpu;
-            let ok = run.succeeded;
-            run.micros.sort_unstable();
-            loads.push(Load {
-                name: format!("cfssl sign API, {connections} connections"),
-                rate: ok as f64 / run.elapsed,
-                p50_ms: quantile_ms(&run.micros, 0.50),
-                p99_ms: quantile_ms(&run.micros, 0.99),
-                cpu_us: cpu * 1e6 / ok.max(1) as f64,
-                failed: 0,
-                threads: Vec::new(),
-                per_sync: 0.0,
-            });
-        }
-        drop(guard);
-    }
-    let cfssl_best = loads.iter().map(|l| l.rate).fold(0.0, f64::max);
+    let cfssl = start_cfssl(&cfssl_dir);
+    let cfssl_json = cfssl_dir.join("request.json");
+    std::fs::write(
+        &cfssl_json,
+        serde_json::to_vec(&serde_json::json!({ "certificate_request": csr.csr_pem }))
+            .expect("json"),
+    )
+    .expect("body");
+    let cfssl_shapes: &[usize] = if cfssl.is_some() { &[8, 32] } else { &[] };
     let sets = [
         ("hsm-ca 8 conns x 1, audit on", &on, &token_on, (8, 1)),
         ("hsm-ca 8 conns x 1, audit off", &off, &token_off, (8, 1)),
@@ -621,12 +626,28 @@ fn main() {
         ),
     ];
     // Rounds in turn, so that a change in the machine's speed meanwhile touches every load alike.
+    let mut cfssl_tallies: Vec<Tally> = cfssl_shapes.iter().map(|_| Tally::default()).collect();
     let mut tallies: Vec<Tally> = sets.iter().map(|_| Tally::default()).collect();
     for _ in 0..rounds {
+        if let Some((guard, port)) = &cfssl {
+            let url = format!("https://127.0.0.1:{port}/api/v1/cfssl/sign");
+            for (connections, tally) in cfssl_shapes.iter().zip(cfssl_tallies.iter_mut()) {
+                tally.round_cfssl(guard.0.id(), &url, *connections, secs, &cfssl_json, work);
+            }
+        }
         for ((_, app, token, shape), tally) in sets.iter().zip(tallies.iter_mut()) {
             tally.round(app, *shape, secs, (&body, token), work);
         }
     }
+    drop(cfssl);
+    let mut loads: Vec<Load> = cfssl_shapes
+        .iter()
+        .zip(cfssl_tallies)
+        .map(|(connections, tally)| {
+            tally.load(&format!("cfssl sign API, {connections} connections"))
+        })
+        .collect();
+    let cfssl_best = loads.iter().map(|l| l.rate).fold(0.0, f64::max);
     for ((name, ..), tally) in sets.iter().zip(tallies) {
         loads.push(tally.load(name));
     }
@@ -724,7 +745,8 @@ fn main() {
         "<= 1",
         s <= 1.0,
     );
-    if let Some(file) = profile {
+    for (file, which) in [(profile, "audit-on"), (profile_off, "audit-off")] {
+        let Some(file) = file else { continue };
         // The appliance writes it when it stops.
         for _ in 0..50 {
             if file.exists() {
@@ -732,9 +754,6 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        println!(
-            "\nCPU profile of the audit-on appliance: {}",
-            file.display()
-        );
+        println!("\nCPU profile of the {which} appliance: {}", file.display());
     }
 }
