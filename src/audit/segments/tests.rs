@@ -46,6 +46,35 @@ fn verify_whole(store: &Store, _key: Option<&[u8]>) -> Result<u64, record::Chain
     .map(|s| s.records)
 }
 
+/// A closed log of `n` records appended in groups of `group`: its folder, head and next number.
+fn closed_log(n: u64, group: u64) -> (tempfile::TempDir, [u8; 32], u64) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut head, mut next) = (GENESIS, 1);
+    let store = Store::open(dir.path()).expect("open");
+    append(&store, &mut head, &mut next, n, group);
+    (dir, head, next)
+}
+
+/// Adds `bytes` at the end of the first segment of a closed log, as a crash could leave them.
+fn add_to_segment(dir: &Path, bytes: &[u8]) {
+    let segment = dir.join("audit").join(segment_name(1));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("segment");
+    std::io::Write::write_all(&mut f, bytes).expect("write");
+}
+
+/// Files set aside as torn.
+fn torn_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("audit"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect()
+}
+
 fn seq_of(bytes: &[u8]) -> u64 {
     serde_json::from_slice::<AuditRecord>(bytes)
         .expect("record")
@@ -105,36 +134,6 @@ fn records_cross_a_sealed_segment_and_are_found_again_after_reopening() {
 }
 
 #[test]
-fn a_torn_last_record_is_set_aside_and_the_log_goes_on() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut head, mut next) = (GENESIS, 1);
-    {
-        let store = Store::open(dir.path()).expect("open");
-        append(&store, &mut head, &mut next, 10, 4);
-    }
-    let segment = dir.path().join("audit").join(segment_name(1));
-    let torn = br#"{"v":2,"seq":11,"time":"2026"#;
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .expect("segment");
-    std::io::Write::write_all(&mut f, torn).expect("write");
-    drop(f);
-    let store = Store::open(dir.path()).expect("reopen");
-    assert_eq!(store.last_seq(), 10);
-    let kept: Vec<PathBuf> = std::fs::read_dir(dir.path().join("audit"))
-        .expect("dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains(".torn-"))
-        .collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(std::fs::read(&kept[0]).expect("kept"), torn);
-    append(&store, &mut head, &mut next, 5, 5);
-    assert_eq!(verify_whole(&store, None).expect("chain"), 15);
-}
-
-#[test]
 fn a_broken_line_with_records_after_it_is_left_for_verification() {
     let dir = tempfile::tempdir().expect("dir");
     {
@@ -155,16 +154,6 @@ fn a_broken_line_with_records_after_it_is_left_for_verification() {
 /// The segment file's bytes.
 fn segment_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("audit").join(segment_name(1))).expect("segment")
-}
-
-/// Files set aside as torn.
-fn torn_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir.join("audit"))
-        .expect("dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains(".torn-"))
-        .collect()
 }
 
 #[test]
@@ -194,20 +183,9 @@ fn the_segment_is_written_ahead_with_zeros_while_open_and_ends_with_its_last_rec
 
 #[test]
 fn zeros_left_by_a_crash_are_unused_space_not_a_torn_record() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut head, mut next) = (GENESIS, 1);
-    {
-        let store = Store::open(dir.path()).expect("open");
-        append(&store, &mut head, &mut next, 10, 4);
-    }
+    let (dir, mut head, mut next) = closed_log(10, 4);
     // What a crash leaves: the records, then zeros written ahead.
-    let segment = dir.path().join("audit").join(segment_name(1));
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .expect("segment");
-    std::io::Write::write_all(&mut f, &[0u8; 5000]).expect("write");
-    drop(f);
+    add_to_segment(dir.path(), &[0u8; 5000]);
     let store = Store::open(dir.path()).expect("reopen");
     assert_eq!(store.last_seq(), 10);
     assert!(torn_files(dir.path()).is_empty());
@@ -220,27 +198,18 @@ fn zeros_left_by_a_crash_are_unused_space_not_a_torn_record() {
 }
 
 #[test]
-fn a_record_cut_short_before_the_zeros_is_set_aside_alone() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut head, mut next) = (GENESIS, 1);
-    {
-        let store = Store::open(dir.path()).expect("open");
-        append(&store, &mut head, &mut next, 10, 10);
+fn a_torn_last_record_is_set_aside_alone_and_the_log_goes_on() {
+    let torn = br#"{"v":2,"seq":11,"time":"2026"#;
+    // As a crash leaves it: right at the end of the file, or before zeros written ahead.
+    for after in [&[][..], &[0u8; 3000][..]] {
+        let (dir, mut head, mut next) = closed_log(10, 4);
+        add_to_segment(dir.path(), &[torn.as_slice(), after].concat());
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.last_seq(), 10);
+        let kept = torn_files(dir.path());
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).expect("kept"), torn);
+        append(&store, &mut head, &mut next, 5, 5);
+        assert_eq!(verify_whole(&store, None).expect("chain"), 15);
     }
-    let segment = dir.path().join("audit").join(segment_name(1));
-    let torn = br#"{"v":2,"seq":11,"ti"#;
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .expect("segment");
-    std::io::Write::write_all(&mut f, torn).expect("write");
-    std::io::Write::write_all(&mut f, &[0u8; 3000]).expect("write");
-    drop(f);
-    let store = Store::open(dir.path()).expect("reopen");
-    assert_eq!(store.last_seq(), 10);
-    let kept = torn_files(dir.path());
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(std::fs::read(&kept[0]).expect("kept"), torn);
-    append(&store, &mut head, &mut next, 2, 2);
-    assert_eq!(verify_whole(&store, None).expect("chain"), 12);
 }
