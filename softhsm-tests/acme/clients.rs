@@ -177,7 +177,17 @@ fn certbot(f: &AcmeFixture, dir: &Path, args: &[&str]) -> Output {
 async fn certbot_gets_over_standalone_http01_with_eab_and_revokes() {
     let http01 = free_port();
     let f = AcmeFixture::start(Some(http01)).await;
-    let (kid, hmac) = f.eab(json!({"dns_suffixes": ["mesh.test"]})).await;
+    // A base64url key may begin with "-", which certbot's option parser would take for an
+    // option if it came as a separate argument: this run uses such a key.
+    let mut tries = 0;
+    let (kid, hmac) = loop {
+        let (kid, hmac) = f.eab(json!({"dns_suffixes": ["mesh.test"]})).await;
+        if hmac.starts_with('-') {
+            break (kid, hmac);
+        }
+        tries += 1;
+        assert!(tries < 2000, "no EAB key beginning with - in {tries} keys");
+    };
     let dir = f.app.path("certbot");
     let port = http01.to_string();
     certbot(
@@ -189,10 +199,8 @@ async fn certbot_gets_over_standalone_http01_with_eab_and_revokes() {
             "--agree-tos",
             "-m",
             "ops@mesh.test",
-            "--eab-kid",
-            &kid,
-            "--eab-hmac-key",
-            &hmac,
+            &format!("--eab-kid={kid}"),
+            &format!("--eab-hmac-key={hmac}"),
             "--http-01-port",
             &port,
             "--http-01-address",
@@ -247,10 +255,8 @@ async fn certbot_gets_over_manual_dns01_with_an_auth_hook() {
             "--agree-tos",
             "-m",
             "ops@mesh.test",
-            "--eab-kid",
-            &kid,
-            "--eab-hmac-key",
-            &hmac,
+            &format!("--eab-kid={kid}"),
+            &format!("--eab-hmac-key={hmac}"),
             "-d",
             "db.mesh.test",
         ],
