@@ -308,13 +308,9 @@ impl Store {
         }
         let end = a.len + buf.len() as u64;
         // Past the zeros written ahead, the next ones go in the same write and sync.
-        let ahead = if end > a.size {
-            let more = end + WRITTEN_AHEAD;
+        if end > a.size {
             buf.resize(buf.len() + usize::try_from(WRITTEN_AHEAD).unwrap_or(0), 0);
-            more
-        } else {
-            a.size
-        };
+        }
         let written = a
             .file
             .write_all_at(&buf, a.len)
@@ -325,8 +321,7 @@ impl Store {
             a.size = a.len;
             return Err(io_err(&a.path, e));
         }
-        a.size = ahead;
-        buf.truncate(usize::try_from(end - a.len).unwrap_or(0));
+        a.size = a.size.max(a.len + buf.len() as u64);
         for ((seq, _, key), off) in records.iter().zip(offsets) {
             if (seq - a.first).is_multiple_of(SPARSE_EVERY) {
                 a.sparse.push((*seq, off));
@@ -335,7 +330,7 @@ impl Store {
                 a.index.insert(*k, *seq);
             }
         }
-        a.len += buf.len() as u64;
+        a.len = end;
         a.count += records.len() as u64;
         if a.count >= SEGMENT_RECORDS {
             if let Err(e) = Self::seal(&self.dir, &mut inner) {
