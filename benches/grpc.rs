@@ -112,21 +112,10 @@ impl Appliance {
         self.child.0.id()
     }
 
-    /// `hsmca_issuances_total{result="ok"}` from the admin API's /metrics.
-    fn issued(&self) -> u64 {
-        self.metric("hsmca_issuances_total", "result=\"ok\"")
-    }
-
-    /// Audit records and disk syncs so far.
-    fn audit_syncs(&self) -> (u64, u64) {
-        (
-            self.metric("hsmca_audit_records ", ""),
-            self.metric("hsmca_audit_syncs_total", ""),
-        )
-    }
-
-    /// The first sample of `/metrics` whose line starts with `name` and contains `label`.
-    fn metric(&self, name: &str, label: &str) -> u64 {
+    /// The counters a round compares: certificates issued (`hsmca_issuances_total` with
+    /// `result="ok"`), audit records and audit disk syncs, from one read of the admin API's
+    /// /metrics.
+    fn counters(&self) -> Counters {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10", "--cacert"])
             .arg(self.dir.join("root-cert.pem"))
@@ -141,12 +130,20 @@ impl Appliance {
             ])
             .output()
             .expect("curl");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains(label))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The first sample whose line starts with `name` and contains `label`.
+        let sample = |name: &str, label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(label))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        Counters {
+            issued: sample("hsmca_issuances_total", "result=\"ok\""),
+            records: sample("hsmca_audit_records ", ""),
+            syncs: sample("hsmca_audit_syncs_total", ""),
+        }
     }
 
     /// Stops with SIGTERM (so a profile is written), then waits.
@@ -161,6 +158,13 @@ impl Appliance {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// What the appliance's /metrics counted so far.
+struct Counters {
+    issued: u64,
+    records: u64,
+    syncs: u64,
 }
 
 /// User + system CPU seconds of a process.
@@ -318,9 +322,8 @@ impl Tally {
             "https://127.0.0.1:{}/istio.v1.auth.IstioCertificateService/CreateCertificate",
             app.grpc.port()
         );
-        let before = (app.issued(), cpu_seconds(app.pid()));
+        let (before, cpu_before) = (app.counters(), cpu_seconds(app.pid()));
         let threads_before = thread_cpu(app.pid());
-        let syncs_before = app.audit_syncs();
         let auth = format!("authorization: Bearer {token}");
         let extra = [
             "-d",
@@ -333,18 +336,18 @@ impl Tally {
             &auth,
         ];
         let mut run = h2load(&url, connections, streams, secs, &extra, work);
-        self.cpu += cpu_seconds(app.pid()) - before.1;
-        self.issued += app.issued() - before.0;
-        self.answered += run.succeeded;
-        self.elapsed += run.elapsed;
-        self.micros.append(&mut run.micros);
+        self.cpu += cpu_seconds(app.pid()) - cpu_before;
         for (name, spent) in thread_cpu(app.pid()) {
             *self.threads.entry(name.clone()).or_insert(0.0) +=
                 spent - threads_before.get(&name).copied().unwrap_or(0.0);
         }
-        let syncs = app.audit_syncs();
-        self.records += syncs.0 - syncs_before.0;
-        self.syncs += syncs.1 - syncs_before.1;
+        let after = app.counters();
+        self.issued += after.issued - before.issued;
+        self.records += after.records - before.records;
+        self.syncs += after.syncs - before.syncs;
+        self.answered += run.succeeded;
+        self.elapsed += run.elapsed;
+        self.micros.append(&mut run.micros);
     }
 
     /// One round of h2load against cfssl's sign API (every success is a certificate).
