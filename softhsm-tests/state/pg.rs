@@ -307,6 +307,20 @@ async fn a_multi_host_url_reaches_the_writable_server() {
     assert!(err.to_string().contains("read-only"), "{err}");
 }
 
+/// The key id of the intermediate `state` issues with.
+async fn active_key(state: &CaState) -> Option<Vec<u8>> {
+    state.active().await.expect("active").map(|r| r.key_id.0)
+}
+
+/// Activates `key` in `state` at `now`; the activation must take place.
+async fn activate(state: &CaState, key: &hsm_ca::keystore::KeyId, now: &str) {
+    let done = state.activate(key, now).await.expect("activate");
+    assert!(
+        matches!(done, hsm_ca::state::Transition::Done(..)),
+        "{done:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_activates_only_its_own_intermediates_and_issues_with_its_own() {
     use hsm_ca::state::{IntermediateStatus, Transition};
@@ -321,41 +335,19 @@ async fn each_node_activates_only_its_own_intermediates_and_issues_with_its_own(
     shared.install(intermediate(1)).await.expect("shared");
     // Until a node has its own, it issues with the shared one; its first own one is then
     // prepared and activated through the usual gates, and serves that node alone.
-    assert_eq!(
-        a.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![1])
-    );
+    assert_eq!(active_key(&a).await, Some(vec![1]));
     let own_a = a.install(intermediate(2)).await.expect("install");
     assert_eq!(
         (own_a.status, own_a.node.as_str()),
         (IntermediateStatus::Prepared, "a")
     );
-    assert!(matches!(
-        a.activate(&own_a.key_id, "2030-01-15T00:00:00Z")
-            .await
-            .expect("activate"),
-        Transition::Done(..)
-    ));
+    activate(&a, &own_a.key_id, "2030-01-15T00:00:00Z").await;
     let own_c = c.install(intermediate(3)).await.expect("install");
     assert_eq!(own_c.status, IntermediateStatus::Prepared);
-    assert!(matches!(
-        c.activate(&own_c.key_id, "2030-01-15T00:00:00Z")
-            .await
-            .expect("activate"),
-        Transition::Done(..)
-    ));
-    assert_eq!(
-        a.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![2])
-    );
-    assert_eq!(
-        c.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![3])
-    );
-    assert_eq!(
-        shared.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![1])
-    );
+    activate(&c, &own_c.key_id, "2030-01-15T00:00:00Z").await;
+    assert_eq!(active_key(&a).await, Some(vec![2]));
+    assert_eq!(active_key(&c).await, Some(vec![3]));
+    assert_eq!(active_key(&shared).await, Some(vec![1]));
     let snapshot = c.snapshot().await.expect("snapshot");
     assert_eq!(snapshot.intermediates.len(), 3);
     assert_eq!(snapshot.active().map(|r| r.key_id.0.clone()), Some(vec![3]));
@@ -370,18 +362,7 @@ async fn each_node_activates_only_its_own_intermediates_and_issues_with_its_own(
         Transition::Refused(why) => assert!(why.contains("belongs to node a"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        a.activate(&next_a.key_id, "2030-02-01T00:00:00Z")
-            .await
-            .expect("activate"),
-        Transition::Done(..)
-    ));
-    assert_eq!(
-        a.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![4])
-    );
-    assert_eq!(
-        c.active().await.expect("active").map(|r| r.key_id.0),
-        Some(vec![3])
-    );
+    activate(&a, &next_a.key_id, "2030-02-01T00:00:00Z").await;
+    assert_eq!(active_key(&a).await, Some(vec![4]));
+    assert_eq!(active_key(&c).await, Some(vec![3]));
 }

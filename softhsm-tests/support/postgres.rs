@@ -267,24 +267,26 @@ impl PgCluster {
     /// Runs each command of `commands` (one transaction each) as the superuser in `database`.
     pub fn psql_in(&self, database: &str, commands: &[&str]) -> String {
         let port = self.port.to_string();
-        let mut args = vec![
-            "-h",
-            self.dir.path().to_str().expect("path"),
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-        ];
+        let mut args = self.superuser_args(&port).to_vec();
+        args.extend(["-d", database, "-v", "ON_ERROR_STOP=1", "-At"]);
         for command in commands {
             args.extend(["-c", command]);
         }
         let out = as_postgres(&self.bin.join("psql"), &args);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How PostgreSQL's client programs reach this server as the superuser (`port` is
+    /// `self.port` as text).
+    fn superuser_args<'a>(&'a self, port: &'a str) -> [&'a str; 6] {
+        [
+            "-h",
+            self.dir.path().to_str().expect("path"),
+            "-p",
+            port,
+            "-U",
+            "postgres",
+        ]
     }
 }
 
@@ -361,20 +363,18 @@ impl PgCluster {
         as_postgres(
             &self.bin.join("pg_basebackup"),
             &[
-                "-h",
-                self.dir.path().to_str().expect("path"),
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                data.to_str().expect("path"),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
+                &self.superuser_args(&port)[..],
+                &[
+                    "-D",
+                    data.to_str().expect("path"),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ],
+            ]
+            .concat(),
         );
         let standby_port = free_port();
         let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
