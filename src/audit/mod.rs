@@ -1,5 +1,5 @@
 //! The tamper-evident audit log: hash-chained records in JSON Lines segment files, written by
-//! one thread that commits in groups (many records, one write and one `fdatasync`) and answers
+//! one thread that commits in groups (many records, one write that is durable on return) and answers
 //! each caller only once its record is durable. Opening a log whose chain does not verify is
 //! refused; opening reads only the last segment and the records after the last checkpoint
 //! already verified (the marker in `meta.json`), so start time and memory do not grow with the

@@ -1,6 +1,6 @@
 //! The writer thread: the only code that appends to an open [`AuditLog`](super::AuditLog)'s
 //! store. It takes records from a bounded queue, commits them in groups (many records, one
-//! write and one `fdatasync`), folds in due refusal summaries, appends a checkpoint signed in
+//! write, durable on return), folds in due refusal summaries, appends a checkpoint signed in
 //! the device when one is due, moves the verification marker now and then (at most every
 //! [`MARKER_EVERY`], and when the log closes), and answers each caller only once its record is
 //! durable.
