@@ -2,7 +2,8 @@
 //!
 //! With `HSM_CA_PROFILE=FILE` set, the appliance samples its threads 999 times a second (a
 //! `setitimer` profiler: it works where `perf` gets no samples) and, when it stops, writes the
-//! functions that were on the CPU most often to FILE, by self and by inclusive samples.
+//! functions that were on the CPU most often to FILE, by self and by inclusive samples, and every
+//! sampled stack to FILE with the extension `.folded` (one line per stack, for flame graphs).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -43,6 +44,7 @@ impl Profile {
         let mut total = 0isize;
         let mut own: HashMap<String, isize> = HashMap::new();
         let mut inclusive: HashMap<String, isize> = HashMap::new();
+        let mut folded = String::new();
         for (frames, count) in &report.data {
             total += count;
             let names: Vec<String> = frames
@@ -51,6 +53,12 @@ impl Profile {
                 .flatten()
                 .map(|symbol| short(&symbol.name()))
                 .collect();
+            let _ = writeln!(
+                folded,
+                "{};{} {count}",
+                frames.thread_name,
+                names.iter().rev().cloned().collect::<Vec<_>>().join(";")
+            );
             if let Some(first) = names.first() {
                 *own.entry(first.clone()).or_default() += count;
             }
@@ -71,6 +79,8 @@ impl Profile {
                 let _ = writeln!(out, "{share:6.2}%  {count:7}  {name}");
             }
         }
+        // The whole stacks too, one line each in the folded form flame-graph tools read.
+        let _ = std::fs::write(self.path.with_extension("folded"), folded);
         if let Err(e) = std::fs::write(&self.path, out) {
             tracing::warn!("profiler: cannot write {}: {e}", self.path.display());
         }
