@@ -4,6 +4,7 @@
 //! Everything runs against a fresh SoftHSM token in a temporary folder. Issuance is the whole
 //! in-process path: parse the CSR PEM and verify its signature, build the leaf, sign it in the
 //! HSM (through the keystore queue), encode PEM. Ratios are what to compare across machines.
+//! Then the keystore's P-256 signature check alone: ring vs the check with the key's tables.
 //! Last, the audit writer alone: 1, 8 and 64 concurrent callers appending issuance records,
 //! each answered once its record is durable, checkpoints signed on the same token.
 #![allow(
@@ -174,7 +175,48 @@ fn main() {
             on.3 / off.3
         );
     }
+    signature_check(secs);
     audit_writer(dir.path(), &open(2, true), secs);
+}
+
+/// The keystore's check of a P-256 signature before it leaves: ring's verification vs the
+/// check with the key's tables, one thread each, in turn.
+fn signature_check(secs: f64) {
+    use hsm_ca::keystore::check::KeyCheck;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("key");
+    let signed: Vec<(Vec<u8>, Vec<u8>)> = (0..256u32)
+        .map(|i| {
+            let message = format!("tbs certificate {i}").into_bytes();
+            let signature = key.sign(&rng, &message).expect("sign").as_ref().to_vec();
+            (message, signature)
+        })
+        .collect();
+    let public: Arc<[u8]> = Arc::from(key.public_key().as_ref());
+    let check = KeyCheck::for_key(public.clone());
+    let built = Instant::now();
+    assert!(check.build_tables_now(), "tables");
+    let built = built.elapsed();
+    let scheme = SignatureScheme::EcdsaSha256;
+    let with_ring = rate(1, secs, |i| {
+        let (m, s) = &signed[(i % 256) as usize];
+        assert!(hsm_ca::keystore::signature_verifies(scheme, &public, m, s));
+    });
+    let with_tables = rate(1, secs, |i| {
+        let (m, s) = &signed[(i % 256) as usize];
+        assert!(check.verifies(scheme, m, s));
+    });
+    println!(
+        "\nsignature check, P-256, 1 thread: ring {:.1} us, with the key's tables {:.1} us \
+         (ratio {:.2}; tables built in {} ms)",
+        1e6 / with_ring,
+        1e6 / with_tables,
+        with_ring / with_tables,
+        built.as_millis()
+    );
 }
 
 /// The audit log's writer alone: `callers` tasks each appending issuance records one after

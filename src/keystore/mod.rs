@@ -5,6 +5,7 @@
 //! per call. The operations are: create a key pair inside the device, read a public key, sign,
 //! list keys. There is deliberately no operation that could return private key material.
 
+pub mod check;
 pub mod der;
 pub mod pkcs11;
 mod pool;

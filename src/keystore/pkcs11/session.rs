@@ -12,6 +12,7 @@ use cryptoki::session::{Session, SessionState};
 
 use super::template::{key_pair_templates, read_key_info, single};
 use super::{classify, Pkcs11Token};
+use crate::keystore::check::KeyCheck;
 use crate::keystore::{
     der, DeviceSession, KeyAlgorithm, KeyId, KeyInfo, KeyRequest, KeystoreError, SignatureScheme,
 };
@@ -29,8 +30,8 @@ pub struct Pkcs11Session {
 struct CachedKey {
     handle: ObjectHandle,
     algorithm: KeyAlgorithm,
-    /// The subjectPublicKey bits, to verify signatures before they leave.
-    public_key: Arc<[u8]>,
+    /// Verifies signatures with the public key before they leave.
+    check: Arc<KeyCheck>,
 }
 
 impl Pkcs11Session {
@@ -187,7 +188,7 @@ impl Pkcs11Session {
         let cached = CachedKey {
             handle,
             algorithm,
-            public_key,
+            check: KeyCheck::for_key(public_key),
         };
         self.handles.insert(id.clone(), cached.clone());
         Ok(cached)
@@ -240,8 +241,7 @@ impl Pkcs11Session {
                 sign(&Mechanism::Sha256RsaPkcsPss(params), message)
             }
         }?;
-        if self.token.settings.verify_signatures
-            && !crate::keystore::signature_verifies(scheme, &key.public_key, message, &signature)
+        if self.token.settings.verify_signatures && !key.check.verifies(scheme, message, &signature)
         {
             return Err(KeystoreError::Unavailable(format!(
                 "sign: the device returned a signature that does not verify with key {id}"

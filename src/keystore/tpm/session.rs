@@ -28,6 +28,7 @@ use super::auth::auth_of;
 use super::provision::{create_persistent_key, handle_of, persistent_handles, persistent_object};
 use super::template::{key_info, public_key_of};
 use super::{classify, TpmDevice};
+use crate::keystore::check::KeyCheck;
 use crate::keystore::{
     der, DeviceSession, KeyAlgorithm, KeyId, KeyInfo, KeyRequest, KeystoreError, SignatureScheme,
 };
@@ -44,8 +45,8 @@ struct Connection {
 struct LoadedKey {
     handle: KeyHandle,
     algorithm: KeyAlgorithm,
-    /// The subjectPublicKey bits, to verify signatures before they leave.
-    public_key: Arc<[u8]>,
+    /// Verifies signatures with the public key before they leave.
+    check: Arc<KeyCheck>,
 }
 
 /// One worker's TPM connection.
@@ -152,7 +153,7 @@ impl Connection {
         let key = LoadedKey {
             handle: object.into(),
             algorithm,
-            public_key,
+            check: KeyCheck::for_key(public_key),
         };
         self.keys.insert(handle, key.clone());
         Ok(key)
@@ -284,9 +285,7 @@ fn sign_once(
             "sign: the TPM returned a malformed signature for key {id}"
         ))
     })?;
-    if device.settings.verify_signatures
-        && !crate::keystore::signature_verifies(scheme, &key.public_key, message, &encoded)
-    {
+    if device.settings.verify_signatures && !key.check.verifies(scheme, message, &encoded) {
         return Err(KeystoreError::Unavailable(format!(
             "sign: the TPM returned a signature that does not verify with key {id}"
         )));

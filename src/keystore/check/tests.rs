@@ -1,0 +1,204 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p256::elliptic_curve::Field;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+use super::*;
+
+fn key_pair() -> EcdsaKeyPair {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).expect("key")
+}
+
+fn sign(key: &EcdsaKeyPair, message: &[u8]) -> Vec<u8> {
+    key.sign(&SystemRandom::new(), message)
+        .expect("sign")
+        .as_ref()
+        .to_vec()
+}
+
+/// A check of `key`'s signatures with its tables built, not shared with other tests.
+fn check_with_tables(key: &EcdsaKeyPair) -> Arc<KeyCheck> {
+    let check = Arc::new(KeyCheck {
+        public_key: Arc::from(key.public_key().as_ref()),
+        uses: AtomicU64::new(0),
+        tables: OnceLock::new(),
+    });
+    assert!(check.build_tables_now());
+    check
+}
+
+/// A DER signature from raw `r` and `s` (32 bytes each).
+fn encode(r: &[u8], s: &[u8]) -> Vec<u8> {
+    der::sequence(&[&der::unsigned_integer(r), &der::unsigned_integer(s)])
+}
+
+fn halves(signature: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (r, s) = canonical_halves(signature).expect("canonical");
+    (r.to_vec(), s.to_vec())
+}
+
+#[test]
+fn the_inverse_modulo_the_order_is_an_inverse() {
+    let mut rng = rand::thread_rng();
+    let mut samples: Vec<Scalar> = (0..2000).map(|_| Scalar::random(&mut rng)).collect();
+    samples.extend([
+        Scalar::ONE,
+        Scalar::from(2u64),
+        -Scalar::ONE,
+        -Scalar::from(2u64),
+    ]);
+    for k in samples {
+        let inverse = Limbs::from_be(&k.to_repr())
+            .inverse_mod_order()
+            .expect("non-zero");
+        let inverse = Scalar::from_repr(inverse.to_be()).expect("below n");
+        assert_eq!(k * inverse, Scalar::ONE);
+    }
+    assert!(Limbs([0; 4]).inverse_mod_order().is_none());
+    assert!(ORDER.inverse_mod_order().is_none());
+}
+
+/// The tables and ring give the same answer on valid signatures, signatures by another key,
+/// signatures of another message, altered halves and halves out of range.
+#[test]
+fn the_tables_accept_exactly_what_ring_accepts() {
+    let (key, other) = (key_pair(), key_pair());
+    let check = check_with_tables(&key);
+    let comb = check.tables.get().expect("tables");
+    let ring_says = |message: &[u8], signature: &[u8]| {
+        signature_verifies(
+            SignatureScheme::EcdsaSha256,
+            key.public_key().as_ref(),
+            message,
+            signature,
+        )
+    };
+    let n = ORDER.to_be().to_vec();
+    let n_minus = |s: &[u8]| {
+        let s: [u8; 32] = s.try_into().expect("32 bytes");
+        let s = Limbs::from_be(&FieldBytes::from(s));
+        ORDER.sub(&s).0.to_be().to_vec()
+    };
+    let (mut valid, mut refused) = (0, 0);
+    for i in 0..300u32 {
+        let message = format!("tbs certificate {i}").into_bytes();
+        let good = sign(&key, &message);
+        let (r, s) = halves(&good);
+        let mut flipped_r = r.clone();
+        flipped_r[31] ^= 1;
+        let mut flipped_s = s.clone();
+        flipped_s[7] ^= 0x40;
+        let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+            ("valid", message.clone(), good.clone()),
+            ("another key", message.clone(), sign(&other, &message)),
+            ("another message", b"another tbs".to_vec(), good.clone()),
+            ("r altered", message.clone(), encode(&flipped_r, &s)),
+            ("s altered", message.clone(), encode(&r, &flipped_s)),
+            ("s negated", message.clone(), encode(&r, &n_minus(&s))),
+            ("r is n", message.clone(), encode(&n, &s)),
+            ("s is n", message.clone(), encode(&r, &n)),
+            ("r is zero", message.clone(), encode(&[0; 32], &s)),
+            ("s is zero", message.clone(), encode(&r, &[0; 32])),
+            ("swapped", message.clone(), encode(&s, &r)),
+        ];
+        for (case, message, signature) in cases {
+            let expected = ring_says(&message, &signature);
+            let answer = comb.verify(&message, &signature);
+            assert!(
+                answer.is_none_or(|a| a == expected),
+                "{case} #{i}: tables {answer:?}, ring {expected}"
+            );
+            assert_eq!(
+                check.verifies(SignatureScheme::EcdsaSha256, &message, &signature),
+                expected,
+                "{case} #{i}"
+            );
+            if expected {
+                valid += 1;
+            } else {
+                refused += 1;
+            }
+            if case == "valid" || case == "s negated" {
+                assert!(expected, "{case} #{i} verifies");
+                assert_eq!(answer, Some(true), "{case} #{i}: the tables answered");
+            }
+        }
+    }
+    assert_eq!(valid, 600, "each valid signature and its negated s");
+    assert_eq!(refused, 300 * 9);
+}
+
+/// What is not the canonical DER of two numbers is left to ring, which then decides.
+#[test]
+fn a_signature_not_in_canonical_der_is_left_to_ring() {
+    let key = key_pair();
+    let check = check_with_tables(&key);
+    let comb = check.tables.get().expect("tables");
+    let message = b"tbs".to_vec();
+    let good = sign(&key, &message);
+    let (r, s) = halves(&good);
+    // r with a needless leading zero byte.
+    let r_content = der::unsigned_integer(&r)[2..].to_vec();
+    let padded_r = der::tlv(0x02, &[vec![0], r_content].concat());
+    let padded = der::tlv(0x30, &[padded_r, der::unsigned_integer(&s)].concat());
+    let trailing = [good.clone(), vec![0]].concat();
+    let mut wrong_tag = good.clone();
+    wrong_tag[0] = 0x31;
+    for (case, signature) in [
+        ("padded", padded),
+        ("trailing byte", trailing),
+        ("set", wrong_tag),
+        ("empty", Vec::new()),
+        ("raw r||s", [r.clone(), s.clone()].concat()),
+    ] {
+        assert_eq!(comb.verify(&message, &signature), None, "{case}");
+        assert_eq!(
+            check.verifies(SignatureScheme::EcdsaSha256, &message, &signature),
+            signature_verifies(
+                SignatureScheme::EcdsaSha256,
+                key.public_key().as_ref(),
+                &message,
+                &signature
+            ),
+            "{case}"
+        );
+    }
+}
+
+/// A key gets its tables once it has signed often; they are built on another thread and then
+/// used, and the answers do not change on the way.
+#[test]
+fn a_key_that_keeps_signing_gets_its_tables() {
+    let (key, other) = (key_pair(), key_pair());
+    let check = KeyCheck::for_key(Arc::from(key.public_key().as_ref()));
+    assert!(Arc::ptr_eq(
+        &check,
+        &KeyCheck::for_key(Arc::from(key.public_key().as_ref()))
+    ));
+    let message = b"tbs".to_vec();
+    let (good, bad) = (sign(&key, &message), sign(&other, &message));
+    for _ in 0..=HOT_AFTER {
+        assert!(!check.has_tables());
+        assert!(check.verifies(SignatureScheme::EcdsaSha256, &message, &good));
+    }
+    let waited = Instant::now();
+    while !check.has_tables() {
+        assert!(waited.elapsed() < Duration::from_secs(30), "no tables");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(check.verifies(SignatureScheme::EcdsaSha256, &message, &good));
+    assert!(!check.verifies(SignatureScheme::EcdsaSha256, &message, &bad));
+}
+
+#[test]
+fn a_public_key_off_the_curve_gets_no_tables() {
+    let mut point = key_pair().public_key().as_ref().to_vec();
+    point[40] ^= 1;
+    assert!(Comb::for_point(&point).is_none());
+    assert!(Comb::for_point(&[0x04; 65]).is_none());
+    assert!(Comb::for_point(&[]).is_none());
+}
