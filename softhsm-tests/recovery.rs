@@ -144,6 +144,17 @@ fn signing_survives_a_forced_logout_and_a_library_reinitialisation() {
         other_context().finalize().expect("finalize");
     });
 
+    // The P-256 key has signed often enough to have its signatures checked with its tables
+    // (`keystore::check`): what follows holds that check to catching stale handles too.
+    let p256 =
+        hsm_ca::keystore::der::subject_public_key_bits(&keys[0].0.public_key).expect("public key");
+    let check = hsm_ca::keystore::check::KeyCheck::for_key(std::sync::Arc::from(p256));
+    let waited = Instant::now();
+    while !check.has_tables() {
+        assert!(waited.elapsed() < Duration::from_secs(60), "no tables");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // 3. It finalises and re-initialises it: every session and key handle the keystore holds
     //    is stale, and their numbers may now name other sessions and objects.
     disturb_and_check(&store, &keys, true, || {
