@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
-use p256::elliptic_curve::bigint::U256;
+use p256::elliptic_curve::bigint::{ArrayEncoding, U256};
 use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::{AffineCoordinates, Double};
 use p256::elliptic_curve::sec1::FromEncodedPoint;
-use p256::elliptic_curve::PrimeField;
-use p256::{AffinePoint, EncodedPoint, FieldBytes, ProjectivePoint, Scalar};
+use p256::elliptic_curve::{Curve, PrimeField};
+use p256::{
+    AffinePoint, EncodedPoint, FieldBytes, NistP256, NonZeroScalar, ProjectivePoint, Scalar,
+};
 
 use super::{der, signature_verifies, SignatureScheme};
 
@@ -90,9 +92,7 @@ impl KeyCheck {
         let spawned = std::thread::Builder::new()
             .name("keystore-tables".into())
             .spawn(move || {
-                if let Some(comb) = Comb::for_point(&this.public_key) {
-                    let _ = this.tables.set(Arc::new(comb));
-                }
+                this.build_tables_now();
             });
         if let Err(e) = spawned {
             tracing::debug!("signature check tables not built: {e}");
@@ -177,24 +177,28 @@ impl Comb {
     /// with two 32-byte integers (the caller then asks ring).
     fn verify(&self, message: &[u8], signature: &[u8]) -> Option<bool> {
         let (r_bytes, s_bytes) = canonical_halves(signature)?;
-        let (r, s) = (Limbs::from_be(&r_bytes), Limbs::from_be(&s_bytes));
-        if r.is_zero() || s.is_zero() || !r.below(&ORDER) || !s.below(&ORDER) {
+        let in_range = |bytes| Option::<NonZeroScalar>::from(NonZeroScalar::from_repr(bytes));
+        let (Some(r), Some(_)) = (in_range(r_bytes), in_range(s_bytes)) else {
+            return Some(false);
+        };
+        // n is prime and s in [1, n-1], so the inverse exists.
+        let (w, exists) = U256::from_be_byte_array(s_bytes).inv_odd_mod(&NistP256::ORDER);
+        if !bool::from(exists) {
             return Some(false);
         }
-        let w = Option::<Scalar>::from(Scalar::from_repr(s.inverse_mod_order()?.to_be()))?;
-        let r_scalar = Option::<Scalar>::from(Scalar::from_repr(r_bytes))?;
+        let w = Option::<Scalar>::from(Scalar::from_repr(w.to_be_byte_array()))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, message);
         let digest: [u8; 32] = digest.as_ref().try_into().ok()?;
         let e = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(digest));
         let mut sum = ProjectivePoint::IDENTITY;
         GENERATOR.add_multiple(&mut sum, &(e * w).to_repr());
-        self.key.add_multiple(&mut sum, &(r_scalar * w).to_repr());
+        self.key.add_multiple(&mut sum, &(*r * w).to_repr());
         let point = sum.to_affine();
         if bool::from(point.is_identity()) {
             return Some(false);
         }
         let x = <Scalar as Reduce<U256>>::reduce_bytes(&point.x());
-        Some(x == r_scalar)
+        Some(x == *r)
     }
 }
 
@@ -222,136 +226,6 @@ fn canonical_halves(signature: &[u8]) -> Option<(FieldBytes, FieldBytes)> {
     }
     let (r, s): ([u8; 32], [u8; 32]) = (r.try_into().ok()?, s.try_into().ok()?);
     Some((FieldBytes::from(r), FieldBytes::from(s)))
-}
-
-/// The order `n` of P-256, least significant limb first.
-const ORDER: Limbs = Limbs([
-    0xf3b9_cac2_fc63_2551,
-    0xbce6_faad_a717_9e84,
-    0xffff_ffff_ffff_ffff,
-    0xffff_ffff_0000_0000,
-]);
-
-/// A 256-bit number, least significant limb first, for the inverse of `s` modulo `n`: the
-/// binary extended Euclidean algorithm on public data, in variable time.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Limbs([u64; 4]);
-
-impl Limbs {
-    const ONE: Limbs = Limbs([1, 0, 0, 0]);
-
-    fn from_be(bytes: &FieldBytes) -> Limbs {
-        let mut limbs = [0u64; 4];
-        for (limb, chunk) in limbs.iter_mut().rev().zip(bytes.chunks_exact(8)) {
-            *limb = u64::from_be_bytes(chunk.try_into().unwrap_or_default());
-        }
-        Limbs(limbs)
-    }
-
-    fn to_be(self) -> FieldBytes {
-        let mut bytes = FieldBytes::default();
-        for (chunk, limb) in bytes.chunks_exact_mut(8).zip(self.0.iter().rev()) {
-            chunk.copy_from_slice(&limb.to_be_bytes());
-        }
-        bytes
-    }
-
-    fn is_zero(&self) -> bool {
-        self.0 == [0; 4]
-    }
-
-    fn is_even(&self) -> bool {
-        self.0[0] & 1 == 0
-    }
-
-    fn below(&self, other: &Limbs) -> bool {
-        self.0.iter().rev().cmp(other.0.iter().rev()) == std::cmp::Ordering::Less
-    }
-
-    /// `self + other` and the carry out.
-    fn add(&self, other: &Limbs) -> (Limbs, bool) {
-        let mut out = [0u64; 4];
-        let mut carry = false;
-        for (o, (a, b)) in out.iter_mut().zip(self.0.iter().zip(other.0.iter())) {
-            let (sum, c1) = a.overflowing_add(*b);
-            let (sum, c2) = sum.overflowing_add(u64::from(carry));
-            *o = sum;
-            carry = c1 || c2;
-        }
-        (Limbs(out), carry)
-    }
-
-    /// `self - other` and the borrow out.
-    fn sub(&self, other: &Limbs) -> (Limbs, bool) {
-        let mut out = [0u64; 4];
-        let mut borrow = false;
-        for (o, (a, b)) in out.iter_mut().zip(self.0.iter().zip(other.0.iter())) {
-            let (diff, b1) = a.overflowing_sub(*b);
-            let (diff, b2) = diff.overflowing_sub(u64::from(borrow));
-            *o = diff;
-            borrow = b1 || b2;
-        }
-        (Limbs(out), borrow)
-    }
-
-    /// Halves a 257-bit number whose top bit is `top`.
-    fn halve(&mut self, top: bool) {
-        for i in 0..3 {
-            self.0[i] = (self.0[i] >> 1) | (self.0[i + 1] << 63);
-        }
-        self.0[3] = (self.0[3] >> 1) | (u64::from(top) << 63);
-    }
-
-    /// `self / 2 mod n` for `self < n`.
-    fn halve_mod_order(&mut self) {
-        if self.is_even() {
-            self.halve(false);
-        } else {
-            let (sum, carry) = self.add(&ORDER);
-            *self = sum;
-            self.halve(carry);
-        }
-    }
-
-    /// `self - other mod n` for both below `n`.
-    fn sub_mod_order(&self, other: &Limbs) -> Limbs {
-        match self.sub(other) {
-            (diff, false) => diff,
-            (diff, true) => diff.add(&ORDER).0,
-        }
-    }
-
-    /// `self⁻¹ mod n` for `self` in `[1, n-1]` (`n` is prime, so the inverse exists); `None`
-    /// for anything else.
-    fn inverse_mod_order(self) -> Option<Limbs> {
-        if self.is_zero() || !self.below(&ORDER) {
-            return None;
-        }
-        // Invariants: u ≡ x1·self and v ≡ x2·self (mod n); gcd(u, v) = 1 throughout.
-        let (mut u, mut v) = (self, ORDER);
-        let (mut x1, mut x2) = (Limbs::ONE, Limbs([0; 4]));
-        while u != Limbs::ONE && v != Limbs::ONE {
-            if u.is_zero() || v.is_zero() {
-                return None;
-            }
-            while u.is_even() {
-                u.halve(false);
-                x1.halve_mod_order();
-            }
-            while v.is_even() {
-                v.halve(false);
-                x2.halve_mod_order();
-            }
-            if v.below(&u) || u == v {
-                u = u.sub(&v).0;
-                x1 = x1.sub_mod_order(&x2);
-            } else {
-                v = v.sub(&u).0;
-                x2 = x2.sub_mod_order(&x1);
-            }
-        }
-        Some(if u == Limbs::ONE { x1 } else { x2 })
-    }
 }
 
 #[cfg(test)]
