@@ -3,25 +3,27 @@
 //! that names another key since a recovery) can never hand out a wrong signature.
 //!
 //! A CA signs thousands of times with the same few keys, so a P-256 key that keeps signing gets
-//! tables of its multiples (and of the generator's): `u1·G + u2·Q` then takes 64 table
-//! additions instead of ring's 256 doublings and constant-time window additions, which
-//! verification of public data does not need. The check is the same ECDSA verification
-//! (FIPS 186-5 6.4.2, as ring does it: `r` and `s` in `[1, n-1]`, `R` not the identity,
-//! `x(R) mod n == r`), on `p256`'s complete addition formulas, and a signature it cannot
-//! read in canonical DER goes to ring, so the two never disagree on what passes. Until a key's
-//! tables are ready, and for every other key and algorithm, ring checks.
+//! a table of its signed multiples (and the generator has one per process): `u1·G + u2·Q` then
+//! takes at most 48 mixed additions in Jacobian coordinates instead of ring's 256 doublings and
+//! constant-time window additions, which verification of public data does not need. The check
+//! is the same ECDSA verification (FIPS 186-5 6.4.2, as ring does it: `r` and `s` in
+//! `[1, n-1]`, `R` not the identity, `x(R) mod n == r`). Whatever it does not cover goes to
+//! ring, so the two never disagree on what passes: a signature that is not canonical DER, and
+//! an addition of a point to itself or its negation, which the incomplete formula leaves out.
+//! Until a key's table is ready, and for every other key and algorithm, ring checks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
-use p256::elliptic_curve::bigint::{ArrayEncoding, U256};
-use p256::elliptic_curve::ops::Reduce;
-use p256::elliptic_curve::point::{AffineCoordinates, Double};
-use p256::elliptic_curve::sec1::FromEncodedPoint;
+use p256::elliptic_curve::bigint::{ArrayEncoding, Limb, U256};
+use p256::elliptic_curve::ops::{Invert, Reduce};
+use p256::elliptic_curve::point::Double;
+use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
 use p256::elliptic_curve::{Curve, PrimeField};
 use p256::{
-    AffinePoint, EncodedPoint, FieldBytes, NistP256, NonZeroScalar, ProjectivePoint, Scalar,
+    AffinePoint, EncodedPoint, FieldBytes, FieldElement, NistP256, NonZeroScalar, ProjectivePoint,
+    Scalar,
 };
 
 use super::{der, signature_verifies, SignatureScheme};
@@ -116,46 +118,197 @@ impl KeyCheck {
     }
 }
 
-/// Multiples of a point by every byte value at every byte position: `rows[i][d - 1]` is
-/// `d · 2^(8i) · P`, so `k · P` is the sum of one entry per non-zero byte of `k`.
+/// A table entry: an affine point, one cache line.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Entry {
+    x: FieldElement,
+    y: FieldElement,
+}
+
+/// A running sum in Jacobian coordinates: the point `(X/Z², Y/Z³)`.
+#[derive(Clone, Copy)]
+struct Jacobian {
+    x: FieldElement,
+    y: FieldElement,
+    z: FieldElement,
+}
+
+impl Jacobian {
+    fn from_entry(entry: &Entry, negate: bool) -> Jacobian {
+        let y = if negate { entry.y.neg() } else { entry.y };
+        Jacobian {
+            x: entry.x,
+            y,
+            z: FieldElement::ONE,
+        }
+    }
+
+    /// `self + (±entry)` with the mixed addition of Bernstein and Lange ("madd-2007-bl",
+    /// 7M + 4S); `None` when `±entry` is `self` or `-self`, which that formula does not cover
+    /// (the caller then asks ring).
+    fn add(&self, entry: &Entry, negate: bool) -> Option<Jacobian> {
+        let y2 = if negate { entry.y.neg() } else { entry.y };
+        let z1z1 = self.z.square();
+        let u2 = entry.x * z1z1;
+        let s2 = y2 * self.z * z1z1;
+        let h = u2 - self.x;
+        if bool::from(h.is_zero()) {
+            return None;
+        }
+        let hh = h.square();
+        let i = hh.double().double();
+        let j = h * i;
+        let r = (s2 - self.y).double();
+        let v = self.x * i;
+        let x3 = r.square() - j - v.double();
+        let y3 = r * (v - x3) - (self.y * j).double();
+        let z3 = (self.z + h).square() - z1z1 - hh;
+        Some(Jacobian {
+            x: x3,
+            y: y3,
+            z: z3,
+        })
+    }
+
+    /// Whether the x coordinate, reduced mod n, is `r` (`r` in `[1, n-1]`), without an
+    /// inversion: `x = X/Z²` is below p, so it is `r` or `r + n`.
+    fn x_mod_n_is(&self, r: &FieldBytes) -> bool {
+        let z2 = self.z.square();
+        if bool::from(z2.is_zero()) {
+            return false;
+        }
+        let r = U256::from_be_byte_array(*r);
+        let candidate = |value: U256| {
+            Option::<FieldElement>::from(FieldElement::from_uint(value))
+                .is_some_and(|value| value * z2 == self.x)
+        };
+        let (plus_n, carry) = r.adc(&NistP256::ORDER, Limb::ZERO);
+        candidate(r) || (carry == Limb::ZERO && candidate(plus_n))
+    }
+}
+
+/// Signed multiples of a point: with `w`-bit windows, `rows[i][d - 1]` is `d · 2^(w·i) · P` for
+/// `d` in `[1, 2^(w-1)]`; a scalar written in signed digits of that range is then one addition
+/// (or subtraction) per non-zero digit.
 struct Table {
-    rows: Vec<Vec<AffinePoint>>,
+    window: usize,
+    rows: Vec<Vec<Entry>>,
 }
 
 impl Table {
-    fn new(point: ProjectivePoint) -> Table {
-        let mut rows = Vec::with_capacity(32);
+    /// `None` only if a formula's case were met that mathematics excludes for a point of the
+    /// curve: a wrong table must never be built.
+    fn new(point: ProjectivePoint, window: usize) -> Option<Table> {
+        let per_row = 1 << (window - 1);
+        let count = 256 / window + 1;
+        let mut rows = Vec::with_capacity(count);
         let mut base = point;
-        for _ in 0..32 {
-            let mut row = Vec::with_capacity(255);
-            let mut multiple = base;
-            for _ in 0..255 {
-                row.push(multiple.to_affine());
-                multiple += base;
+        for _ in 0..count {
+            // d·B for d ≥ 3 is (d-1)·B + B, never ±B, so the mixed addition always applies.
+            let first = entry(&base.to_affine());
+            let mut multiples = vec![
+                Jacobian::from_entry(&first, false),
+                Jacobian::from_entry(&entry(&base.double().to_affine()), false),
+            ];
+            while multiples.len() < per_row {
+                let last = multiples[multiples.len() - 1];
+                multiples.push(last.add(&first, false)?);
             }
-            rows.push(row);
-            for _ in 0..8 {
+            rows.push(normalize(&multiples)?);
+            for _ in 0..window {
                 base = base.double();
             }
         }
-        Table { rows }
+        Some(Table { window, rows })
     }
 
-    /// Adds `k · P` to `sum`, `k` as 32 big-endian bytes.
-    fn add_multiple(&self, sum: &mut ProjectivePoint, k: &FieldBytes) {
-        for (row, byte) in self.rows.iter().zip(k.iter().rev()) {
-            if *byte != 0 {
-                *sum += row[usize::from(*byte) - 1];
+    /// Adds `k · P` to `sum` (`None` is the identity), `k` as 32 big-endian bytes; `None` when an
+    /// addition falls outside the formula.
+    fn add_multiple(&self, sum: &mut Option<Jacobian>, k: &FieldBytes) -> Option<()> {
+        let words = U256::from_be_byte_array(*k).to_words();
+        let bit = |at: usize| words.get(at / 64).map_or(0, |w| (w >> (at % 64)) & 1);
+        let (half, full) = (1u64 << (self.window - 1), 1u64 << self.window);
+        let mut carry = 0;
+        for (i, row) in self.rows.iter().enumerate() {
+            let start = i * self.window;
+            let digits = (0..self.window).fold(0, |v, b| v | bit(start + b) << b) + carry;
+            let (digit, negate) = if digits > half {
+                carry = 1;
+                (full - digits, true)
+            } else {
+                carry = 0;
+                (digits, false)
+            };
+            if digit == 0 {
+                continue;
             }
+            let entry = &row[usize::try_from(digit).ok()? - 1];
+            *sum = Some(match sum {
+                None => Jacobian::from_entry(entry, negate),
+                Some(point) => point.add(entry, negate)?,
+            });
         }
+        (carry == 0).then_some(())
     }
 }
 
-/// The generator's table, built once per process when the first key gets its own.
-static GENERATOR: LazyLock<Table> = LazyLock::new(|| Table::new(ProjectivePoint::GENERATOR));
+/// The affine form of each point, with one inversion for them all.
+fn normalize(points: &[Jacobian]) -> Option<Vec<Entry>> {
+    let mut products = Vec::with_capacity(points.len());
+    let mut product = FieldElement::ONE;
+    for point in points {
+        product *= &point.z;
+        products.push(product);
+    }
+    let mut inverse = Option::<FieldElement>::from(product.invert())?;
+    let mut entries = vec![
+        Entry {
+            x: FieldElement::ZERO,
+            y: FieldElement::ZERO,
+        };
+        points.len()
+    ];
+    for i in (0..points.len()).rev() {
+        let z_inverse = if i == 0 {
+            inverse
+        } else {
+            inverse * products[i - 1]
+        };
+        inverse *= &points[i].z;
+        let z2 = z_inverse.square();
+        entries[i] = Entry {
+            x: points[i].x * z2,
+            y: points[i].y * z2 * z_inverse,
+        };
+    }
+    Some(entries)
+}
+
+fn entry(point: &AffinePoint) -> Entry {
+    let encoded = point.to_encoded_point(false);
+    let coordinate = |bytes: Option<&FieldBytes>| {
+        bytes
+            .and_then(|b| Option::<FieldElement>::from(FieldElement::from_bytes(b)))
+            .unwrap_or(FieldElement::ZERO)
+    };
+    Entry {
+        x: coordinate(encoded.x()),
+        y: coordinate(encoded.y()),
+    }
+}
+
+/// The generator's table (12-bit windows, 22 rows of 2048 points: ~2.9 MB), built once per
+/// process when the first key gets its own.
+static GENERATOR: LazyLock<Option<Table>> =
+    LazyLock::new(|| Table::new(ProjectivePoint::GENERATOR, 12));
+
+/// A key's table: 10-bit windows, 26 rows of 512 points (~0.85 MB).
+const KEY_WINDOW: usize = 10;
 
 /// A P-256 public key with its table, beside the generator's.
 struct Comb {
+    generator: &'static Table,
     key: Table,
 }
 
@@ -167,38 +320,31 @@ impl Comb {
         if bool::from(affine.is_identity()) {
             return None;
         }
-        LazyLock::force(&GENERATOR);
         Some(Comb {
-            key: Table::new(affine.into()),
+            generator: GENERATOR.as_ref()?,
+            key: Table::new(affine.into(), KEY_WINDOW)?,
         })
     }
 
     /// ECDSA P-256 with SHA-256 over `message`; `None` when `signature` is not canonical DER
-    /// with two 32-byte integers (the caller then asks ring).
+    /// with two 32-byte integers, or the sum meets a case the addition formula leaves out (the
+    /// caller then asks ring).
     fn verify(&self, message: &[u8], signature: &[u8]) -> Option<bool> {
         let (r_bytes, s_bytes) = canonical_halves(signature)?;
         let in_range = |bytes| Option::<NonZeroScalar>::from(NonZeroScalar::from_repr(bytes));
-        let (Some(r), Some(_)) = (in_range(r_bytes), in_range(s_bytes)) else {
+        let (Some(r), Some(s)) = (in_range(r_bytes), in_range(s_bytes)) else {
             return Some(false);
         };
         // n is prime and s in [1, n-1], so the inverse exists.
-        let (w, exists) = U256::from_be_byte_array(s_bytes).inv_odd_mod(&NistP256::ORDER);
-        if !bool::from(exists) {
-            return Some(false);
-        }
-        let w = Option::<Scalar>::from(Scalar::from_repr(w.to_be_byte_array()))?;
+        let w = *s.invert_vartime();
         let digest = ring::digest::digest(&ring::digest::SHA256, message);
         let digest: [u8; 32] = digest.as_ref().try_into().ok()?;
         let e = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(digest));
-        let mut sum = ProjectivePoint::IDENTITY;
-        GENERATOR.add_multiple(&mut sum, &(e * w).to_repr());
-        self.key.add_multiple(&mut sum, &(*r * w).to_repr());
-        let point = sum.to_affine();
-        if bool::from(point.is_identity()) {
-            return Some(false);
-        }
-        let x = <Scalar as Reduce<U256>>::reduce_bytes(&point.x());
-        Some(x == *r)
+        let mut sum = None;
+        self.generator.add_multiple(&mut sum, &(e * w).to_repr())?;
+        self.key.add_multiple(&mut sum, &(*r * w).to_repr())?;
+        // No sum is the identity: R must not be.
+        Some(sum.is_some_and(|point| point.x_mod_n_is(&r_bytes)))
     }
 }
 

@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
+use p256::elliptic_curve::point::AffineCoordinates;
+
 use super::*;
 
 fn key_pair() -> EcdsaKeyPair {
@@ -179,4 +181,79 @@ fn a_public_key_off_the_curve_gets_no_tables() {
     assert!(Comb::for_point(&point).is_none());
     assert!(Comb::for_point(&[0x04; 65]).is_none());
     assert!(Comb::for_point(&[]).is_none());
+}
+
+/// `k · P` from a table, as an affine point (`None`: the identity or a case left to ring).
+fn table_multiple(table: &Table, k: &Scalar) -> Option<AffinePoint> {
+    let mut sum = None;
+    table.add_multiple(&mut sum, &k.to_repr())?;
+    let point = sum?;
+    let z = Option::<FieldElement>::from(point.z.invert())?;
+    let (x, y) = (point.x * z.square(), point.y * z.square() * z);
+    let encoded = EncodedPoint::from_affine_coordinates(&x.to_bytes(), &y.to_bytes(), false);
+    Option::from(AffinePoint::from_encoded_point(&encoded))
+}
+
+/// The signed-digit tables give `k · P` for scalars whose digits carry at every window, none,
+/// or only at the top, for both window sizes in use.
+#[test]
+fn the_tables_multiply_like_the_curve() {
+    let point = ProjectivePoint::GENERATOR * Scalar::from(0x5eed_u64);
+    let table = Table::new(point, KEY_WINDOW).expect("table");
+    let generator = GENERATOR.as_ref().expect("generator table");
+    let mut scalars = vec![
+        Scalar::ONE,
+        Scalar::from(2u64),
+        Scalar::from(511u64),
+        Scalar::from(512u64),
+        Scalar::from(513u64),
+        Scalar::from(1023u64),
+        Scalar::from(2048u64),
+        Scalar::from(2049u64),
+        Scalar::from(4095u64),
+        -Scalar::ONE,
+        -Scalar::from(2u64),
+        Scalar::from(2u64).pow_vartime(&[255]),
+        Scalar::from(2u64).pow_vartime(&[255]) - Scalar::ONE,
+    ];
+    let mut seed = Scalar::from(0x1234_5678_u64);
+    for _ in 0..200 {
+        seed = seed.square() + Scalar::from(7u64);
+        scalars.push(seed);
+    }
+    for k in &scalars {
+        for (name, table, base) in [
+            ("key", &table, point),
+            ("generator", generator, ProjectivePoint::GENERATOR),
+        ] {
+            assert_eq!(
+                table_multiple(table, k),
+                Some((base * k).to_affine()),
+                "{name} table, k = {:?}",
+                k.to_repr()
+            );
+        }
+    }
+    assert_eq!(
+        table_multiple(&table, &Scalar::ZERO),
+        None,
+        "zero is no point"
+    );
+}
+
+/// The incomplete addition declines a point added to itself or to its negation instead of
+/// answering wrongly; the caller then asks ring.
+#[test]
+fn the_addition_declines_a_point_and_its_negation() {
+    let table = Table::new(ProjectivePoint::GENERATOR, KEY_WINDOW).expect("table");
+    let g = table.rows[0][0];
+    let sum = Jacobian::from_entry(&g, false);
+    assert!(sum.add(&g, false).is_none(), "G + G");
+    assert!(sum.add(&g, true).is_none(), "G - G");
+    let three = sum.add(&table.rows[0][1], false).expect("G + 2G");
+    assert!(three.x_mod_n_is(
+        &(ProjectivePoint::GENERATOR * Scalar::from(3u64))
+            .to_affine()
+            .x()
+    ));
 }
