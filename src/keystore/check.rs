@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use p256::elliptic_curve::bigint::{ArrayEncoding, Limb, U256};
-use p256::elliptic_curve::ops::{Invert, Reduce};
+use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::Double;
 use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
 use p256::elliptic_curve::{Curve, PrimeField};
@@ -335,8 +335,9 @@ impl Comb {
         let (Some(r), Some(s)) = (in_range(r_bytes), in_range(s_bytes)) else {
             return Some(false);
         };
-        // n is prime and s in [1, n-1], so the inverse exists.
-        let w = *s.invert_vartime();
+        let w = Option::<Scalar>::from(Scalar::from_repr(
+            inverse_mod_n(&U256::from_be_byte_array(s.to_repr()))?.to_be_byte_array(),
+        ))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, message);
         let digest: [u8; 32] = digest.as_ref().try_into().ok()?;
         let e = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(digest));
@@ -346,6 +347,49 @@ impl Comb {
         // No sum is the identity: R must not be.
         Some(sum.is_some_and(|point| point.x_mod_n_is(&r_bytes)))
     }
+}
+
+/// `a⁻¹ mod n` for `a` in `[1, n-1]`, by the binary extended Euclidean algorithm: variable
+/// time, which public values allow, and about twice as fast as the constant-time inversions.
+fn inverse_mod_n(a: &U256) -> Option<U256> {
+    let n = NistP256::ORDER;
+    if *a == U256::ZERO || *a >= n {
+        return None;
+    }
+    let is_even = |x: &U256| x.as_words()[0] & 1 == 0;
+    // x / 2 mod n: (x + n) / 2 when x is odd, with the sum's carry as its top bit.
+    let half = |x: U256| {
+        if is_even(&x) {
+            return x.shr_vartime(1);
+        }
+        let (sum, carry) = x.adc(&n, Limb::ZERO);
+        let half = sum.shr_vartime(1);
+        if carry == Limb::ZERO {
+            half
+        } else {
+            half | U256::ONE.shl_vartime(255)
+        }
+    };
+    // Invariants: x1·a ≡ u and x2·a ≡ v (mod n); gcd(u, v) stays gcd(a, n) = 1.
+    let (mut u, mut v, mut x1, mut x2) = (*a, n, U256::ONE, U256::ZERO);
+    while u != U256::ONE && v != U256::ONE {
+        while is_even(&u) {
+            u = u.shr_vartime(1);
+            x1 = half(x1);
+        }
+        while is_even(&v) {
+            v = v.shr_vartime(1);
+            x2 = half(x2);
+        }
+        if u >= v {
+            u = u.wrapping_sub(&v);
+            x1 = x1.sub_mod(&x2, &n);
+        } else {
+            v = v.wrapping_sub(&u);
+            x2 = x2.sub_mod(&x1, &n);
+        }
+    }
+    Some(if u == U256::ONE { x1 } else { x2 })
 }
 
 /// `r` and `s` of a DER `ECDSA-Sig-Value`, each as 32 big-endian bytes, when the input is

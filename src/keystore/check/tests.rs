@@ -257,3 +257,27 @@ fn the_addition_declines_a_point_and_its_negation() {
             .x()
     ));
 }
+
+/// The variable-time inverse is the inverse, at the ends of the range and between, and there is
+/// none of zero or of n.
+#[test]
+fn the_inverse_mod_n_is_the_inverse() {
+    let mut scalars = vec![
+        Scalar::ONE,
+        Scalar::from(2u64),
+        -Scalar::ONE,
+        -Scalar::from(2u64),
+    ];
+    let mut seed = Scalar::from(0xfeed_u64);
+    for _ in 0..2000 {
+        seed = seed.square() + Scalar::from(3u64);
+        scalars.push(seed);
+    }
+    for a in scalars {
+        let inverse = inverse_mod_n(&U256::from_be_byte_array(a.to_repr())).expect("inverse");
+        let inverse = Scalar::from_repr(inverse.to_be_byte_array()).expect("below n");
+        assert_eq!(inverse * a, Scalar::ONE, "a = {:?}", a.to_repr());
+    }
+    assert_eq!(inverse_mod_n(&U256::ZERO), None);
+    assert_eq!(inverse_mod_n(&NistP256::ORDER), None);
+}
