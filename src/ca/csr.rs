@@ -92,10 +92,10 @@ pub fn parse_csr(input: &[u8]) -> Result<ParsedCsr, CaError> {
                 .parameters
                 .as_ref()
                 .and_then(|p| p.as_oid().ok());
-            match curve.map(|o| o.to_id_string()).as_deref() {
-                Some("1.2.840.10045.3.1.7") => CsrKey::EcP256,
-                Some("1.3.132.0.34") => CsrKey::EcP384,
-                Some(other) => CsrKey::Other(format!("EC curve {other}")),
+            match curve {
+                Some(o) if o == x509_parser::oid_registry::OID_EC_P256 => CsrKey::EcP256,
+                Some(o) if o == x509_parser::oid_registry::OID_NIST_EC_P384 => CsrKey::EcP384,
+                Some(other) => CsrKey::Other(format!("EC curve {}", other.to_id_string())),
                 None => CsrKey::Other("EC key without a named curve".into()),
             }
         }
@@ -289,6 +289,37 @@ mod tests {
         let cert_pem = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
         let err = parse_csr(cert_pem.as_bytes()).expect_err("cert");
         assert!(err.to_string().contains("CERTIFICATE REQUEST"), "{err}");
+    }
+
+    /// A curve other than P-256 and P-384 is named in the refusal (secp256k1, from openssl).
+    #[test]
+    fn another_curve_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:secp256k1",
+            ])
+            .args(["-nodes", "-subj", "/CN=k1", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match parse_csr(&out.stdout) {
+            Err(CaError::Policy(reason)) => assert!(
+                reason.starts_with("EC curve 1.3.132.0.10 keys are not accepted"),
+                "{reason}"
+            ),
+            other => panic!("secp256k1 accepted or refused for another reason: {other:?}"),
+        }
     }
 
     #[test]

@@ -52,12 +52,17 @@ pub(crate) fn from_rcgen(e: rcgen::Error) -> CaError {
 
 /// SHA-256 of `der`, as uppercase hex with colons (how `openssl x509 -fingerprint` shows it).
 pub fn fingerprint(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    let mut out = String::with_capacity(3 * d.as_ref().len());
+    for (i, b) in d.as_ref().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// SHA-256 of `der` as plain lowercase hex: how roots are named in URLs and records.
@@ -96,3 +101,6 @@ pub fn certificate_pem(der: &[u8]) -> String {
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
 }
+
+#[cfg(test)]
+mod tests;
