@@ -195,12 +195,14 @@ fn table_multiple(table: &Table, k: &Scalar) -> Option<AffinePoint> {
 }
 
 /// The signed-digit tables give `k · P` for scalars whose digits carry at every window, none,
-/// or only at the top, for both window sizes in use.
+/// or only at the top, with the window in use and two others (whose top rows differ).
 #[test]
 fn the_tables_multiply_like_the_curve() {
     let point = ProjectivePoint::GENERATOR * Scalar::from(0x5eed_u64);
-    let table = Table::new(point, KEY_WINDOW).expect("table");
+    let table = Table::new(point, WINDOW).expect("table");
     let generator = GENERATOR.as_ref().expect("generator table");
+    let narrow = Table::new(point, 7).expect("table");
+    let bytes = Table::new(point, 8).expect("table");
     let mut scalars = vec![
         Scalar::ONE,
         Scalar::from(2u64),
@@ -225,6 +227,8 @@ fn the_tables_multiply_like_the_curve() {
         for (name, table, base) in [
             ("key", &table, point),
             ("generator", generator, ProjectivePoint::GENERATOR),
+            ("7-bit", &narrow, point),
+            ("8-bit", &bytes, point),
         ] {
             assert_eq!(
                 table_multiple(table, k),
@@ -245,7 +249,7 @@ fn the_tables_multiply_like_the_curve() {
 /// answering wrongly; the caller then asks ring.
 #[test]
 fn the_addition_declines_a_point_and_its_negation() {
-    let table = Table::new(ProjectivePoint::GENERATOR, KEY_WINDOW).expect("table");
+    let table = Table::new(ProjectivePoint::GENERATOR, WINDOW).expect("table");
     let g = table.rows[0][0];
     let sum = Jacobian::from_entry(&g, false);
     assert!(sum.add(&g, false).is_none(), "G + G");
