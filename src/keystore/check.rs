@@ -206,10 +206,10 @@ impl Table {
         let mut base = point;
         for _ in 0..count {
             // d·B for d ≥ 3 is (d-1)·B + B, never ±B, so the mixed addition always applies.
-            let first = entry(&base.to_affine());
+            let first = entry(&base.to_affine())?;
             let mut multiples = vec![
                 Jacobian::from_entry(&first, false),
-                Jacobian::from_entry(&entry(&base.double().to_affine()), false),
+                Jacobian::from_entry(&entry(&base.double().to_affine())?, false),
             ];
             while multiples.len() < per_row {
                 let last = multiples[multiples.len() - 1];
@@ -285,17 +285,15 @@ fn normalize(points: &[Jacobian]) -> Option<Vec<Entry>> {
     Some(entries)
 }
 
-fn entry(point: &AffinePoint) -> Entry {
+/// A point's entry; `None` for the identity, which has no coordinates.
+fn entry(point: &AffinePoint) -> Option<Entry> {
     let encoded = point.to_encoded_point(false);
-    let coordinate = |bytes: Option<&FieldBytes>| {
-        bytes
-            .and_then(|b| Option::<FieldElement>::from(FieldElement::from_bytes(b)))
-            .unwrap_or(FieldElement::ZERO)
-    };
-    Entry {
-        x: coordinate(encoded.x()),
-        y: coordinate(encoded.y()),
-    }
+    let coordinate =
+        |bytes: Option<&FieldBytes>| Option::<FieldElement>::from(FieldElement::from_bytes(bytes?));
+    Some(Entry {
+        x: coordinate(encoded.x())?,
+        y: coordinate(encoded.y())?,
+    })
 }
 
 /// Window of the tables: 26 rows of 512 points, ~0.85 MB a table, 26 additions a scalar. Wider
@@ -374,6 +372,10 @@ fn inverse_mod_n(a: &U256) -> Option<U256> {
     // Invariants: x1·a ≡ u and x2·a ≡ v (mod n); gcd(u, v) stays gcd(a, n) = 1.
     let (mut u, mut v, mut x1, mut x2) = (*a, n, U256::ONE, U256::ZERO);
     while u != U256::ONE && v != U256::ONE {
+        // Only a common factor (none, n being prime) could bring either to zero.
+        if u == U256::ZERO || v == U256::ZERO {
+            return None;
+        }
         while is_even(&u) {
             u = u.shr_vartime(1);
             x1 = half(x1);
